@@ -1,0 +1,43 @@
+"""tlkit: composable transfer learning for PyTorch.
+
+The public surface: backbones by name, freeze policies, classifier heads, exact splits and
+augmentation presets. Each piece works on plain PyTorch objects and is useful alone.
+
+Example:
+    >>> import tlkit
+    >>> model, info = tlkit.backbone("resnet18", weights=None)
+    >>> report = tlkit.FreezePolicy(up_to="layer2").apply(model)
+    >>> model = tlkit.replace_head(model, lambda n: tlkit.heads.mlp(n, 10, hidden=(128,)))
+    >>> train_idx, val_idx, test_idx = tlkit.split(5000, (0.8, 0.1, 0.1), seed=0)
+    >>> train_tf, eval_tf = tlkit.augment.get("seed", image_size=96, info=info)
+"""
+
+from __future__ import annotations
+
+from . import augment, heads
+from .augment import channel_stats
+from .backbones import BackboneInfo, backbone, imagenet_classes, load_weights
+from .freeze import FreezePolicy, FreezeReport, unfreeze
+from .heads import replace_head
+from .registry import Registry
+from .splits import part_sizes, split
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackboneInfo",
+    "FreezePolicy",
+    "FreezeReport",
+    "Registry",
+    "__version__",
+    "augment",
+    "backbone",
+    "channel_stats",
+    "heads",
+    "imagenet_classes",
+    "load_weights",
+    "part_sizes",
+    "replace_head",
+    "split",
+    "unfreeze",
+]

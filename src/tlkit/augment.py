@@ -1,0 +1,362 @@
+"""Augmentation presets: named (train, eval) transform pairs on ``torchvision.transforms.v2``.
+
+A preset is a builder registered under a name; :func:`get` calls it and returns a *new* pair of
+pipelines each time. Every pipeline starts with :class:`ToRGB` (PIL images, uint8 tensors or
+arrays; greyscale, RGB or RGBA) and ends with a normalised 3-channel float tensor. Augmentations
+run on uint8 images, where torchvision's kernels are fastest.
+
+The evaluation pipeline of every preset is the same: resize the short side to
+``image_size / crop_pct``, centre-crop ``image_size``, normalise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneInfo
+from .registry import Registry
+
+__all__ = ["PresetConfig", "ToRGB", "channel_stats", "get", "names", "register"]
+
+Transform = Callable[[Any], torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PresetConfig:
+    """The parameters a preset builder receives.
+
+    Attributes:
+        image_size: Output side length in pixels.
+        mean: Normalisation mean per channel.
+        std: Normalisation standard deviation per channel.
+        crop_pct: Fraction of the resized image kept by the evaluation centre crop.
+        interpolation: Resize interpolation.
+    """
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+    interpolation: v2.InterpolationMode
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.image_size, bool)
+            or not isinstance(self.image_size, int)
+            or self.image_size < 1
+        ):
+            raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if len(value) != 3:
+                raise ValueError(f"{key} must have 3 values (RGB), got {value!r}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
+
+
+class PresetBuilder(Protocol):
+    def __call__(self, cfg: PresetConfig) -> tuple[list[Any], float | None]: ...
+
+
+_PRESETS: Registry[PresetBuilder] = Registry("preset")
+
+
+def register(name: str) -> Callable[[PresetBuilder], PresetBuilder]:
+    """Register an augmentation preset under ``name``.
+
+    The decorated function receives a :class:`PresetConfig` and returns ``(ops, crop_pct)``:
+    the train-time augmentations to run on a uint8 3-channel image (from the random crop on; tlkit
+    adds :class:`ToRGB` in front and float conversion and normalisation after), and the preset's
+    default evaluation crop fraction (``None`` keeps the caller's or the backbone's).
+
+    Args:
+        name: The preset's name; registering a name twice is an error.
+
+    Returns:
+        A decorator returning the function unchanged.
+
+    Raises:
+        ValueError: If ``name`` is already registered.
+
+    Example:
+        >>> from torchvision.transforms import v2
+        >>> @register("vflip_demo")
+        ... def vflip_demo(cfg):
+        ...     return [v2.RandomResizedCrop(cfg.image_size), v2.RandomVerticalFlip()], None
+        >>> "vflip_demo" in names()
+        True
+    """
+    return _PRESETS.register(name)
+
+
+def names(pattern: str | None = None) -> list[str]:
+    """Names of the registered presets, sorted, optionally filtered by a glob pattern.
+
+    Example:
+        >>> names("*augment")
+        ['autoaugment', 'randaugment', 'trivialaugment']
+    """
+    return _PRESETS.names(pattern)
+
+
+# --------------------------------------------------------------------------- input conversion
+class ToRGB(nn.Module):
+    """Convert a PIL image, array or tensor to a 3-channel uint8 ``tv_tensors.Image``.
+
+    Greyscale is repeated to three channels, the alpha channel of RGBA is dropped, palette and
+    other PIL modes go through ``Image.convert("RGB")``. Float tensors are taken as [0, 1].
+    Arrays are HWC (as NumPy and PIL store them); tensors are CHW (or HW).
+
+    Example:
+        >>> import torch
+        >>> ToRGB()(torch.zeros(1, 5, 4, dtype=torch.uint8)).shape
+        torch.Size([3, 5, 4])
+        >>> import numpy as np
+        >>> ToRGB()(np.zeros((5, 4, 4), dtype=np.uint8)).shape
+        torch.Size([3, 5, 4])
+    """
+
+    def forward(self, image: Any) -> tv_tensors.Image:
+        if isinstance(image, Image.Image):
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            return v2.functional.to_image(image)
+        if hasattr(image, "__array__") and not isinstance(image, torch.Tensor):  # NumPy, HWC
+            array = torch.tensor(image)  # a copy: arrays from PIL are read-only
+            tensor = (array[..., None] if array.ndim == 2 else array).permute(2, 0, 1)
+        elif isinstance(image, torch.Tensor):
+            tensor = image.as_subclass(torch.Tensor)
+            tensor = tensor[None] if tensor.ndim == 2 else tensor
+        else:
+            raise TypeError(
+                f"expected a PIL image, NumPy array or tensor, got {type(image).__name__}"
+            )
+        if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
+            raise ValueError(
+                f"expected an image with 1, 3 or 4 channels, got shape {tuple(tensor.shape)}"
+            )
+        if tensor.is_floating_point():
+            tensor = (tensor.clamp(0, 1) * 255).round().to(torch.uint8)
+        elif tensor.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 or float image data, got {tensor.dtype}")
+        if tensor.shape[0] == 1:
+            tensor = tensor.expand(3, -1, -1)
+        return tv_tensors.Image(tensor[:3].contiguous())
+
+
+def _finish(cfg: PresetConfig) -> list[Any]:
+    return [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(cfg.mean), list(cfg.std)),
+        v2.ToPureTensor(),
+    ]
+
+
+def _eval_ops(cfg: PresetConfig) -> list[Any]:
+    resize = round(cfg.image_size / cfg.crop_pct)
+    return [
+        v2.Resize(resize, interpolation=cfg.interpolation, antialias=True),
+        v2.CenterCrop(cfg.image_size),
+    ]
+
+
+def _random_crop(cfg: PresetConfig, scale: tuple[float, float] = (0.08, 1.0)) -> Any:
+    return v2.RandomResizedCrop(
+        cfg.image_size, scale=scale, interpolation=cfg.interpolation, antialias=True
+    )
+
+
+# --------------------------------------------------------------------------- built-in presets
+@register("none")
+def _none(cfg: PresetConfig) -> tuple[list[Any], float | None]:
+    """No augmentation: training sees what evaluation sees."""
+    return _eval_ops(cfg), None
+
+
+@register("flip")
+def _flip(cfg: PresetConfig) -> tuple[list[Any], float | None]:
+    """The evaluation view plus a random horizontal flip."""
+    return [*_eval_ops(cfg), v2.RandomHorizontalFlip()], None
+
+
+@register("seed")
+def _seed(cfg: PresetConfig) -> tuple[list[Any], float | None]:
+    """The blog recipe's mild augmentation.
+
+    RandomResizedCrop keeping 80-100% of the area (aspect 3/4-4/3), RandomRotation of up to 15
+    degrees, RandomHorizontalFlip (p=0.5). The post named these three but gave no parameters;
+    these keep the object in view ("too much augmentation underfits"). Its evaluation view is
+    the image itself resized to ``image_size`` (crop_pct 1.0), as the post's test transform was
+    ToTensor + Normalize only.
+    """
+    return [
+        _random_crop(cfg, scale=(0.8, 1.0)),
+        v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR),
+        v2.RandomHorizontalFlip(),
+    ], 1.0
+
+
+@register("standard")
+def _standard(cfg: PresetConfig) -> tuple[list[Any], float | None]:
+    """ImageNet-style training: RandomResizedCrop (8-100% of the area) and a horizontal flip."""
+    return [_random_crop(cfg), v2.RandomHorizontalFlip()], None
+
+
+@register("randaugment")
+def _randaugment(cfg: PresetConfig) -> tuple[list[Any], float | None]:
+    """Standard crop and flip, then RandAugment with 2 ops at magnitude 9 (timm's rand-m9)."""
+    return [
+        _random_crop(cfg),
+        v2.RandomHorizontalFlip(),
+        v2.RandAugment(num_ops=2, magnitude=9, interpolation=v2.InterpolationMode.BILINEAR),
+    ], None
+
+
+@register("trivialaugment")
+def _trivialaugment(cfg: PresetConfig) -> tuple[list[Any], float | None]:
+    """Standard crop and flip, then TrivialAugmentWide (one random op, random magnitude)."""
+    return [
+        _random_crop(cfg),
+        v2.RandomHorizontalFlip(),
+        v2.TrivialAugmentWide(interpolation=v2.InterpolationMode.BILINEAR),
+    ], None
+
+
+@register("autoaugment")
+def _autoaugment(cfg: PresetConfig) -> tuple[list[Any], float | None]:
+    """Standard crop and flip, then AutoAugment with its ImageNet policy."""
+    return [
+        _random_crop(cfg),
+        v2.RandomHorizontalFlip(),
+        v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=v2.InterpolationMode.BILINEAR),
+    ], None
+
+
+def get(
+    name: str,
+    *,
+    image_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | v2.InterpolationMode | None = None,
+    info: BackboneInfo | None = None,
+) -> tuple[v2.Compose, v2.Compose]:
+    """Build a fresh ``(train, eval)`` transform pair of the preset ``name``.
+
+    Args:
+        name: A registered preset (:func:`names` lists them).
+        image_size: Output side length; defaults to ``info.input_size``.
+        mean: Normalisation mean; defaults to the backbone's (``info``), else ImageNet's.
+        std: Normalisation std; defaults to the backbone's (``info``), else ImageNet's.
+        crop_pct: Evaluation centre-crop fraction; defaults to the preset's own choice, else the
+            backbone's, else 0.875.
+        interpolation: Resize interpolation (``"bilinear"``, ``"bicubic"``, ...); defaults to the
+            backbone's, else bilinear.
+        info: A :class:`~tlkit.BackboneInfo` from :func:`tlkit.backbone` supplying the defaults.
+
+    Returns:
+        Two ``v2.Compose`` pipelines mapping an image to a normalised ``float32`` tensor of shape
+        ``(3, image_size, image_size)``.
+
+    Raises:
+        KeyError: For an unknown preset (with close matches and the available names).
+        ValueError: For a missing or bad ``image_size``, ``mean``/``std`` without 3 values or
+            ``crop_pct`` outside (0, 1].
+
+    Example:
+        >>> from PIL import Image
+        >>> train, test = get("seed", image_size=96)
+        >>> train(Image.new("L", (120, 100))).shape
+        torch.Size([3, 96, 96])
+        >>> get("randaugmnet", image_size=96)
+        Traceback (most recent call last):
+        ...
+        KeyError: "unknown preset 'randaugmnet'; did you mean 'randaugment'? available: ..."
+    """
+    builder = _PRESETS.get(name)
+    if image_size is None:
+        if info is None:
+            raise ValueError("give image_size (or info=BackboneInfo to use its input size)")
+        image_size = info.input_size
+    interp = (
+        interpolation if interpolation is not None else (info.interpolation if info else "bilinear")
+    )
+    cfg = PresetConfig(
+        image_size=image_size,
+        mean=tuple(mean if mean is not None else (info.mean if info else IMAGENET_MEAN)),  # type: ignore[arg-type]
+        std=tuple(std if std is not None else (info.std if info else IMAGENET_STD)),  # type: ignore[arg-type]
+        crop_pct=crop_pct if crop_pct is not None else (info.crop_pct if info else 0.875),
+        interpolation=v2.InterpolationMode(interp) if isinstance(interp, str) else interp,
+    )
+    train_ops, preset_crop = builder(cfg)
+    if crop_pct is None and preset_crop is not None:
+        cfg = PresetConfig(**{**cfg.__dict__, "crop_pct": preset_crop})
+    train = v2.Compose([ToRGB(), *train_ops, *_finish(cfg)])
+    evaluation = v2.Compose([ToRGB(), *_eval_ops(cfg), *_finish(cfg)])
+    return train, evaluation
+
+
+# --------------------------------------------------------------------------- statistics
+def channel_stats(
+    dataset: Dataset[Any], *, num_workers: int = 0
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean and standard deviation of a dataset's images, in [0, 1] units.
+
+    Streams over the images once and accumulates sums and sums of squares in float64 (the blog
+    recipe's per-channel statistics, without holding the dataset in memory). Items may be images
+    or ``(image, label)`` tuples; images are converted with :class:`ToRGB`, so pass the dataset
+    without a normalising transform.
+
+    Args:
+        dataset: A map-style dataset of images (PIL, arrays or tensors, any sizes).
+        num_workers: DataLoader workers used to read the images.
+
+    Returns:
+        ``(mean, std)``, each a tuple of 3 floats (population standard deviation).
+
+    Raises:
+        ValueError: If the dataset is empty.
+
+    Example:
+        >>> import torch
+        >>> images = [torch.full((3, 2, 2), v, dtype=torch.uint8) for v in (0, 255)]
+        >>> channel_stats(images)
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    """
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("cannot compute channel statistics of an empty dataset")
+    to_rgb = ToRGB()
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    pixels = 0
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity)
+    for item in loader:
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        x = to_rgb(image).as_subclass(torch.Tensor).to(torch.float64).div_(255.0).flatten(1)
+        total += x.sum(dim=1)
+        total_sq += (x * x).sum(dim=1)
+        pixels += x.shape[1]
+    mean = total / pixels
+    std = (total_sq / pixels - mean * mean).clamp_min(0).sqrt()
+    return _triple(mean), _triple(std)
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def _triple(values: torch.Tensor) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return (a, b, c)
