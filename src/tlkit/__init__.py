@@ -1,7 +1,8 @@
 """tlkit: composable transfer learning for PyTorch.
 
-The public surface: backbones by name, freeze policies, classifier heads, exact splits and
-augmentation presets. Each piece works on plain PyTorch objects and is useful alone.
+The public surface: backbones by name, freeze policies, classifier heads, exact splits,
+augmentation presets and a resumable Trainer with callbacks. Each piece works on plain PyTorch
+objects and is useful alone.
 
 Example:
     >>> import tlkit
@@ -14,25 +15,50 @@ Example:
 
 from __future__ import annotations
 
-from . import augment, heads
+from . import augment, callbacks, heads
 from .augment import channel_stats
 from .backbones import BackboneInfo, backbone, imagenet_classes, load_weights
+from .callbacks import (
+    Callback,
+    EarlyStopping,
+    GradualUnfreeze,
+    HistoryLogger,
+    LRScheduler,
+    ModelCheckpoint,
+    ProgressBar,
+)
 from .freeze import FreezePolicy, FreezeReport, unfreeze
 from .heads import replace_head
+from .metrics import ClassificationMeter
+from .optim import discriminative_param_groups
 from .registry import Registry
 from .splits import part_sizes, split
+from .trainer import History, NonFiniteLossError, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackboneInfo",
+    "Callback",
+    "ClassificationMeter",
+    "EarlyStopping",
     "FreezePolicy",
     "FreezeReport",
+    "GradualUnfreeze",
+    "History",
+    "HistoryLogger",
+    "LRScheduler",
+    "ModelCheckpoint",
+    "NonFiniteLossError",
+    "ProgressBar",
     "Registry",
+    "Trainer",
     "__version__",
     "augment",
     "backbone",
+    "callbacks",
     "channel_stats",
+    "discriminative_param_groups",
     "heads",
     "imagenet_classes",
     "load_weights",

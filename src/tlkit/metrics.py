@@ -1,0 +1,97 @@
+"""Classification metrics accumulated on the device, synchronised only when read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["ClassificationMeter"]
+
+
+class ClassificationMeter:
+    """Running loss, top-1/top-5 accuracy and confusion matrix of a classifier.
+
+    Sums stay on the outputs' device, so updating never waits for the GPU; :meth:`compute`
+    synchronises once (and all-reduces across processes under ``torch.distributed``).
+
+    Args:
+        confusion: Also accumulate a confusion matrix and per-class accuracy.
+        top5: Also accumulate top-5 accuracy (reported when there are 5 classes or more).
+
+    Example:
+        >>> meter = ClassificationMeter(confusion=True)
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+        >>> meter.update(torch.tensor(0.5), logits, torch.tensor([0, 1, 1]))
+        >>> m = meter.compute()
+        >>> m["loss"], round(m["accuracy"], 4), m["per_class_accuracy"]
+        (0.5, 0.6667, [1.0, 0.5])
+    """
+
+    def __init__(self, *, confusion: bool = False, top5: bool = True) -> None:
+        self.confusion = confusion
+        self.top5 = top5
+        self.count = 0
+        self._sums: torch.Tensor | None = None  # loss, correct, top-5 correct
+        self._matrix: torch.Tensor | None = None
+        self.num_classes: int | None = None
+
+    def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add one batch: ``loss`` is the batch mean, ``outputs`` are ``(N, C)`` scores."""
+        n = targets.shape[0]
+        classes = outputs.shape[1]
+        if self._sums is None:
+            self._sums = torch.zeros(3, dtype=torch.float64, device=outputs.device)
+            self.num_classes = classes
+        with torch.no_grad():
+            pred = outputs.argmax(1)
+            self._sums[0] += loss.detach().double() * n
+            self._sums[1] += (pred == targets).sum()
+            if self.top5:
+                self._sums[2] += _topk_correct(outputs, targets, 5)
+            if self.confusion:
+                if self._matrix is None:
+                    self._matrix = torch.zeros(
+                        classes * classes, dtype=torch.int64, device=outputs.device
+                    )
+                self._matrix += torch.bincount(targets * classes + pred, minlength=classes**2)
+        self.count += n
+
+    def running(self) -> dict[str, float]:
+        """Loss and accuracy so far on this process (one host sync, no collective)."""
+        if self._sums is None or self.count == 0:
+            return {}
+        loss, correct, _ = (self._sums / self.count).tolist()
+        return {"loss": loss, "accuracy": correct}
+
+    def compute(self) -> dict[str, Any]:
+        """Final metrics over every process: loss, accuracy, top-5 (C >= 5), per-class, matrix."""
+        if self._sums is None:
+            raise ValueError("no batch was seen: the loader is empty")
+        sums = self._sums.clone()
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=sums.device)
+        matrix = self._matrix.clone() if self._matrix is not None else None
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+            dist.all_reduce(count)
+            if matrix is not None:
+                dist.all_reduce(matrix)
+        total = float(count.item())
+        loss, correct, top5 = (sums / total).tolist()
+        out: dict[str, Any] = {"loss": loss, "accuracy": correct, "count": int(total)}
+        assert self.num_classes is not None
+        if self.top5 and self.num_classes >= 5:
+            out["top5_accuracy"] = top5
+        if matrix is not None:
+            cm = matrix.view(self.num_classes, self.num_classes).cpu()
+            support = cm.sum(1)
+            per_class = torch.where(support > 0, cm.diag() / support.clamp_min(1), torch.nan)
+            out["per_class_accuracy"] = per_class.tolist()
+            out["confusion_matrix"] = cm
+        return out
+
+
+def _topk_correct(outputs: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, outputs.shape[1])
+    return (outputs.topk(k, dim=1).indices == targets[:, None]).any(1).sum()
