@@ -27,6 +27,7 @@ from .callbacks import (
     ModelCheckpoint,
     ProgressBar,
 )
+from .data import WithTransform
 from .freeze import FreezePolicy, FreezeReport, unfreeze
 from .heads import replace_head
 from .metrics import ClassificationMeter
@@ -53,6 +54,7 @@ __all__ = [
     "ProgressBar",
     "Registry",
     "Trainer",
+    "WithTransform",
     "__version__",
     "augment",
     "backbone",

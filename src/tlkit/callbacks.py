@@ -233,7 +233,7 @@ class ModelCheckpoint(Callback):
             value = self._monitor.value(metrics)
             if self._monitor.improved(value):
                 self._monitor.best = value
-                self.best_epoch = epoch
+                self.best_epoch = int(metrics.get("epoch", epoch + 1))
                 trainer.save_checkpoint(self.best_path)
         if self.save_last:
             trainer.save_checkpoint(self.last_path)
