@@ -57,7 +57,14 @@ def test_smoke_run_end_to_end(recipe: str, tmp_path: Path) -> None:
     assert metrics["split"] == {"train": 160, "val": 20, "test": 20, "stl10_test": 100}
     assert metrics["frozen_tensors"] == (61 if recipe == "seed" else 33)
     assert len(metrics["history"]) == 2
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds", "images_per_sec"):
+    for key in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "seconds",
+        "images_per_sec",
+    ):
         assert key in metrics["history"][-1]
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and 0.0 <= metrics["test500_accuracy"] <= 1.0
     assert len(metrics["twenty_image_check"]["rows"]) == 20
@@ -71,16 +78,29 @@ def test_smoke_run_end_to_end(recipe: str, tmp_path: Path) -> None:
     Image.new("L", (50, 70), 128).save(photo)
     rgba = tmp_path / "rgba.png"
     Image.new("RGBA", (300, 200), (10, 200, 30, 128)).save(rgba)
-    predicted = run(str(EXAMPLE / "predict.py"), str(photo), str(rgba), "--checkpoint", str(out / "model.pt"))
+    predicted = run(
+        str(EXAMPLE / "predict.py"), str(photo), str(rgba), "--checkpoint", str(out / "model.pt")
+    )
     assert predicted.returncode == 0, predicted.stderr
     lines = predicted.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.count(",") == 2 for line in lines)
 
 
 def test_missing_data_gives_one_clear_message_and_exit_status_2(tmp_path: Path) -> None:
-    result = run(str(EXAMPLE / "train.py"), "--data-root", str(tmp_path / "nothing"), "--no-download", "--weights", "none")
+    result = run(
+        str(EXAMPLE / "train.py"),
+        "--data-root",
+        str(tmp_path / "nothing"),
+        "--no-download",
+        "--weights",
+        "none",
+    )
     assert result.returncode == 2
-    assert "STL10 not found under" in result.stderr and "--smoke" in result.stderr and "--download" in result.stderr
+    assert (
+        "STL10 not found under" in result.stderr
+        and "--smoke" in result.stderr
+        and "--download" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 

@@ -4,7 +4,7 @@ The public surface: backbones by name, freeze policies, classifier heads, exact 
 augmentation presets and a resumable Trainer with callbacks. Each piece works on plain PyTorch
 objects and is useful alone.
 
-Example:
+Examples:
     >>> import tlkit
     >>> model, info = tlkit.backbone("resnet18", weights=None)
     >>> report = tlkit.FreezePolicy(up_to="layer2").apply(model)

@@ -40,6 +40,12 @@ class PresetConfig:
         std: Normalisation standard deviation per channel.
         crop_pct: Fraction of the resized image kept by the evaluation centre crop.
         interpolation: Resize interpolation.
+
+    Examples:
+        >>> cfg = PresetConfig(image_size=96, mean=(0.5,) * 3, std=(0.25,) * 3, crop_pct=1.0,
+        ...                    interpolation=v2.InterpolationMode.BILINEAR)
+        >>> cfg.image_size
+        96
     """
 
     image_size: int
@@ -89,7 +95,7 @@ def register(name: str) -> Callable[[PresetBuilder], PresetBuilder]:
     Raises:
         ValueError: If ``name`` is already registered.
 
-    Example:
+    Examples:
         >>> from torchvision.transforms import v2
         >>> @register("vflip_demo")
         ... def vflip_demo(cfg):
@@ -103,7 +109,7 @@ def register(name: str) -> Callable[[PresetBuilder], PresetBuilder]:
 def names(pattern: str | None = None) -> list[str]:
     """Names of the registered presets, sorted, optionally filtered by a glob pattern.
 
-    Example:
+    Examples:
         >>> names("*augment")
         ['autoaugment', 'randaugment', 'trivialaugment']
     """
@@ -118,7 +124,7 @@ class ToRGB(nn.Module):
     other PIL modes go through ``Image.convert("RGB")``. Float tensors are taken as [0, 1].
     Arrays are HWC (as NumPy and PIL store them); tensors are CHW (or HW).
 
-    Example:
+    Examples:
         >>> import torch
         >>> ToRGB()(torch.zeros(1, 5, 4, dtype=torch.uint8)).shape
         torch.Size([3, 5, 4])
@@ -275,7 +281,7 @@ def get(
         ValueError: For a missing or bad ``image_size``, ``mean``/``std`` without 3 values or
             ``crop_pct`` outside (0, 1].
 
-    Example:
+    Examples:
         >>> from PIL import Image
         >>> train, test = get("seed", image_size=96)
         >>> train(Image.new("L", (120, 100))).shape
@@ -329,7 +335,7 @@ def channel_stats(
     Raises:
         ValueError: If the dataset is empty.
 
-    Example:
+    Examples:
         >>> import torch
         >>> images = [torch.full((3, 2, 2), v, dtype=torch.uint8) for v in (0, 255)]
         >>> channel_stats(images)

@@ -48,6 +48,11 @@ class BackboneInfo:
         interpolation: Resize interpolation of the pretraining pipeline (``"bilinear"``, ...).
         class_names: Names of the output classes when known (ImageNet-1k), else ``None``.
         matched: For ``key_map="by_order"`` loads, the ``(file key, model key)`` pairs loaded.
+
+    Examples:
+        >>> model, info = backbone("resnet18", weights=None)
+        >>> info.input_size, round(info.crop_pct, 3), info.interpolation
+        (224, 0.875, 'bilinear')
     """
 
     name: str
@@ -65,7 +70,7 @@ class BackboneInfo:
 def imagenet_classes() -> tuple[str, ...]:
     """The 1,000 ImageNet-1k class names in the standard index order (no download needed).
 
-    Example:
+    Examples:
         >>> names = imagenet_classes()
         >>> len(names), names[967]
         (1000, 'espresso')
@@ -121,7 +126,7 @@ def backbone(
             fit the architecture (listing the first differing tensors).
         FileNotFoundError: For a local checkpoint path that does not exist.
 
-    Example:
+    Examples:
         >>> model, info = backbone("resnet18", weights=None)
         >>> info.source, info.input_size, info.mean
         ('torchvision', 224, (0.485, 0.456, 0.406))
@@ -275,7 +280,7 @@ def load_weights(
         ValueError: If the file is unreadable, or keys, counts or shapes differ (the message
             lists the first differing tensors).
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> src = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
         >>> dst = nn.Sequential()

@@ -44,7 +44,7 @@ class Callback:
     Attributes:
         order: Callbacks run in ascending order (default 0).
 
-    Example:
+    Examples:
         >>> class PrintEpoch(Callback):
         ...     def on_epoch_end(self, trainer, *, epoch, metrics, **kwargs):
         ...         print(epoch, round(metrics["train_loss"], 2))
@@ -130,7 +130,7 @@ class EarlyStopping(Callback):
         mode: ``"min"``, ``"max"`` or ``"auto"`` (``max`` for accuracies, else ``min``).
         min_delta: Smallest change that counts as an improvement.
 
-    Example:
+    Examples:
         >>> EarlyStopping(monitor="val_accuracy", patience=2).state_dict()
         {'best': None, 'wait': 0}
     """
@@ -188,7 +188,7 @@ class ModelCheckpoint(Callback):
         save_last: Write ``last.pt`` at the end of every epoch.
         restore_best: Load the best weights into the model when ``fit`` ends.
 
-    Example:
+    Examples:
         >>> ModelCheckpoint("runs/x", monitor="val_accuracy").state_dict()
         {'best': None, 'best_epoch': None}
     """
@@ -267,7 +267,7 @@ class LRScheduler(Callback):
         interval: ``"step"`` (after each optimizer step, e.g. OneCycleLR) or ``"epoch"``.
         monitor: For ``ReduceLROnPlateau``: the history key passed to ``step``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
         >>> cb = LRScheduler(torch.optim.lr_scheduler.StepLR(opt, step_size=1), interval="epoch")
@@ -323,7 +323,7 @@ class ProgressBar(Callback):
         refresh_every: Batches between metric refreshes (each refresh is one host sync).
         enable: ``None`` shows the bar only when stderr is a terminal.
 
-    Example:
+    Examples:
         >>> ProgressBar(enable=False).enabled
         False
     """
@@ -388,7 +388,7 @@ class HistoryLogger(Callback):
     Args:
         path: ``*.csv`` or ``*.json``.
 
-    Example:
+    Examples:
         >>> HistoryLogger("runs/history.csv").path.suffix
         '.csv'
     """
@@ -443,7 +443,7 @@ class GradualUnfreeze(Callback):
         lr: Learning rate of each new group; default ``lr_scale`` times the first group's.
         lr_scale: Used when ``lr`` is ``None``.
 
-    Example:
+    Examples:
         >>> GradualUnfreeze({2: "layer4", 4: ["layer3", "layer2"]}).schedule
         {2: ('layer4',), 4: ('layer3', 'layer2')}
     """

@@ -22,7 +22,7 @@ class WithTransform(Dataset[tuple[Any, Any]]):
         transform: Applied to the input.
         target_transform: Applied to the target.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
         >>> import tlkit

@@ -172,7 +172,7 @@ class FreezePolicy:
         ValueError: If no selector or more than one is given, ``first_n < 1`` or ``bn`` is not
             ``"eval"`` or ``"train"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> model = nn.Sequential(
@@ -227,7 +227,7 @@ class FreezePolicy:
             KeyError: For a layer name the model does not have (with the closest names).
             ValueError: For an index beyond the parameter count, or a selector matching nothing.
 
-        Example:
+        Examples:
             >>> from torch import nn
             >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
             >>> FreezePolicy(train_only=["1"]).select(model)
@@ -278,7 +278,7 @@ class FreezePolicy:
             KeyError: For a layer name the model does not have (with the closest names).
             ValueError: For an index beyond the parameter count, or a selector matching nothing.
 
-        Example:
+        Examples:
             >>> import torchvision
             >>> model = torchvision.models.resnet18()
             >>> report = FreezePolicy(up_to="layer2").apply(model)
@@ -305,7 +305,7 @@ def unfreeze(model: nn.Module, names: Sequence[str] | None = None) -> FreezeRepo
     Raises:
         KeyError: For a layer name the model does not have.
 
-    Example:
+    Examples:
         >>> import torchvision
         >>> model = torchvision.models.resnet18()
         >>> _ = FreezePolicy(train_only=["fc"]).apply(model)
@@ -353,7 +353,7 @@ class FreezeReport:
         partly_frozen_modules: Modules holding both frozen and trainable parameters.
         bn_eval: BatchNorm layers held in eval mode.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
         >>> print(FreezePolicy(up_to="1").apply(model))
@@ -377,7 +377,7 @@ class FreezeReport:
     def from_model(cls, model: nn.Module) -> FreezeReport:
         """Describe the current freeze state of ``model``.
 
-        Example:
+        Examples:
             >>> from torch import nn
             >>> FreezeReport.from_model(nn.Linear(2, 2)).trainable
             ('weight', 'bias')

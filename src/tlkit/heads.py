@@ -27,7 +27,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 class Head(nn.Sequential):
     """A classifier head: ``nn.Sequential`` plus its ``in_features`` and ``num_classes``.
 
-    Example:
+    Examples:
         >>> head = Head(nn.Linear(8, 3), in_features=8, num_classes=3)
         >>> head.in_features, head.num_classes, head.log_softmax
         (8, 3, False)
@@ -71,7 +71,7 @@ def linear(
     Raises:
         ValueError: For non-positive sizes or a dropout outside [0, 1).
 
-    Example:
+    Examples:
         >>> linear(512, 10, dropout=0.2)
         Head(
           (0): Dropout(p=0.2, inplace=False)
@@ -110,7 +110,7 @@ def mlp(
         ValueError: For non-positive sizes, a dropout outside [0, 1).
         KeyError: For an unknown activation name.
 
-    Example:
+    Examples:
         The head of the STL10 blog recipe:
 
         >>> mlp(2048, 10, hidden=(128,), dropout=0.4, log_softmax=True)
@@ -174,6 +174,9 @@ def _find_classifier(model: nn.Module) -> tuple[str, int]:
             )
             if isinstance(features, int):
                 return path, features
+    if isinstance(model, nn.Sequential) and len(model) and isinstance(model[-1], (Head, nn.Linear)):
+        tried.append("the last layer of the Sequential")
+        return str(len(model) - 1), model[-1].in_features
     for attr in _TORCHVISION_ATTRS:
         tried.append(f".{attr}")
         module = getattr(model, attr, None)
@@ -207,7 +210,8 @@ def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 def replace_head(model: nn.Module, head: nn.Module | HeadBuilder | int) -> nn.Module:
     """Replace the classifier of a torchvision or timm model, in place.
 
-    Finds the classifier of timm models through ``get_classifier()`` and of torchvision models
+    Finds the classifier of timm models through ``get_classifier()``, of an ``nn.Sequential``
+    ending in a ``Linear`` (or a :class:`Head`) in its last layer, and of torchvision models
     through ``fc`` (ResNet, ResNeXt, RegNet), ``classifier`` (EfficientNet, MobileNet, ConvNeXt,
     VGG, DenseNet, MaxViT), ``heads`` (ViT) or ``head`` (Swin). Where the classifier is a
     ``Sequential`` ending in a ``Linear`` (ConvNeXt's norm and flatten, EfficientNet's dropout),
@@ -226,7 +230,7 @@ def replace_head(model: nn.Module, head: nn.Module | HeadBuilder | int) -> nn.Mo
         TypeError: If no classifier is found (naming what was tried) or ``head`` is neither a
             module, a callable nor an int.
 
-    Example:
+    Examples:
         >>> import torchvision
         >>> from tlkit import heads
         >>> model = torchvision.models.resnet50()

@@ -20,7 +20,7 @@ class ClassificationMeter:
         confusion: Also accumulate a confusion matrix and per-class accuracy.
         top5: Also accumulate top-5 accuracy (reported when there are 5 classes or more).
 
-    Example:
+    Examples:
         >>> meter = ClassificationMeter(confusion=True)
         >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
         >>> meter.update(torch.tensor(0.5), logits, torch.tensor([0, 1, 1]))

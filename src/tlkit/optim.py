@@ -43,7 +43,7 @@ def discriminative_param_groups(
         KeyError: For an unknown stage name.
         ValueError: For ``decay`` outside (0, 1] or ``lr <= 0``.
 
-    Example:
+    Examples:
         >>> import torch, torchvision
         >>> model = torchvision.models.resnet18()
         >>> groups = discriminative_param_groups(model, 1e-3, decay=0.5)

@@ -32,7 +32,7 @@ def unknown_name_error(
     Returns:
         A ``KeyError`` whose message names the bad value, the closest matches and the choices.
 
-    Example:
+    Examples:
         >>> err = unknown_name_error("preset", "randaugmnet", ["none", "randaugment"])
         >>> print(err.args[0])
         unknown preset 'randaugmnet'; did you mean 'randaugment'? available: none, randaugment
@@ -56,7 +56,7 @@ class Registry(Generic[T]):
     Args:
         kind: What the registry holds, used in error messages (``"preset"``).
 
-    Example:
+    Examples:
         >>> reg: Registry[int] = Registry("number")
         >>> @reg.register("one")
         ... def one() -> int:
@@ -87,7 +87,7 @@ class Registry(Generic[T]):
         Raises:
             ValueError: If ``name`` is empty or already registered.
 
-        Example:
+        Examples:
             >>> reg: Registry[str] = Registry("colour")
             >>> _ = reg.register("red")("#f00")
             >>> reg.register("red")("#ff0000")
@@ -119,7 +119,7 @@ class Registry(Generic[T]):
         Returns:
             The matching names in sorted order.
 
-        Example:
+        Examples:
             >>> reg: Registry[int] = Registry("n")
             >>> for key in ("b", "a", "ab"):
             ...     _ = reg.register(key)(0)

@@ -42,7 +42,7 @@ def part_sizes(total: int, fractions_or_counts: Sequence[float]) -> list[int]:
         ValueError: If fractions do not sum to 1 or are not positive, counts do not sum to
             ``total``, there are more parts than samples, or a part would be empty.
 
-    Example:
+    Examples:
         >>> part_sizes(5000, (0.8, 0.1, 0.1))
         [4000, 500, 500]
         >>> part_sizes(10, (1 / 3, 1 / 3, 1 / 3))
@@ -224,7 +224,7 @@ def split(
             summing to the length, more parts than samples, or a label count that differs from
             the length.
 
-    Example:
+    Examples:
         >>> train, val, test = split(5000, (0.8, 0.1, 0.1), seed=0)
         >>> len(train), len(val), len(test)
         (4000, 500, 500)

@@ -35,7 +35,12 @@ _RANDOM_OPS = ("RandAugment", "TrivialAugmentWide", "AutoAugment", "AugMix", "Co
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite; the message names the epoch and batch.
+
+    Examples:
+        >>> issubclass(NonFiniteLossError, FloatingPointError)
+        True
+    """
 
 
 @dataclass
@@ -44,7 +49,7 @@ class History:
 
     ``history["val_accuracy"]`` is that column over epochs; ``history.records`` the rows.
 
-    Example:
+    Examples:
         >>> h = History([{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.4}])
         >>> h["val_loss"], h.best("val_loss")["epoch"]
         ([0.5, 0.4], 2)
@@ -195,11 +200,10 @@ class Trainer:
         ValueError: For a bad ``precision``, ``grad_accum_steps < 1`` or a model with nothing
             to train and no optimizer.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> x = torch.randn(256, 2)
         >>> data = TensorDataset(x, (x[:, 0] > 0).long())
         >>> model = torch.nn.Sequential(
@@ -732,7 +736,7 @@ class Trainer:
     ) -> dict[str, Any]:
         """Everything a resume needs: model, optimizer, scaler, counters, callbacks, RNG, history.
 
-        Example:
+        Examples:
             >>> sorted(Trainer(torch.nn.Linear(2, 2), device="cpu").state_dict())[:4]
             ['batches_done', 'callbacks', 'epochs_done', 'global_step']
         """
