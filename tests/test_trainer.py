@@ -513,3 +513,34 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
             assert r2[key] == pytest.approx(r1[key], abs=1e-4), key
     assert m2["eval"]["accuracy"] == pytest.approx(m1["eval"]["accuracy"], abs=1e-6)
     assert sorted(p.name for p in two.iterdir()) == ["last.pt", "metrics.json"]
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_file_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tlkit import _utils
+
+    target = tmp_path / "last.pt"
+    _utils.atomic_save({"step": torch.tensor(1)}, target)
+    before = target.read_bytes()
+
+    def crash(obj, handle):  # writes half a file, then the process "dies"
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_utils.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        _utils.atomic_save({"step": torch.tensor(2)}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_progress_bar_shows_loss_accuracy_and_speed_and_is_quiet_when_disabled(capsys) -> None:
+    torch.manual_seed(0)
+    trainer_for(small_net(), callbacks=[tlkit.ProgressBar(refresh_every=2, enable=True)]).fit(
+        loader(64), epochs=1
+    )
+    shown = capsys.readouterr().err
+    assert "epoch 1/1" in shown and "loss=" in shown and "acc=" in shown and "img_s=" in shown
+    trainer_for(small_net(), callbacks=[tlkit.ProgressBar(enable=False)]).fit(loader(64), epochs=1)
+    assert capsys.readouterr().err == ""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.distributed as dist
@@ -14,8 +15,8 @@ import torch.distributed as dist
 CHECKPOINT_FORMAT = 1
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Write through a temporary file in the same folder, then rename it over ``path``.
 
     A crash or kill during the write leaves the previous file intact: ``os.replace`` is atomic on
     POSIX and Windows when source and target are on the same file system.
@@ -25,7 +26,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -35,19 +36,14 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return target
 
 
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` atomically (temporary file, then rename)."""
+    return _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
 def atomic_write_text(text: str, path: str | os.PathLike[str]) -> Path:
-    """Write text through a temporary file and an atomic rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write UTF-8 text atomically (temporary file, then rename)."""
+    return _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def rng_state() -> dict[str, Any]:

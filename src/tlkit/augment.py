@@ -219,34 +219,31 @@ def _standard(cfg: PresetConfig) -> tuple[list[Any], float | None]:
     return [_random_crop(cfg), v2.RandomHorizontalFlip()], None
 
 
+def _standard_then(cfg: PresetConfig, policy: Any) -> tuple[list[Any], float | None]:
+    return [_random_crop(cfg), v2.RandomHorizontalFlip(), policy], None
+
+
+_BILINEAR = v2.InterpolationMode.BILINEAR
+
+
 @register("randaugment")
 def _randaugment(cfg: PresetConfig) -> tuple[list[Any], float | None]:
     """Standard crop and flip, then RandAugment with 2 ops at magnitude 9 (timm's rand-m9)."""
-    return [
-        _random_crop(cfg),
-        v2.RandomHorizontalFlip(),
-        v2.RandAugment(num_ops=2, magnitude=9, interpolation=v2.InterpolationMode.BILINEAR),
-    ], None
+    return _standard_then(cfg, v2.RandAugment(num_ops=2, magnitude=9, interpolation=_BILINEAR))
 
 
 @register("trivialaugment")
 def _trivialaugment(cfg: PresetConfig) -> tuple[list[Any], float | None]:
     """Standard crop and flip, then TrivialAugmentWide (one random op, random magnitude)."""
-    return [
-        _random_crop(cfg),
-        v2.RandomHorizontalFlip(),
-        v2.TrivialAugmentWide(interpolation=v2.InterpolationMode.BILINEAR),
-    ], None
+    return _standard_then(cfg, v2.TrivialAugmentWide(interpolation=_BILINEAR))
 
 
 @register("autoaugment")
 def _autoaugment(cfg: PresetConfig) -> tuple[list[Any], float | None]:
     """Standard crop and flip, then AutoAugment with its ImageNet policy."""
-    return [
-        _random_crop(cfg),
-        v2.RandomHorizontalFlip(),
-        v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=v2.InterpolationMode.BILINEAR),
-    ], None
+    return _standard_then(
+        cfg, v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=_BILINEAR)
+    )
 
 
 def get(

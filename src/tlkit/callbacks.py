@@ -365,7 +365,12 @@ class ProgressBar(Callback):
     ) -> None:
         if self._bar is None:
             return
-        shown = {k: f"{v:.4f}" for k, v in metrics.items() if k.endswith(("loss", "accuracy"))}
+        shown = {"loss": f"{metrics['train_loss']:.4f}", "acc": f"{metrics['train_accuracy']:.3f}"}
+        if "val_loss" in metrics:
+            shown.update(
+                val_loss=f"{metrics['val_loss']:.4f}", val_acc=f"{metrics['val_accuracy']:.3f}"
+            )
+        shown["img_s"] = f"{metrics['images_per_sec']:.0f}"
         self._bar.set_postfix(shown)
         self._bar.close()
         self._bar = None
