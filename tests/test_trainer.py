@@ -475,35 +475,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     assert best_full["epochs_done"] == best_resumed["epochs_done"]
 
 
-def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unfreeze", [False, True], ids=["plain", "gradual-unfreeze"])
+def test_ddp_two_processes_match_one_process(tmp_path: Path, unfreeze: bool) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     script = str(JOBS / "ddp_job.py")
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    subprocess.run(
-        [sys.executable, script, "--out", str(one), "--batch-size", "16"],
-        check=True,
-        env=env,
-        timeout=300,
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            script,
-            "--out",
-            str(two),
-            "--batch-size",
-            "8",
-        ],
-        check=True,
-        env=env,
-        timeout=300,
-    )
+    extra = ["--unfreeze"] if unfreeze else []
+    single = [sys.executable, script, "--out", str(one), "--batch-size", "16", *extra]
+    subprocess.run(single, check=True, env=env, timeout=300)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    double = [*launcher, script, "--out", str(two), "--batch-size", "8", *extra]
+    subprocess.run(double, check=True, env=env, timeout=300)
     m1 = json.loads((one / "metrics.json").read_text())
     m2 = json.loads((two / "metrics.json").read_text())
     assert m1["world_size"] == 1 and m2["world_size"] == 2
@@ -512,6 +496,8 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
         for key in r1:
             assert r2[key] == pytest.approx(r1[key], abs=1e-4), key
     assert m2["eval"]["accuracy"] == pytest.approx(m1["eval"]["accuracy"], abs=1e-6)
+    # with gradual unfreezing the conv trains from epoch 2: its gradients must be all-reduced
+    assert m2["conv_weight_sum"] == pytest.approx(m1["conv_weight_sum"], abs=1e-4)
     assert sorted(p.name for p in two.iterdir()) == ["last.pt", "metrics.json"]
 
 

@@ -462,9 +462,9 @@ class Trainer:
         train_loader = self._prepare_loader(train_loader, train=True)
         if val_loader is not None:
             val_loader = self._prepare_loader(val_loader, train=False)
-        module = self._module
+        head: nn.Module | None = None
         if cache_features:
-            module, train_loader, val_loader = self._cache(train_loader, val_loader, cache_one_view)
+            head, train_loader, val_loader = self._cache(train_loader, val_loader, cache_one_view)
         self.batches_per_epoch = len(train_loader) if isinstance(train_loader, Sized) else None
         self._summary(cache_features)
         self._notify("on_fit_start")
@@ -477,6 +477,8 @@ class Trainer:
                 if isinstance(sampler, DistributedSampler):
                     sampler.set_epoch(epoch)
                 self._notify("on_epoch_start", epoch=epoch)
+                # read after on_epoch_start: GradualUnfreeze may have rebuilt the DDP wrapper
+                module = head if head is not None else self._module
                 record = self._train_epoch(module, train_loader, epoch, skip)
                 skip = 0
                 if val_loader is not None:
