@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the whole 60,000-image train set")
     parser.add_argument("--c-size", type=int, default=72)
     parser.add_argument("--c-lr", type=float, default=2e-3)
-    parser.add_argument("--c-decay", type=float, default=0.8)
+    parser.add_argument("--c-decay", type=float, default=0.9)
     parser.add_argument(
         "--c-passes", type=int, default=2, help="passes of the backbone over the data"
     )
