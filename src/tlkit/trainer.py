@@ -8,6 +8,7 @@ checkpoints that restore everything a bit-identical continuation needs.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import time
@@ -172,6 +173,11 @@ class _TensorBatches:
                 yield self.x[idx], self.y[idx]
 
 
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class Trainer:
     """Train and evaluate a classifier: plain PyTorch in, history and checkpoints out.
 
@@ -238,6 +244,9 @@ class Trainer:
         self.rank, self.local_rank, self.world_size = world()
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # The group is ours, so we tear it down: left to interpreter shutdown, gloo's
+            # threads can abort the process ("terminate called without an active exception").
+            atexit.register(_destroy_process_group)
         self.device = _resolve_device(device, self.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)

@@ -54,7 +54,7 @@ def main() -> None:
                 "accuracy": result["accuracy"],
                 "count": result["count"],
             },
-            "conv_weight_sum": float(model[0].weight.sum()),
+            "conv_weight_sum": float(model[0].weight.detach().sum()),
         }
         (args.out / "metrics.json").write_text(json.dumps(out))
 
