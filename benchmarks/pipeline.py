@@ -3,7 +3,9 @@
 Applies each preset's training pipeline to 96 px RGB PIL images (what torchvision's STL10
 returns) on one CPU core, and compares with ResNet50's training speed (first 61 tensors frozen,
 96 px) measured on the same machine, or given with --model-img-s (a GPU figure, say). Prints how
-many DataLoader workers each preset needs to keep the model fed. Writes pipeline.json.
+many DataLoader workers each preset needs to keep the model fed. Also times
+``tlkit.augment.BatchAugment`` (the ``standard`` preset's crop and flip on whole uint8 batches,
+meant for the GPU) on one CPU core, and on the GPU when there is one. Writes pipeline.json.
 
     python benchmarks/pipeline.py [--quick] [--model-img-s 2500]
 """
@@ -14,6 +16,7 @@ import argparse
 import math
 import time
 
+import numpy as np
 import torch
 from _common import median, table, write_json
 from PIL import Image
@@ -43,6 +46,25 @@ def preset_rate(name: str, batch: list[Image.Image], repeats: int) -> float:
     return median(rates)
 
 
+def batch_rate(batch: list[Image.Image], repeats: int, device: str) -> float:
+    """Images/s of BatchAugment on 64-image uint8 batches already on ``device``."""
+    augment = tlkit.augment.BatchAugment(96).to(device)
+    stacked = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in batch])
+    chunks = [chunk.to(device) for chunk in stacked.split(64)]
+    augment(chunks[0])  # warm-up
+    rates = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for chunk in chunks:
+            augment(chunk)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        rates.append(len(batch) / (time.perf_counter() - start))
+    return median(rates)
+
+
 def model_rate(n: int) -> float:
     torch.manual_seed(0)
     model, _ = tlkit.backbone("resnet50", weights=None)
@@ -66,10 +88,16 @@ def main() -> None:
     torch.set_num_threads(1)  # one DataLoader worker = one core
     presets = ["none", "flip", "seed", "standard", "randaugment", "trivialaugment", "autoaugment"]
     rates = {name: preset_rate(name, batch, repeats) for name in presets}
+    batched = {"cpu": batch_rate(batch, repeats, "cpu")}
     torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        batched["cuda"] = batch_rate(batch * 16, repeats, "cuda")
     target = args.model_img_s or model_rate(64 if args.quick else 128)
     source = "given" if args.model_img_s else "measured here (CPU)"
     rows = [[name, rate, rate / target, math.ceil(target / rate)] for name, rate in rates.items()]
+    rows.append(["BatchAugment, 1 CPU core", batched["cpu"], batched["cpu"] / target, "-"])
+    if "cuda" in batched:
+        rows.append(["BatchAugment, on the GPU", batched["cuda"], batched["cuda"] / target, "-"])
     print(
         f"presets on 96 px PIL images, one core; model ResNet50 96 px first_n=61: "
         f"{target:.0f} img/s ({source})"
@@ -81,6 +109,7 @@ def main() -> None:
             "images": n,
             "repeats": repeats,
             "preset_img_s": rates,
+            "batch_augment_img_s": batched,
             "model_img_s": target,
             "model_source": source,
         },

@@ -8,6 +8,7 @@ from skimage import data as skdata
 from torchvision.transforms import v2
 
 from tlkit import BackboneInfo, augment, channel_stats
+from tlkit.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 BUILTINS = ["autoaugment", "flip", "none", "randaugment", "seed", "standard", "trivialaugment"]
 
@@ -168,3 +169,99 @@ def test_channel_stats_with_workers_and_empty_dataset() -> None:
     assert channel_stats(images, num_workers=2) == channel_stats(images)
     with pytest.raises(ValueError, match="empty"):
         channel_stats([])
+
+
+# --------------------------------------------------------------------------- BatchAugment
+def _uint8_batch(n: int = 6, size: int = 32) -> torch.Tensor:
+    photo = torch.from_numpy(skdata.astronaut()).permute(2, 0, 1)
+    return torch.stack([photo[:, 40 * i : 40 * i + size, 100 : 100 + size] for i in range(n)])
+
+
+def _normalised(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
+def test_batch_augment_whole_image_crop_is_exact_and_flip_mirrors() -> None:
+    batch = _uint8_batch()
+    keep = augment.BatchAugment(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)
+    torch.testing.assert_close(keep(batch), _normalised(batch), rtol=0, atol=1e-5)
+    mirror = augment.BatchAugment(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=1.0)
+    torch.testing.assert_close(mirror(batch), _normalised(batch).flip(-1), rtol=0, atol=1e-5)
+
+
+def test_batch_augment_crop_reproduces_a_pixel_aligned_box() -> None:
+    batch = _uint8_batch().float()
+    aug = augment.BatchAugment(12)
+    boxes = torch.tensor([[3.0, 5.0, 12.0, 12.0]] * len(batch))
+    flips = torch.tensor([False, True] * (len(batch) // 2))
+    out = aug.crop(batch, boxes, flips)
+    expected = batch[:, :, 5:17, 3:15]
+    expected[1::2] = expected[1::2].flip(-1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+
+
+def test_batch_augment_boxes_follow_random_resized_crop_rules() -> None:
+    aug = augment.BatchAugment(32, scale=(0.2, 0.6), ratio=(0.5, 2.0))
+    torch.manual_seed(0)
+    boxes = aug.sample_boxes(4000, 48, 64)
+    left, top, w, h = boxes.unbind(1)
+    assert (left >= 0).all() and (top >= 0).all()
+    assert (left + w <= 64 + 1e-4).all() and (top + h <= 48 + 1e-4).all()
+    area = w * h / (48 * 64)
+    assert area.min() >= 0.2 - 1e-4 and area.max() <= 0.6 + 1e-4
+    assert (w / h).min() >= 0.5 - 1e-4 and (w / h).max() <= 2.0 + 1e-4
+    # independent per image, covering the allowed ranges
+    assert area.max() - area.min() > 0.35 and left.std() > 3 and top.std() > 3
+    # a crop that can never fit falls back to the centre crop of the nearest allowed ratio
+    wide = augment.BatchAugment(8, scale=(1.0, 1.0), ratio=(3.0, 4.0)).sample_boxes(3, 40, 40)
+    torch.testing.assert_close(wide, torch.tensor([[0.0, (40 - 40 / 3) / 2, 40.0, 40 / 3]] * 3))
+
+
+def test_batch_augment_is_random_in_train_mode_and_fixed_in_eval_mode() -> None:
+    batch = _uint8_batch()
+    aug = augment.BatchAugment(24, scale=(0.3, 1.0))
+    torch.manual_seed(0)
+    first = aug(batch)
+    assert not torch.equal(first, aug(batch))
+    torch.manual_seed(0)
+    assert torch.equal(first, aug(batch))  # the global RNG drives it
+    aug.eval()
+    expected = torch.nn.functional.interpolate(
+        batch.float() / 255, size=24, mode="bilinear", antialias=True
+    )
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(aug(batch), (expected - mean) / std)
+    aug.crop_pct = 0.75  # the central 24 of 32 pixels, already 24 px: no resampling
+    torch.testing.assert_close(aug(batch), _normalised(batch[:, :, 4:28, 4:28]), rtol=0, atol=1e-5)
+
+
+def test_batch_augment_channels_dtypes_statistics_and_bad_input() -> None:
+    batch = _uint8_batch(4)
+    aug = augment.BatchAugment(16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)).eval()
+    grey = aug(batch[:, :1])
+    assert grey.shape == (4, 3, 16, 16) and torch.equal(grey[:, 0], grey[:, 2])
+    rgba = torch.cat([batch, torch.full_like(batch[:, :1], 255)], 1)
+    assert torch.equal(aug(rgba), aug(batch))
+    torch.testing.assert_close(aug(batch.float() / 255), aug(batch))
+    assert aug(torch.zeros(1, 3, 16, 16)).eq(-1).all()  # (0 - 0.5) / 0.5
+    info = BackboneInfo(
+        name="x", source="timm", weights="none", mean=(0.1, 0.2, 0.3), std=(1.0, 1.0, 1.0)
+    )
+    assert augment.BatchAugment(16, info=info).mean.flatten().tolist() == pytest.approx(
+        [0.1, 0.2, 0.3]
+    )
+    with pytest.raises(ValueError, match="1, 3 or 4 channels, got 2"):
+        aug(batch[:, :2])
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) batch, got \(3, 32, 32\)"):
+        aug(batch[0])
+    with pytest.raises(ValueError, match="scale"):
+        augment.BatchAugment(16, scale=(0.5, 0.2))
+    with pytest.raises(ValueError, match="ratio"):
+        augment.BatchAugment(16, ratio=(0.0, 1.0))
+    with pytest.raises(ValueError, match="flip"):
+        augment.BatchAugment(16, flip=1.5)
+    with pytest.raises(ValueError, match="image_size"):
+        augment.BatchAugment(0)

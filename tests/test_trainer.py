@@ -327,6 +327,64 @@ def test_feature_cache_refuses_a_trainable_body(tiny) -> None:
         trainer_for(tiny).fit(loader(), epochs=1, cache_features=True)
 
 
+# ---------------------------------------------------------------------------- batch transform
+def uint8_loader(n: int, *, seed: int = 0, shuffle: bool = True, size: int = 12) -> DataLoader:
+    data = ColourDataset(n, seed=seed, size=size)
+    images = (data.images * 255).round().to(torch.uint8)
+    return DataLoader(TensorDataset(images, data.labels), batch_size=16, shuffle=shuffle)
+
+
+class Recording(nn.Module):
+    """Wraps a batch transform and records the mode and input of every call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls: list[tuple[bool, torch.dtype]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((self.training, x.dtype))
+        return self.inner(x)
+
+
+def test_batch_transform_augments_training_batches_only_and_the_model_learns(tiny) -> None:
+    torch.manual_seed(0)
+    transform = Recording(tlkit.augment.BatchAugment(8, scale=(0.5, 1.0)))
+    trainer = trainer_for(tiny, lr=0.05, batch_transform=transform)
+    train, val = uint8_loader(192), uint8_loader(64, seed=1, shuffle=False)
+    trainer.fit(train, val, epochs=8)
+    modes = [training for training, _ in transform.calls]
+    assert modes == ([True] * len(train) + [False] * len(val)) * 8
+    assert {dtype for _, dtype in transform.calls} == {torch.uint8}
+    transform.calls.clear()
+    assert trainer.evaluate(val)["accuracy"] > 0.95
+    probs = trainer.predict(next(iter(val))[0])
+    assert probs.shape == (16, 3) and transform.calls == [(False, torch.uint8)] * (len(val) + 1)
+
+
+def test_batch_transform_runs_repeat_exactly_from_the_seed(tiny) -> None:
+    def run(seed: int) -> dict[str, torch.Tensor]:
+        model = copy.deepcopy(tiny)
+        torch.manual_seed(seed)
+        transform = tlkit.augment.BatchAugment(8, scale=(0.3, 1.0))
+        trainer_for(model, batch_transform=transform).fit(uint8_loader(64), epochs=2)
+        return model.state_dict()
+
+    first, again, other = run(0), run(0), run(1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
+
+
+def test_batch_transform_counts_as_random_for_the_feature_cache(tiny) -> None:
+    FreezePolicy(train_only=["fc"]).apply(tiny)
+    trainer = trainer_for(tiny, batch_transform=tlkit.augment.BatchAugment(8))
+    with pytest.raises(ValueError, match=r"random batch_transform.*cache_one_view=True"):
+        trainer.fit(uint8_loader(32), epochs=1, cache_features=True)
+    trainer.fit(uint8_loader(32), epochs=1, cache_features=True, cache_one_view=True)
+    with pytest.raises(TypeError, match="batch_transform must be callable, got str"):
+        trainer_for(tiny, batch_transform="flip")
+
+
 # ---------------------------------------------------------------------------- faults and bad input
 def test_empty_loader() -> None:
     empty = DataLoader(

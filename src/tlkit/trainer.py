@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -195,6 +195,10 @@ class Trainer:
         grad_accum_steps: Batches per optimizer step.
         clip_grad_norm: Clip the gradient norm to this value before each step.
         channels_last: Use the channels-last memory format for model and inputs.
+        batch_transform: A callable applied to every input batch once it is on the device, e.g.
+            :class:`tlkit.augment.BatchAugment` (augmentation on the GPU). An ``nn.Module`` is
+            moved to the device and put in train mode for training batches, in eval mode for
+            evaluation, prediction and the validation features of ``cache_features``.
         compile: Wrap the model with ``torch.compile``.
         checkpoint_dir: Default folder of :class:`~tlkit.callbacks.ModelCheckpoint` and of the
             ``interrupted.pt`` written on Ctrl-C.
@@ -234,6 +238,7 @@ class Trainer:
         grad_accum_steps: int = 1,
         clip_grad_norm: float | None = None,
         channels_last: bool = False,
+        batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         compile: bool = False,
         checkpoint_dir: str | Path = "checkpoints",
         log_every: int = 50,
@@ -255,6 +260,13 @@ class Trainer:
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if batch_transform is not None and not callable(batch_transform):
+            raise TypeError(
+                f"batch_transform must be callable, got {type(batch_transform).__name__}"
+            )
+        if isinstance(batch_transform, nn.Module):
+            batch_transform.to(self.device)
+        self.batch_transform = batch_transform
         self.log_probs_head = _ends_in_log_softmax(model)
         if optimizer is None:
             params = [p for p in model.parameters() if p.requires_grad]
@@ -388,16 +400,27 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _inputs(self, x: torch.Tensor, *, train: bool, transform: bool = True) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=self.device.type == "cuda")
+        batch_transform = self.batch_transform
+        if transform and batch_transform is not None:
+            if isinstance(batch_transform, nn.Module):
+                batch_transform.train(train)
+            x = batch_transform(x)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _to_device(
+        self, batch: Any, *, train: bool = False, transform: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise TypeError(
                 f"training batches must be (inputs, targets) pairs, got {type(batch).__name__}"
             )
         x, y = batch[0], batch[1]
         non_blocking = self.device.type == "cuda"
-        x = x.to(self.device, non_blocking=non_blocking)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._inputs(x, train=train, transform=transform)
         return x, y.to(self.device, non_blocking=non_blocking), y
 
     def _check_batch(self, outputs: torch.Tensor, y_host: torch.Tensor, first: bool) -> None:
@@ -446,8 +469,9 @@ class Trainer:
             cache_features: Linear-probe fast path: when only the classifier head is trainable,
                 run the frozen body once over the data (eval mode) and train the head on the
                 cached features.
-            cache_one_view: Accept caching when the training data has random augmentation
-                (each image is then seen through one fixed random view).
+            cache_one_view: Accept caching when the training data has random augmentation or
+                the trainer has a ``batch_transform`` (each image is then seen through one fixed
+                random view).
 
         Returns:
             The :class:`History` (also at ``trainer.history``).
@@ -533,6 +557,7 @@ class Trainer:
         self, module: nn.Module, loader: Iterable[Any], epoch: int, skip: int
     ) -> dict[str, Any]:
         module.train()
+        cached = isinstance(loader, _TensorBatches)  # features: batch_transform already applied
         meter = self._meter = ClassificationMeter(top5=False)
         accum = self.grad_accum_steps
         total = self.batches_per_epoch
@@ -545,7 +570,7 @@ class Trainer:
             if index < skip:
                 continue
             self._notify("on_batch_start", batch=index)
-            x, y, y_host = self._to_device(batch)
+            x, y, y_host = self._to_device(batch, train=True, transform=not cached)
             step_now = (index + 1) % accum == 0 or (total is not None and index + 1 == total)
             sync = contextlib.nullcontext() if step_now or not ddp else cast(Any, module).no_sync()
             with sync:
@@ -644,9 +669,10 @@ class Trainer:
         self, module: nn.Module, loader: Iterable[Any], *, confusion: bool
     ) -> dict[str, Any]:
         module.eval()
+        cached = isinstance(loader, _TensorBatches)
         meter = ClassificationMeter(confusion=confusion)
         for index, batch in enumerate(loader):
-            x, y, y_host = self._to_device(batch)
+            x, y, y_host = self._to_device(batch, transform=not cached)
             with self._autocast():
                 outputs = module(x)
             self._check_batch(outputs, y_host, first=index == 0)
@@ -672,9 +698,7 @@ class Trainer:
         probs = []
         for batch in batches:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            x = x.to(self.device)
-            if self.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self._inputs(x, train=False)
             with self._autocast():
                 out = self._module(x).float()
             probs.append((out.exp() if self.outputs_log_probs else out.softmax(1)).cpu())
@@ -702,19 +726,26 @@ class Trainer:
                 f"tlkit.FreezePolicy(train_only=[{path!r}])"
             )
         dataset = getattr(train_loader, "dataset", None)
-        if dataset is not None and not one_view and _has_random_transform(dataset):
+        if not one_view and (
+            self.batch_transform is not None
+            or (dataset is not None and _has_random_transform(dataset))
+        ):
+            where = "batch_transform" if self.batch_transform is not None else "training transform"
             raise ValueError(
-                "cache_features with a random training transform would train on one random view "
+                f"cache_features with a random {where} would train on one random view "
                 "of each image forever; use a deterministic transform for the cached run, or pass "
                 "cache_one_view=True to accept caching one view"
             )
         _set_module(self.model, path, nn.Identity())
         try:
             train = self._features(
-                train_loader, shuffle=True, batch_size=getattr(train_loader, "batch_size", None)
+                train_loader,
+                shuffle=True,
+                batch_size=getattr(train_loader, "batch_size", None),
+                train=True,
             )
             val = (
-                self._features(val_loader, shuffle=False, batch_size=None)
+                self._features(val_loader, shuffle=False, batch_size=None, train=False)
                 if val_loader is not None
                 else None
             )
@@ -727,12 +758,14 @@ class Trainer:
         return head, train, val
 
     @torch.no_grad()
-    def _features(self, loader: Any, *, shuffle: bool, batch_size: int | None) -> _TensorBatches:
+    def _features(
+        self, loader: Any, *, shuffle: bool, batch_size: int | None, train: bool
+    ) -> _TensorBatches:
         self.model.eval()
         xs, ys = [], []
         size = 0
         for batch in loader:
-            x, y, _ = self._to_device(batch)
+            x, y, _ = self._to_device(batch, train=train)
             with self._autocast():
                 xs.append(self.model(x).float().flatten(1))
             ys.append(y)
