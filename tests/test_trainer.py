@@ -470,9 +470,14 @@ def test_bad_trainer_arguments() -> None:
         trainer_for(small_net()).fit(loader(), epochs=0)
     with pytest.raises(KeyError, match="monitored metric 'val_loss'"):
         trainer_for(small_net(), callbacks=[EarlyStopping("val_loss")]).fit(loader(), epochs=1)
+    with pytest.raises(ValueError, match="every_n_steps must be a positive integer, got 0"):
+        ModelCheckpoint(every_n_steps=0)
 
 
-def test_ctrl_c_saves_interrupted_checkpoint_and_resume_is_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("random", [False, True], ids=["plain", "dropout-and-augmentation"])
+def test_ctrl_c_saves_interrupted_checkpoint_and_resume_is_exact(
+    tmp_path: Path, random: bool
+) -> None:
     class CtrlC(Callback):
         def on_batch_end(self, trainer, *, batch, optimizer_stepped, **kwargs):
             if trainer.epochs_done == 1 and batch == 2:
@@ -480,9 +485,10 @@ def test_ctrl_c_saves_interrupted_checkpoint_and_resume_is_exact(tmp_path: Path)
 
     def run(extra: list[Callback], resume: Path | None = None) -> nn.Module:
         torch.manual_seed(0)
-        model = small_net()
+        model = small_net(dropout=0.3 if random else 0.0)
         trainer = trainer_for(model, callbacks=extra, checkpoint_dir=tmp_path)
-        trainer.fit(loader(), epochs=3, resume_from=resume)
+        history = trainer.fit(loader(augment=random), epochs=3, resume_from=resume)
+        model.train_losses = history["train_loss"]  # type: ignore[assignment]
         return model
 
     reference = run([])
@@ -495,15 +501,54 @@ def test_ctrl_c_saves_interrupted_checkpoint_and_resume_is_exact(tmp_path: Path)
         reference.state_dict().items(), resumed.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+    assert resumed.train_losses == reference.train_losses
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
+def test_ctrl_c_during_validation_resumes_without_retraining_the_epoch(tmp_path: Path) -> None:
+    class Interruptible(ColourDataset):
+        armed = False
+
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+            if self.armed:
+                Interruptible.armed = False
+                raise KeyboardInterrupt
+            return super().__getitem__(index)
+
+    class ArmInEpoch1(Callback):
+        def on_batch_end(self, trainer, *, batch, optimizer_stepped, **kwargs):
+            if trainer.epochs_done == 1 and batch == 5:  # the last training batch
+                Interruptible.armed = True
+
+    def run(extra: list[Callback], resume: Path | None = None) -> tuple[nn.Module, list]:
+        torch.manual_seed(0)
+        model = small_net(dropout=0.3)
+        trainer = trainer_for(model, callbacks=extra, checkpoint_dir=tmp_path)
+        val = DataLoader(Interruptible(32, seed=1), batch_size=16)
+        history = trainer.fit(loader(augment=True), val, epochs=3, resume_from=resume)
+        return model, history.records
+
+    reference, records = run([])
+    with pytest.raises(KeyboardInterrupt):
+        run([ArmInEpoch1()])
+    assert Trainer.load_checkpoint(tmp_path / "interrupted.pt")["batches_done"] == 6
+    resumed, resumed_records = run([], resume=tmp_path / "interrupted.pt")
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    for a, b in zip(records, resumed_records, strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+
+
+@pytest.mark.parametrize("every_n_steps", [None, 2], ids=["epoch-end", "mid-epoch"])
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(
+    tmp_path: Path, every_n_steps: int | None
+) -> None:
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
     script = str(JOBS / "resume_job.py")
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run([sys.executable, script, "--out", str(full)], check=True, env=env, timeout=300)
+    every = ["--every-n-steps", str(every_n_steps)] if every_n_steps else []
     proc = subprocess.Popen(
-        [sys.executable, script, "--out", str(killed), "--stall", "2:3"], env=env
+        [sys.executable, script, "--out", str(killed), "--stall", "2:3", *every], env=env
     )
     try:
         deadline = time.monotonic() + 300
@@ -516,7 +561,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert not (killed / "final.pt").exists()
-    assert Trainer.load_checkpoint(killed / "last.pt")["epochs_done"] == 2
+    last = Trainer.load_checkpoint(killed / "last.pt")
+    # 6 batches per epoch; killed inside batch 3 of epoch 2 (0-based), before its checkpoint
+    assert (last["epochs_done"], last["batches_done"]) == ((2, 2) if every_n_steps else (2, 0))
     subprocess.run(
         [sys.executable, script, "--out", str(killed), "--resume", str(killed / "last.pt")],
         check=True,
@@ -531,6 +578,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     best_full = torch.load(full / "best.pt", weights_only=True)
     best_resumed = torch.load(killed / "best.pt", weights_only=True)
     assert best_full["epochs_done"] == best_resumed["epochs_done"]
+    # the resumed epoch's training metrics include the batches done before the kill
+    history = json.loads((full / "history.json").read_text())
+    assert json.loads((killed / "history.json").read_text()) == history
 
 
 @pytest.mark.parametrize("unfreeze", [False, True], ids=["plain", "gradual-unfreeze"])

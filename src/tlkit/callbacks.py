@@ -186,6 +186,9 @@ class ModelCheckpoint(Callback):
         monitor: History key deciding "best"; ``None`` saves only ``last.pt``.
         mode: ``"min"``, ``"max"`` or ``"auto"``.
         save_last: Write ``last.pt`` at the end of every epoch.
+        every_n_steps: Also write ``last.pt`` every this many optimizer steps, inside epochs:
+            a run killed mid-epoch then resumes from at most this many steps back, exactly where
+            that checkpoint stopped (for long epochs; each write costs a full save).
         restore_best: Load the best weights into the model when ``fit`` ends.
 
     Examples:
@@ -202,8 +205,16 @@ class ModelCheckpoint(Callback):
         monitor: str | None = "val_loss",
         mode: Mode = "auto",
         save_last: bool = True,
+        every_n_steps: int | None = None,
         restore_best: bool = False,
     ) -> None:
+        if every_n_steps is not None and (
+            isinstance(every_n_steps, bool)
+            or not isinstance(every_n_steps, int)
+            or every_n_steps < 1
+        ):
+            raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
+        self.every_n_steps = every_n_steps
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self._monitor = _Monitor(monitor, mode) if monitor else None
         self.save_last = save_last
@@ -225,6 +236,13 @@ class ModelCheckpoint(Callback):
     def on_fit_start(self, trainer: Trainer, **kwargs: Any) -> None:
         if self.dirpath is None:
             self.dirpath = trainer.checkpoint_dir
+
+    def on_batch_end(
+        self, trainer: Trainer, *, batch: int, optimizer_stepped: bool, **kwargs: Any
+    ) -> None:
+        every = self.every_n_steps
+        if every is not None and optimizer_stepped and trainer.global_step % every == 0:
+            trainer.save_checkpoint(self.last_path)
 
     def on_epoch_end(
         self, trainer: Trainer, *, epoch: int, metrics: dict[str, Any], **kwargs: Any

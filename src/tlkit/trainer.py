@@ -296,10 +296,13 @@ class Trainer:
         self.last_step_taken = True
         self.max_epochs = 0
         self.batches_per_epoch: int | None = None
+        # where we are inside an epoch, for mid-epoch checkpoints (None between epochs)
         self._batches_done = 0
-        self._epoch_rng: dict[str, Any] | None = None
+        self._epoch_rng: dict[str, Any] | None = None  # RNG when the epoch's loader was made
+        self._train_end_rng: dict[str, Any] | None = None  # RNG when the training batches ended
         self._meter: ClassificationMeter | None = None
         self._epoch_start = 0.0
+        self._resume_partial: dict[str, Any] | None = None
         self._module = self._wrap()
 
     # ------------------------------------------------------------------ set-up
@@ -520,10 +523,11 @@ class Trainer:
                 self.history.records.append(record)
                 self.epochs_done = epoch + 1
                 self._batches_done = 0
+                self._epoch_rng = self._train_end_rng = None
                 self._notify("on_epoch_end", epoch=epoch, metrics=record)
         except KeyboardInterrupt as exc:
             path = self.checkpoint_dir / "interrupted.pt"
-            self.save_checkpoint(path, rng=self._epoch_rng, batches_done=self._batches_done)
+            self.save_checkpoint(path)
             self.log(f"interrupted: saved {path}; resume with fit(..., resume_from={str(path)!r})")
             self._notify("on_exception", exception=exc)
             raise
@@ -559,15 +563,22 @@ class Trainer:
         module.train()
         cached = isinstance(loader, _TensorBatches)  # features: batch_transform already applied
         meter = self._meter = ClassificationMeter(top5=False)
+        partial, self._resume_partial = self._resume_partial, None
+        elapsed = 0.0
+        if partial is not None and skip > 0:  # the metrics and time of the batches before
+            meter.load_state_dict(partial["meter"], device=self.device)
+            elapsed = float(partial["seconds"])
         accum = self.grad_accum_steps
         total = self.batches_per_epoch
         bad = torch.tensor(-1, device=self.device)
         ddp = isinstance(module, DistributedDataParallel)
         self.optimizer.zero_grad(set_to_none=True)
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = time.perf_counter() - elapsed
         index = -1
         for index, batch in enumerate(loader):
             if index < skip:
+                if index == skip - 1 and partial is not None:
+                    set_rng_state(partial["rng"])  # as it was after batch `skip - 1`
                 continue
             self._notify("on_batch_start", batch=index)
             x, y, y_host = self._to_device(batch, train=True, transform=not cached)
@@ -589,8 +600,15 @@ class Trainer:
             self._notify("on_batch_end", batch=index, optimizer_stepped=step_now)
             if (index + 1) % self.log_every == 0:
                 self._raise_if_nonfinite(bad, epoch)
-        if index < skip:
+        if index < 0:
             raise ValueError("train_loader yielded no batch this epoch")
+        if index < skip - 1:
+            raise ValueError(
+                f"train_loader yielded {index + 1} batches, but the checkpoint resumed from was "
+                f"written after batch {skip} of this epoch; resume with the same data and "
+                "batch size"
+            )
+        self._train_end_rng = rng_state()
         if (
             index + 1
         ) % accum != 0 and total is None:  # iterable loader: flush the last partial step
@@ -775,15 +793,29 @@ class Trainer:
         return _TensorBatches(torch.cat(xs), torch.cat(ys), batch_size or size, shuffle=shuffle)
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(
-        self, *, rng: dict[str, Any] | None = None, batches_done: int = 0
-    ) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs: model, optimizer, scaler, counters, callbacks, RNG, history.
+
+        Between epochs, the RNG state is the current one. Inside an epoch (a checkpoint written
+        by a callback's ``on_batch_end``, or on Ctrl-C) it is the state the epoch started with,
+        plus ``batches_done``, the running metrics and the RNG state after the last batch done:
+        a resume replays the epoch's data order, skips the batches done and continues exactly
+        where the run stopped.
 
         Examples:
             >>> sorted(Trainer(torch.nn.Linear(2, 2), device="cpu").state_dict())[:4]
             ['batches_done', 'callbacks', 'epochs_done', 'global_step']
         """
+        mid_epoch = self._epoch_rng is not None
+        batches_done = self._batches_done if mid_epoch else 0
+        partial = None
+        if batches_done > 0 and self._meter is not None:
+            after = self._train_end_rng if self._train_end_rng is not None else rng_state()
+            partial = {
+                "rng": after,
+                "meter": self._meter.state_dict(),
+                "seconds": time.perf_counter() - self._epoch_start,
+            }
         return {
             "tlkit_checkpoint": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
@@ -791,19 +823,19 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epochs_done": self.epochs_done,
             "batches_done": batches_done,
+            "partial_epoch": partial,
             "global_step": self.global_step,
             "should_stop": self.should_stop,
             "callbacks": self._callback_states(),
-            "rng": rng if rng is not None else rng_state(),
+            "rng": self._epoch_rng if mid_epoch else rng_state(),
             "history": self.history.records,
         }
 
-    def save_checkpoint(
-        self, path: str | Path, *, rng: dict[str, Any] | None = None, batches_done: int = 0
-    ) -> None:
-        """Write :meth:`state_dict` to ``path`` atomically (rank 0 only)."""
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write :meth:`state_dict` to ``path`` atomically (rank 0 only), between epochs or
+        inside one (see :meth:`state_dict`)."""
         if self.is_global_zero:
-            atomic_save(self.state_dict(rng=rng, batches_done=batches_done), path)
+            atomic_save(self.state_dict(), path)
         self.barrier()
 
     @staticmethod
@@ -858,6 +890,7 @@ class Trainer:
         self.should_stop = state["should_stop"]
         self.history = History(list(state["history"]))
         self._epoch_rng = state["rng"]
+        self._resume_partial = state.get("partial_epoch")
         set_rng_state(state["rng"])
         self.log(
             f"resumed from {path}: {self.epochs_done} epochs done"

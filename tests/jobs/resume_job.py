@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--stall", type=str, default=None, help="EPOCH:BATCH")
     parser.add_argument("--resume", type=Path, default=None)
+    parser.add_argument("--every-n-steps", type=int, default=None, help="mid-epoch checkpoints")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -47,7 +49,7 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
     callbacks: list[tlkit.Callback] = [
         tlkit.LRScheduler(scheduler),
-        tlkit.ModelCheckpoint(args.out, monitor="val_accuracy"),
+        tlkit.ModelCheckpoint(args.out, monitor="val_accuracy", every_n_steps=args.every_n_steps),
         tlkit.EarlyStopping("val_loss", patience=50),
     ]
     if args.stall:
@@ -56,8 +58,11 @@ def main() -> None:
     trainer = tlkit.Trainer(
         model, optimizer=optimizer, callbacks=callbacks, device="cpu", verbose=False
     )
-    trainer.fit(loader, val, epochs=args.epochs, resume_from=args.resume)
+    history = trainer.fit(loader, val, epochs=args.epochs, resume_from=args.resume)
     torch.save(model.state_dict(), args.out / "final.pt")
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    records = [{k: r[k] for k in keys} for r in history.records]
+    (args.out / "history.json").write_text(json.dumps(records))
 
 
 if __name__ == "__main__":
