@@ -46,6 +46,12 @@ def atomic_write_text(text: str, path: str | os.PathLike[str]) -> Path:
     return _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def rng_state() -> dict[str, Any]:
     """Every global RNG state a training loop consumes, in a ``weights_only``-loadable form."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ._utils import check_positive_int
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneInfo
 from .registry import Registry
 
@@ -56,12 +57,7 @@ class PresetConfig:
     interpolation: v2.InterpolationMode
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.image_size, bool)
-            or not isinstance(self.image_size, int)
-            or self.image_size < 1
-        ):
-            raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
+        check_positive_int("image_size", self.image_size)
         for key in ("mean", "std"):
             value = getattr(self, key)
             if len(value) != 3:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from ._utils import atomic_write_text
+from ._utils import atomic_write_text, check_positive_int
 from .freeze import unfreeze
 
 if TYPE_CHECKING:
@@ -208,12 +208,8 @@ class ModelCheckpoint(Callback):
         every_n_steps: int | None = None,
         restore_best: bool = False,
     ) -> None:
-        if every_n_steps is not None and (
-            isinstance(every_n_steps, bool)
-            or not isinstance(every_n_steps, int)
-            or every_n_steps < 1
-        ):
-            raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
+        if every_n_steps is not None:
+            check_positive_int("every_n_steps", every_n_steps)
         self.every_n_steps = every_n_steps
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self._monitor = _Monitor(monitor, mode) if monitor else None

@@ -22,6 +22,7 @@ from typing import Literal
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ._utils import check_positive_int
 from .registry import unknown_name_error
 
 __all__ = ["FreezePolicy", "FreezeReport", "unfreeze"]
@@ -203,10 +204,8 @@ class FreezePolicy:
             )
         if self.bn not in ("eval", "train"):
             raise ValueError(f"bn must be 'eval' or 'train', got {self.bn!r}")
-        if self.first_n is not None and (
-            isinstance(self.first_n, bool) or not isinstance(self.first_n, int) or self.first_n < 1
-        ):
-            raise ValueError(f"first_n must be a positive integer, got {self.first_n!r}")
+        if self.first_n is not None:
+            check_positive_int("first_n", self.first_n)
         for key in ("names", "train_only"):
             value = getattr(self, key)
             if value is None:

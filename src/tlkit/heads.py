@@ -11,6 +11,8 @@ from typing import Any, cast
 
 from torch import nn
 
+from ._utils import check_positive_int
+
 __all__ = ["Head", "linear", "mlp", "replace_head"]
 
 HeadBuilder = Callable[[int], nn.Module]
@@ -42,11 +44,6 @@ class Head(nn.Sequential):
     def log_softmax(self) -> bool:
         """Whether the head ends in ``LogSoftmax`` (pair it with ``NLLLoss``)."""
         return len(self) > 0 and isinstance(self[-1], nn.LogSoftmax)
-
-
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_dropout(value: float) -> None:
@@ -122,11 +119,11 @@ def mlp(
           (4): LogSoftmax(dim=1)
         )
     """
-    _check_positive("in_features", in_features)
-    _check_positive("num_classes", num_classes)
+    check_positive_int("in_features", in_features)
+    check_positive_int("num_classes", num_classes)
     _check_dropout(dropout)
     for size in hidden:
-        _check_positive("hidden size", size)
+        check_positive_int("hidden size", size)
     if isinstance(activation, str):
         if activation not in _ACTIVATIONS:
             from .registry import unknown_name_error

@@ -24,7 +24,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
-from ._utils import CHECKPOINT_FORMAT, atomic_save, rng_state, set_rng_state, world
+from ._utils import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    check_positive_int,
+    rng_state,
+    set_rng_state,
+    world,
+)
 from .callbacks import Callback, ProgressBar
 from .heads import _find_classifier, _set_module
 from .metrics import ClassificationMeter
@@ -486,8 +493,7 @@ class Trainer:
             NonFiniteLossError: When the loss becomes NaN or infinite (epoch and batch named).
             KeyboardInterrupt: Re-raised after writing ``interrupted.pt``.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        check_positive_int("epochs", epochs)
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
             if loader is not None and hasattr(loader, "__len__") and len(loader) == 0:  # type: ignore[arg-type]
                 raise ValueError(f"{name} is empty: it yields no batch")
