@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from PIL import Image
@@ -243,6 +243,21 @@ def _autoaugment(cfg: PresetConfig) -> tuple[list[Any], float | None]:
     )
 
 
+_ChannelStats = tuple[float, float, float]
+
+
+def _normalisation(
+    mean: Sequence[float] | None, std: Sequence[float] | None, info: BackboneInfo | None
+) -> tuple[_ChannelStats, _ChannelStats]:
+    """The given mean/std, else the backbone's (``info``), else ImageNet's, as tuples.
+
+    Their length is checked by :class:`PresetConfig`.
+    """
+    chosen_mean = tuple(mean if mean is not None else (info.mean if info else IMAGENET_MEAN))
+    chosen_std = tuple(std if std is not None else (info.std if info else IMAGENET_STD))
+    return cast(_ChannelStats, chosen_mean), cast(_ChannelStats, chosen_std)
+
+
 def get(
     name: str,
     *,
@@ -293,10 +308,11 @@ def get(
     interp = (
         interpolation if interpolation is not None else (info.interpolation if info else "bilinear")
     )
+    norm_mean, norm_std = _normalisation(mean, std, info)
     cfg = PresetConfig(
         image_size=image_size,
-        mean=tuple(mean if mean is not None else (info.mean if info else IMAGENET_MEAN)),  # type: ignore[arg-type]
-        std=tuple(std if std is not None else (info.std if info else IMAGENET_STD)),  # type: ignore[arg-type]
+        mean=norm_mean,
+        std=norm_std,
         crop_pct=crop_pct if crop_pct is not None else (info.crop_pct if info else 0.875),
         interpolation=v2.InterpolationMode(interp) if isinstance(interp, str) else interp,
     )
@@ -371,13 +387,12 @@ class BatchAugment(nn.Module):
         info: BackboneInfo | None = None,
     ) -> None:
         super().__init__()
-        mean = tuple(mean if mean is not None else (info.mean if info else IMAGENET_MEAN))
-        std = tuple(std if std is not None else (info.std if info else IMAGENET_STD))
+        norm_mean, norm_std = _normalisation(mean, std, info)
         # PresetConfig validates image_size, mean, std and crop_pct with the presets' messages.
         PresetConfig(
             image_size=image_size,
-            mean=mean,  # type: ignore[arg-type]
-            std=std,  # type: ignore[arg-type]
+            mean=norm_mean,
+            std=norm_std,
             crop_pct=crop_pct,
             interpolation=_BILINEAR,
         )
@@ -392,8 +407,8 @@ class BatchAugment(nn.Module):
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.flip = float(flip)
         self.crop_pct = float(crop_pct)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(norm_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(norm_std).view(1, 3, 1, 1), persistent=False)
 
     def extra_repr(self) -> str:
         return (
