@@ -279,12 +279,11 @@ def test_discriminative_param_groups_train_with_their_rates(tiny) -> None:
 
 
 def test_every_callback_hook_has_the_contract_signature() -> None:
-    classes = [
-        obj
-        for _, obj in inspect.getmembers(callbacks, inspect.isclass)
-        if issubclass(obj, Callback)
-    ]
-    assert {c.__name__ for c in classes} == set(callbacks.__all__)
+    def walk(cls: type) -> list[type]:
+        return [cls] + [c for sub in cls.__subclasses__() for c in walk(sub)]
+
+    classes = [c for c in walk(Callback) if c.__module__.startswith("tlkit.")]
+    assert set(callbacks.__all__) <= {c.__name__ for c in classes}
     for cls in classes:
         for name, fn in inspect.getmembers(cls, inspect.isfunction):
             if not name.startswith("on_"):
@@ -425,7 +424,7 @@ def test_nan_loss_stops_naming_epoch_and_batch_and_keeps_last_checkpoint(tmp_pat
     )
     with pytest.raises(NonFiniteLossError, match="epoch 2, batch 3"):
         trainer.fit(loader(), epochs=3)
-    last = Trainer.load_checkpoint(tmp_path / "last.pt")
+    last = tlkit.checkpoint.read_checkpoint(tmp_path / "last.pt")
     assert last["epochs_done"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
@@ -494,7 +493,7 @@ def test_ctrl_c_saves_interrupted_checkpoint_and_resume_is_exact(
     reference = run([])
     with pytest.raises(KeyboardInterrupt):
         run([CtrlC()])
-    state = Trainer.load_checkpoint(tmp_path / "interrupted.pt")
+    state = tlkit.checkpoint.read_checkpoint(tmp_path / "interrupted.pt")
     assert state["epochs_done"] == 1 and state["batches_done"] == 3
     resumed = run([], resume=tmp_path / "interrupted.pt")
     for (name, a), b in zip(
@@ -530,7 +529,7 @@ def test_ctrl_c_during_validation_resumes_without_retraining_the_epoch(tmp_path:
     reference, records = run([])
     with pytest.raises(KeyboardInterrupt):
         run([ArmInEpoch1()])
-    assert Trainer.load_checkpoint(tmp_path / "interrupted.pt")["batches_done"] == 6
+    assert tlkit.checkpoint.read_checkpoint(tmp_path / "interrupted.pt")["batches_done"] == 6
     resumed, resumed_records = run([], resume=tmp_path / "interrupted.pt")
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
@@ -561,7 +560,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
     finally:
         proc.kill()
     assert not (killed / "final.pt").exists()
-    last = Trainer.load_checkpoint(killed / "last.pt")
+    last = tlkit.checkpoint.read_checkpoint(killed / "last.pt")
     # 6 batches per epoch; killed inside batch 3 of epoch 2 (0-based), before its checkpoint
     assert (last["epochs_done"], last["batches_done"]) == ((2, 2) if every_n_steps else (2, 0))
     subprocess.run(

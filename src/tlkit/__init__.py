@@ -15,7 +15,7 @@ Examples:
 
 from __future__ import annotations
 
-from . import augment, callbacks, heads
+from . import augment, callbacks, checkpoint, distributed, features, heads
 from .augment import channel_stats
 from .backbones import BackboneInfo, backbone, imagenet_classes, load_weights
 from .callbacks import (
@@ -25,16 +25,18 @@ from .callbacks import (
     HistoryLogger,
     LRScheduler,
     ModelCheckpoint,
-    ProgressBar,
 )
 from .data import WithTransform
+from .features import extract_features
+from .history import History
 from .freeze import FreezePolicy, FreezeReport, unfreeze
 from .heads import replace_head
 from .metrics import ClassificationMeter
 from .optim import discriminative_param_groups
 from .registry import Registry
+from .progress import ProgressBar
 from .splits import part_sizes, split
-from .trainer import History, NonFiniteLossError, Trainer
+from .trainer import NonFiniteLossError, Trainer
 
 __version__ = "0.1.0"
 
@@ -60,7 +62,11 @@ __all__ = [
     "backbone",
     "callbacks",
     "channel_stats",
+    "checkpoint",
     "discriminative_param_groups",
+    "distributed",
+    "extract_features",
+    "features",
     "heads",
     "imagenet_classes",
     "load_weights",

@@ -1,29 +1,58 @@
-"""Private helpers: atomic checkpoint files, RNG state capture, distributed queries."""
+"""Private helpers: atomic file writes and argument checks shared by several modules."""
 
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-import torch.distributed as dist
 
-CHECKPOINT_FORMAT = 1
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but not ours, or not signalable here
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete ``.NAME.PID.*.tmp`` files beside ``target`` left by a killed writer.
+
+    A writer that is SIGKILLed between creating its temporary file and renaming it leaves the
+    file behind (a checkpoint's worth of disk each time). Each temporary file carries its
+    writer's process id, so only the files of processes that no longer run are removed; a
+    concurrent writer's file is left alone.
+    """
+    removed = []
+    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        parts = tmp.name[len(target.name) + 2 :].split(".")
+        if not parts or not parts[0].isdigit():
+            continue
+        pid = int(parts[0])
+        if pid != os.getpid() and not _pid_alive(pid):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
     """Write through a temporary file in the same folder, then rename it over ``path``.
 
     A crash or kill during the write leaves the previous file intact: ``os.replace`` is atomic on
-    POSIX and Windows when source and target are on the same file system.
+    POSIX and Windows when source and target are on the same file system. Temporary files left
+    by an earlier killed writer of the same target are removed first.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temporaries(target)
+    prefix = f".{target.name}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -52,41 +81,28 @@ def check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG state a training loop consumes, in a ``weights_only``-loadable form."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+def check_writable_dir(folder: str | os.PathLike[str], what: str) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, or raise at once.
+
+    Raises:
+        NotADirectoryError: If ``folder`` (or a parent) is an existing file.
+        PermissionError: If the folder cannot be created or written.
+    """
+    path = Path(folder)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(
+                f"{what} {str(path)!r} cannot be a folder: {str(parent)!r} is a file; "
+                "pass a folder path"
+            )
     try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-        state["numpy"] = (kind, torch.from_numpy(np.array(keys)), pos, has_gauss, cached)
-    except ImportError:  # pragma: no cover - numpy comes with torchvision
-        pass
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
-
-
-def world() -> tuple[int, int, int]:
-    """``(rank, local_rank, world_size)`` from torchrun's environment (``(0, 0, 1)`` alone)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size()
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-    )
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tlkit-write-check.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(
+            f"{what} {str(path)!r} is not writable ({exc.strerror or exc}); pass a folder you "
+            "can write to"
+        ) from exc
+    return path

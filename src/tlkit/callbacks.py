@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from ._utils import atomic_write_text, check_positive_int
-from .freeze import unfreeze
+from ._utils import atomic_write_text, check_positive_int, check_writable_dir
+from .checkpoint import read_checkpoint
+from .freeze import resolve_names, unfreeze
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -34,6 +34,14 @@ __all__ = [
     "ModelCheckpoint",
     "ProgressBar",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ProgressBar":  # lives in tlkit.progress, which imports Callback from here
+        from .progress import ProgressBar
+
+        return ProgressBar
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 Mode = Literal["min", "max", "auto"]
 
@@ -51,6 +59,13 @@ class Callback:
     """
 
     order: int = 0
+
+    def on_fit_check(self, trainer: Trainer, *, metrics: Sequence[str], **kwargs: Any) -> None:
+        """At the start of ``fit``, before any work: raise for settings that cannot work.
+
+        ``metrics`` are the keys every epoch's record will have (``val_*`` only with a
+        validation loader), so a monitored metric can be checked here, not after an epoch.
+        """
 
     def on_fit_start(self, trainer: Trainer, **kwargs: Any) -> None:
         """Before the first epoch (after a resume has restored state)."""
@@ -77,12 +92,20 @@ class Callback:
     def on_exception(self, trainer: Trainer, *, exception: BaseException, **kwargs: Any) -> None:
         """When ``fit`` is leaving with an exception (after an interrupted checkpoint)."""
 
-    def on_load_checkpoint(self, trainer: Trainer, *, state: dict[str, Any], **kwargs: Any) -> None:
-        """On resume, with what :meth:`state_dict` returned; before the optimizer is restored."""
+    def on_param_group_added(
+        self, trainer: Trainer, *, group: dict[str, Any], **kwargs: Any
+    ) -> None:
+        """After [tlkit.Trainer.add_param_group][] added ``group`` to the optimizer."""
+
+    def on_load_checkpoint(self, trainer: Trainer, **kwargs: Any) -> None:
+        """On resume, after every callback's ``load_state_dict``, before the optimizer's."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to keep in checkpoints (tensors, numbers, strings, lists and dicts only)."""
         return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what [tlkit.Callback.state_dict][] returned."""
 
 
 def _resolve_mode(monitor: str, mode: Mode) -> Literal["min", "max"]:
@@ -101,6 +124,15 @@ class _Monitor:
         self.mode = _resolve_mode(monitor, mode)
         self.min_delta = min_delta
         self.best: float | None = None
+
+    def check(self, keys: Sequence[str], who: str) -> None:
+        if self.monitor not in keys:
+            raise KeyError(
+                f"{who}: monitored metric {self.monitor!r} is not among what the epochs will "
+                "report; available: "
+                f"{', '.join(k for k in keys if k != 'lr')}"
+                + (" (val_* needs a val_loader)" if self.monitor.startswith("val_") else "")
+            )
 
     def value(self, metrics: Mapping[str, Any]) -> float:
         if self.monitor not in metrics:
@@ -143,11 +175,14 @@ class EarlyStopping(Callback):
         mode: Mode = "auto",
         min_delta: float = 0.0,
     ) -> None:
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
+        check_positive_int("patience", patience)
+        _check_number("min_delta", min_delta, low=0.0)
         self._monitor = _Monitor(monitor, mode, min_delta)
         self.patience = patience
         self.wait = 0
+
+    def on_fit_check(self, trainer: Trainer, *, metrics: Sequence[str], **kwargs: Any) -> None:
+        self._monitor.check(metrics, "EarlyStopping")
 
     def on_epoch_end(
         self, trainer: Trainer, *, epoch: int, metrics: dict[str, Any], **kwargs: Any
@@ -168,7 +203,7 @@ class EarlyStopping(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"best": self._monitor.best, "wait": self.wait}
 
-    def on_load_checkpoint(self, trainer: Trainer, *, state: dict[str, Any], **kwargs: Any) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self._monitor.best = state["best"]
         self.wait = state["wait"]
 
@@ -229,9 +264,13 @@ class ModelCheckpoint(Callback):
         assert self.dirpath is not None
         return self.dirpath / "last.pt"
 
-    def on_fit_start(self, trainer: Trainer, **kwargs: Any) -> None:
+    def on_fit_check(self, trainer: Trainer, *, metrics: Sequence[str], **kwargs: Any) -> None:
+        if self._monitor is not None:
+            self._monitor.check(metrics, "ModelCheckpoint")
         if self.dirpath is None:
             self.dirpath = trainer.checkpoint_dir
+        if trainer.is_global_zero:
+            check_writable_dir(self.dirpath, "ModelCheckpoint folder")
 
     def on_batch_end(
         self, trainer: Trainer, *, batch: int, optimizer_stepped: bool, **kwargs: Any
@@ -255,7 +294,7 @@ class ModelCheckpoint(Callback):
     def on_fit_end(self, trainer: Trainer, **kwargs: Any) -> None:
         if self.restore_best and self.best_epoch is not None:
             trainer.barrier()
-            state = trainer.load_checkpoint(self.best_path)
+            state = read_checkpoint(self.best_path)
             trainer.model.load_state_dict(state["model"])
             trainer.log(
                 f"restored the best weights (epoch {self.best_epoch}) from {self.best_path}"
@@ -267,7 +306,7 @@ class ModelCheckpoint(Callback):
             "best_epoch": self.best_epoch,
         }
 
-    def on_load_checkpoint(self, trainer: Trainer, *, state: dict[str, Any], **kwargs: Any) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if self._monitor is not None:
             self._monitor.best = state["best"]
         self.best_epoch = state["best_epoch"]
@@ -303,9 +342,37 @@ class LRScheduler(Callback):
         plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         if plateau and monitor is None:
             raise ValueError("ReduceLROnPlateau needs monitor=, e.g. monitor='val_loss'")
+        if not callable(getattr(scheduler, "step", None)):
+            raise TypeError(
+                f"scheduler must be a torch.optim.lr_scheduler scheduler, got {scheduler!r}"
+            )
         self.scheduler = scheduler
         self.interval = interval
         self.monitor = monitor
+
+    def on_fit_check(self, trainer: Trainer, *, metrics: Sequence[str], **kwargs: Any) -> None:
+        if getattr(self.scheduler, "optimizer", trainer.optimizer) is not trainer.optimizer:
+            raise ValueError(
+                "the LRScheduler's scheduler was built on another optimizer than the trainer's; "
+                "build it on trainer.optimizer, or it changes learning rates nobody uses"
+            )
+        if self.monitor is not None:
+            _Monitor(self.monitor, "min").check(metrics, "LRScheduler")
+
+    def on_param_group_added(
+        self, trainer: Trainer, *, group: dict[str, Any], **kwargs: Any
+    ) -> None:
+        """Let the scheduler, built before ``add_param_group``, drive the new group too."""
+        scheduler, lr = self.scheduler, group["lr"]
+        groups = len(scheduler.optimizer.param_groups)
+        for attr, value in (("base_lrs", group.get("initial_lr", lr)), ("_last_lr", lr)):
+            values = getattr(scheduler, attr, None)
+            if isinstance(values, list) and len(values) < groups:
+                values.append(value)
+        for attr in ("lr_lambdas", "min_lrs"):  # LambdaLR/MultiplicativeLR, ReduceLROnPlateau
+            values = getattr(scheduler, attr, None)
+            if isinstance(values, list) and values and len(values) < groups:
+                values.append(values[0])
 
     def on_batch_end(
         self, trainer: Trainer, *, batch: int, optimizer_stepped: bool, **kwargs: Any
@@ -326,79 +393,8 @@ class LRScheduler(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler.state_dict()}
 
-    def on_load_checkpoint(self, trainer: Trainer, *, state: dict[str, Any], **kwargs: Any) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state["scheduler"])
-
-
-class ProgressBar(Callback):
-    """A tqdm bar per epoch showing loss, accuracy and images/s (rank 0 only).
-
-    Args:
-        refresh_every: Batches between metric refreshes (each refresh is one host sync).
-        enable: ``None`` shows the bar only when stderr is a terminal.
-
-    Examples:
-        >>> ProgressBar(enable=False).enabled
-        False
-    """
-
-    order = 50
-
-    def __init__(self, *, refresh_every: int = 20, enable: bool | None = None) -> None:
-        self.refresh_every = max(1, refresh_every)
-        self.enabled = sys.stderr.isatty() if enable is None else enable
-        self._bar: Any = None
-
-    def on_epoch_start(self, trainer: Trainer, *, epoch: int, **kwargs: Any) -> None:
-        if not (self.enabled and trainer.is_global_zero):
-            return
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(
-            total=trainer.batches_per_epoch,
-            desc=f"epoch {epoch + 1}/{trainer.max_epochs}",
-            leave=True,
-        )
-
-    def on_batch_end(
-        self, trainer: Trainer, *, batch: int, optimizer_stepped: bool, **kwargs: Any
-    ) -> None:
-        if self._bar is None:
-            return
-        self._bar.update(1)
-        if (batch + 1) % self.refresh_every == 0:
-            running = trainer.running_metrics()
-            self._bar.set_postfix(
-                loss=f"{running.get('loss', float('nan')):.4f}",
-                acc=f"{running.get('accuracy', float('nan')):.3f}",
-                img_s=f"{running.get('images_per_sec', 0.0):.0f}",
-            )
-
-    def on_epoch_end(
-        self, trainer: Trainer, *, epoch: int, metrics: dict[str, Any], **kwargs: Any
-    ) -> None:
-        if self._bar is None:
-            return
-        shown = {"loss": f"{metrics['train_loss']:.4f}", "acc": f"{metrics['train_accuracy']:.3f}"}
-        if "val_loss" in metrics:
-            shown.update(
-                val_loss=f"{metrics['val_loss']:.4f}", val_acc=f"{metrics['val_accuracy']:.3f}"
-            )
-        shown["img_s"] = f"{metrics['images_per_sec']:.0f}"
-        self._bar.set_postfix(shown)
-        self._bar.close()
-        self._bar = None
-
-    def on_fit_end(self, trainer: Trainer, **kwargs: Any) -> None:
-        self._close()
-
-    def on_exception(self, trainer: Trainer, *, exception: BaseException, **kwargs: Any) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 class HistoryLogger(Callback):
@@ -418,6 +414,12 @@ class HistoryLogger(Callback):
         self.path = Path(path)
         if self.path.suffix not in (".csv", ".json"):
             raise ValueError(f"history file must end in .csv or .json, got {str(self.path)!r}")
+
+    def on_fit_check(self, trainer: Trainer, *, metrics: Sequence[str], **kwargs: Any) -> None:
+        if self.path.is_dir():
+            raise IsADirectoryError(f"HistoryLogger path {str(self.path)!r} is a folder")
+        if trainer.is_global_zero:
+            check_writable_dir(self.path.parent, "HistoryLogger folder")
 
     def on_epoch_end(
         self, trainer: Trainer, *, epoch: int, metrics: dict[str, Any], **kwargs: Any
@@ -474,15 +476,28 @@ class GradualUnfreeze(Callback):
         lr: float | None = None,
         lr_scale: float = 0.1,
     ) -> None:
-        self.schedule = {
-            int(epoch): (names,) if isinstance(names, str) else tuple(names)
-            for epoch, names in sorted(schedule.items())
-        }
-        if any(epoch < 0 for epoch in self.schedule):
-            raise ValueError(f"schedule epochs must be >= 0, got {sorted(self.schedule)}")
+        if not isinstance(schedule, Mapping) or not schedule:
+            raise ValueError(
+                f"schedule must be a non-empty {{epoch: stage or [stages]}} dict, got {schedule!r}"
+            )
+        self.schedule: dict[int, tuple[str, ...]] = {}
+        for epoch, names in sorted(schedule.items()):
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise ValueError(f"schedule epochs must be integers >= 0, got {epoch!r}")
+            stages = (names,) if isinstance(names, str) else tuple(names)
+            if not stages or not all(isinstance(n, str) and n for n in stages):
+                raise ValueError(f"schedule[{epoch}] must name layers, got {names!r}")
+            self.schedule[epoch] = stages
+        if lr is not None:
+            _check_number("lr", lr, low=0.0, strict=True)
+        _check_number("lr_scale", lr_scale, low=0.0, strict=True)
         self.lr = lr
         self.lr_scale = lr_scale
         self.applied: list[int] = []
+
+    def on_fit_check(self, trainer: Trainer, *, metrics: Sequence[str], **kwargs: Any) -> None:
+        for stages in self.schedule.values():
+            resolve_names(trainer.model, stages)  # a typo raises now, not epochs later
 
     def on_epoch_start(self, trainer: Trainer, *, epoch: int, **kwargs: Any) -> None:
         for when, names in self.schedule.items():
@@ -494,19 +509,17 @@ class GradualUnfreeze(Callback):
         optimizer = trainer.optimizer
         unfreeze(trainer.model, list(names))
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        new = [p for p in _params_of(trainer.model, names) if id(p) not in held]
+        wanted = set(resolve_names(trainer.model, names))
+        new = [p for n, p in trainer.model.named_parameters() if n in wanted and id(p) not in held]
         if not new:
+            trainer.refresh_module()  # DDP must learn that held parameters now train
             trainer.log(f"unfroze {', '.join(names)} (already in the optimizer)")
             return
         first = optimizer.param_groups[0]
         lr = (
             self.lr if self.lr is not None else first.get("initial_lr", first["lr"]) * self.lr_scale
         )
-        optimizer.add_param_group({"params": new, "lr": lr, "initial_lr": lr})
-        for callback in trainer.callbacks:
-            if isinstance(callback, LRScheduler):
-                _extend_scheduler(callback.scheduler, lr)
-        trainer.refresh_module()  # DDP must learn about the new trainable parameters
+        trainer.add_param_group({"params": new, "lr": lr, "initial_lr": lr})
         trainer.log(
             f"unfroze {', '.join(names)}: {len(new)} tensors, "
             f"{sum(p.numel() for p in new):,} parameters in a new group at lr {lr:.3g}"
@@ -515,32 +528,24 @@ class GradualUnfreeze(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"applied": list(self.applied)}
 
-    def on_load_checkpoint(self, trainer: Trainer, *, state: dict[str, Any], **kwargs: Any) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._restored = [int(when) for when in state["applied"]]
+        unknown = [w for w in self._restored if w not in self.schedule]
+        if unknown:
+            raise ValueError(
+                f"the checkpoint's GradualUnfreeze applied epochs {unknown}, which this schedule "
+                f"({sorted(self.schedule)}) does not have; build the same schedule"
+            )
+
+    def on_load_checkpoint(self, trainer: Trainer, **kwargs: Any) -> None:
         self.applied = []
-        for when in state["applied"]:
+        for when in getattr(self, "_restored", []):
             self._unfreeze(trainer, self.schedule[when])
             self.applied.append(when)
 
 
-def _params_of(model: nn.Module, names: Sequence[str]) -> list[nn.Parameter]:
-    from .freeze import _resolve_names
-
-    wanted = set(_resolve_names(model, names))
-    return [p for n, p in model.named_parameters() if n in wanted]
-
-
-def _extend_scheduler(scheduler: Any, lr: float) -> None:
-    """Let a scheduler built before ``add_param_group`` drive the new group too.
-
-    Lists already as long as the optimizer's groups (a scheduler state loaded on resume) are
-    left alone.
-    """
-    groups = len(scheduler.optimizer.param_groups)
-    for attr, value in (("base_lrs", lr), ("_last_lr", lr)):
-        values = getattr(scheduler, attr, None)
-        if isinstance(values, list) and len(values) < groups:
-            values.append(value)
-    for attr in ("lr_lambdas", "min_lrs"):  # LambdaLR/MultiplicativeLR, ReduceLROnPlateau
-        values = getattr(scheduler, attr, None)
-        if isinstance(values, list) and values and len(values) < groups:
-            values.append(values[0])
+def _check_number(name: str, value: Any, *, low: float, strict: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")

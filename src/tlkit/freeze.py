@@ -93,8 +93,19 @@ def _params_under(param_names: Iterable[str], module_name: str) -> list[str]:
     return [p for p in param_names if p.startswith(prefix)]
 
 
-def _resolve_names(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Resolve module names, parameter names and glob patterns to parameter names (model order)."""
+def resolve_names(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Resolve module names, parameter names and glob patterns to parameter names, in model order.
+
+    Raises:
+        KeyError: For a name that is neither a module nor a parameter (with close matches).
+        ValueError: For a glob that matches nothing, or a module without parameters.
+
+    Examples:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> resolve_names(model, ["2", "0.bias"])
+        ['0.bias', '2.weight', '2.bias']
+    """
     params = [name for name, _ in model.named_parameters()]
     modules = [name for name, _ in model.named_modules() if name]
     hits: set[str] = set()
@@ -112,7 +123,7 @@ def _resolve_names(model: nn.Module, patterns: Sequence[str]) -> list[str]:
         elif pattern in params:
             found = {pattern}
         else:
-            _get_module(model, pattern)
+            get_layer(model, pattern)
             found = set(_params_under(params, pattern))
             if not found:
                 raise ValueError(f"layer {pattern!r} has no parameters to freeze")
@@ -124,7 +135,14 @@ def _top_level(model: nn.Module) -> str:
     return ", ".join(name for name, _ in model.named_children())
 
 
-def _get_module(model: nn.Module, name: str) -> nn.Module:
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)``, raising a ``KeyError`` with the closest names on a typo.
+
+    Examples:
+        >>> from torch import nn
+        >>> get_layer(nn.Sequential(nn.Linear(2, 2)), "0")
+        Linear(in_features=2, out_features=2, bias=True)
+    """
     try:
         return model.get_submodule(name)
     except AttributeError:
@@ -160,7 +178,8 @@ class FreezePolicy:
         indices: Freeze the parameter tensors at these positions (a ``range`` or a sequence of
             ints; negative indices count from the end).
         up_to: Freeze every parameter of the modules registered up to and including this layer
-            (``"layer2"`` freezes the stem, ``layer1`` and ``layer2`` of a ResNet).
+            (``"layer2"`` freezes the stem, ``layer1`` and ``layer2`` of a ResNet). A parameter
+            name (``"layer2.0.conv1.weight"``) freezes the parameters up to and including it.
         names: Freeze these modules or parameters. Exact names or ``fnmatch`` globs
             (``["conv1", "bn1", "layer1.*"]``).
         train_only: The inverse of ``names``: freeze everything except these.
@@ -245,17 +264,19 @@ class FreezePolicy:
         elif self.indices is not None:
             wanted = {_check_index(i, count) for i in self.indices}
             chosen = [p for i, p in enumerate(params) if i in wanted]
+        elif self.up_to is not None and self.up_to in params:  # a parameter: up to it, in order
+            chosen = params[: params.index(self.up_to) + 1]
         elif self.up_to is not None:
-            _get_module(model, self.up_to)
+            get_layer(model, self.up_to)
             modules = [name for name, _ in model.named_modules()]
             position = modules.index(self.up_to)
             before = set(modules[: position + 1])
             prefix = self.up_to + "."
             chosen = [p for p in params if _owner(p) in before or p.startswith(prefix)]
         elif self.names is not None:
-            chosen = _resolve_names(model, self.names)
+            chosen = resolve_names(model, self.names)
         elif self.train_only is not None:
-            keep = set(_resolve_names(model, self.train_only))
+            keep = set(resolve_names(model, self.train_only))
             chosen = [p for p in params if p not in keep]
         else:
             assert self.predicate is not None
@@ -314,7 +335,7 @@ def unfreeze(model: nn.Module, names: Sequence[str] | None = None) -> FreezeRepo
     chosen = (
         None
         if names is None
-        else set(_resolve_names(model, [names] if isinstance(names, str) else names))
+        else set(resolve_names(model, [names] if isinstance(names, str) else names))
     )
     for name, param in model.named_parameters():
         if chosen is None or name in chosen:

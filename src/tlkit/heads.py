@@ -6,14 +6,15 @@ Builders return a :class:`Head` (an ``nn.Sequential`` that remembers its ``in_fe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from torch import nn
 
 from ._utils import check_positive_int
 
-__all__ = ["Head", "linear", "mlp", "replace_head"]
+__all__ = ["Head", "find_head", "headless", "linear", "mlp", "replace_head"]
 
 HeadBuilder = Callable[[int], nn.Module]
 
@@ -154,8 +155,21 @@ def mlp(
 _TORCHVISION_ATTRS = ("fc", "classifier", "heads", "head")
 
 
-def _find_classifier(model: nn.Module) -> tuple[str, int]:
-    """Return the dotted path of the module to replace and its input feature count."""
+def find_head(model: nn.Module) -> tuple[str, int]:
+    """The dotted path of a model's classifier and its input feature count.
+
+    The classifier is found as [tlkit.replace_head][] finds it.
+
+    Raises:
+        TypeError: If no classifier is found (naming what was tried).
+
+    Examples:
+        >>> import torchvision
+        >>> find_head(torchvision.models.resnet18())
+        ('fc', 512)
+        >>> find_head(torchvision.models.mobilenet_v3_small())
+        ('classifier.3', 1024)
+    """
     tried: list[str] = []
     if hasattr(model, "get_classifier") and hasattr(model, "reset_classifier"):
         tried.append("timm get_classifier()")
@@ -204,6 +218,43 @@ def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+@contextlib.contextmanager
+def headless(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Temporarily replace the classifier with ``nn.Identity``: the model outputs features.
+
+    Yields:
+        ``(path, head)``: where the classifier sits and the classifier itself, put back on exit.
+
+    Examples:
+        >>> import torch, torchvision
+        >>> model = torchvision.models.resnet18()
+        >>> with headless(model) as (path, head):
+        ...     model.eval()(torch.zeros(1, 3, 32, 32)).shape, path
+        (torch.Size([1, 512]), 'fc')
+        >>> isinstance(model.fc, torch.nn.Linear)
+        True
+    """
+    path, _ = find_head(model)
+    head = model.get_submodule(path)
+    _set_module(model, path, nn.Identity())
+    try:
+        yield path, head
+    finally:
+        _set_module(model, path, head)
+
+
+def _input_features(module: nn.Module) -> int | None:
+    """The input width of a head whose first layer with parameters is a ``Linear``."""
+    if isinstance(module, Head):
+        return module.in_features
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            return sub.in_features
+        if list(sub.parameters(recurse=False)):
+            return None
+    return None
+
+
 def replace_head(model: nn.Module, head: nn.Module | HeadBuilder | int) -> nn.Module:
     """Replace the classifier of a torchvision or timm model, in place.
 
@@ -243,7 +294,7 @@ def replace_head(model: nn.Module, head: nn.Module | HeadBuilder | int) -> nn.Mo
           )
         )
     """
-    path, in_features = _find_classifier(model)
+    path, in_features = find_head(model)
     if isinstance(head, nn.Module):
         new = head
     elif isinstance(head, int) and not isinstance(head, bool):
@@ -256,6 +307,13 @@ def replace_head(model: nn.Module, head: nn.Module | HeadBuilder | int) -> nn.Mo
         raise TypeError(
             f"head must be an nn.Module, a builder taking in_features, or a class count; "
             f"got {type(head).__name__}"
+        )
+    expects = _input_features(new)
+    if expects is not None and expects != in_features:
+        raise ValueError(
+            f"the new head takes {expects} input features but the classifier at {path!r} of "
+            f"{type(model).__name__} receives {in_features}; build it with in_features="
+            f"{in_features}, or pass a builder (lambda n: ...) that gets the right width"
         )
     _set_module(model, path, new)
     if hasattr(model, "num_classes") and isinstance(new, Head):

@@ -36,27 +36,49 @@ class ClassificationMeter:
         self._sums: torch.Tensor | None = None  # loss, correct, top-5 correct
         self._matrix: torch.Tensor | None = None
         self.num_classes: int | None = None
+        # per-batch values not yet added to the sums: appending is cheaper than adding on every
+        # batch, and the sums are only read every so often
+        self._losses: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+        self._correct: list[torch.Tensor] = []
+        self._top5: list[torch.Tensor] = []
 
     def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Add one batch: ``loss`` is the batch mean, ``outputs`` are ``(N, C)`` scores."""
         n = targets.shape[0]
-        classes = outputs.shape[1]
-        if self._sums is None:
-            self._sums = torch.zeros(3, dtype=torch.float64, device=outputs.device)
-            self.num_classes = classes
+        if self.num_classes is None:
+            self.num_classes = outputs.shape[1]
         with torch.no_grad():
             pred = outputs.argmax(1)
-            self._sums[0] += loss.detach().double() * n
-            self._sums[1] += (pred == targets).sum()
+            self._losses.append(loss.detach())
+            self._sizes.append(n)
+            self._correct.append((pred == targets).sum())
             if self.top5:
-                self._sums[2] += _topk_correct(outputs, targets, 5)
+                self._top5.append(_topk_correct(outputs, targets, 5))
             if self.confusion:
+                classes = self.num_classes
                 if self._matrix is None:
                     self._matrix = torch.zeros(
                         classes * classes, dtype=torch.int64, device=outputs.device
                     )
                 self._matrix += torch.bincount(targets * classes + pred, minlength=classes**2)
         self.count += n
+        if len(self._losses) >= 256:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Add the pending per-batch values to the sums (on the device, no host sync)."""
+        if not self._losses:
+            return
+        device = self._losses[0].device
+        if self._sums is None:
+            self._sums = torch.zeros(3, dtype=torch.float64, device=device)
+        sizes = torch.tensor(self._sizes, dtype=torch.float64).to(device, non_blocking=True)
+        self._sums[0] += (torch.stack(self._losses).double() * sizes).sum()
+        self._sums[1] += torch.stack(self._correct).sum()
+        if self._top5:
+            self._sums[2] += torch.stack(self._top5).sum()
+        self._losses, self._sizes, self._correct, self._top5 = [], [], [], []
 
     def state_dict(self) -> dict[str, Any]:
         """The sums so far, as CPU tensors (for mid-epoch checkpoints).
@@ -69,6 +91,7 @@ class ClassificationMeter:
             >>> again.compute() == meter.compute()
             True
         """
+        self._fold()
         return {
             "count": self.count,
             "num_classes": self.num_classes,
@@ -78,6 +101,7 @@ class ClassificationMeter:
 
     def load_state_dict(self, state: dict[str, Any], device: Any = None) -> None:
         """Continue from :meth:`state_dict`'s sums, placed on ``device``."""
+        self._losses, self._sizes, self._correct, self._top5 = [], [], [], []
         self.count = int(state["count"])
         self.num_classes = state["num_classes"]
         sums, matrix = state["sums"], state["matrix"]
@@ -86,6 +110,7 @@ class ClassificationMeter:
 
     def running(self) -> dict[str, float]:
         """Loss and accuracy so far on this process (one host sync, no collective)."""
+        self._fold()
         if self._sums is None or self.count == 0:
             return {}
         loss, correct, _ = (self._sums / self.count).tolist()
@@ -93,6 +118,7 @@ class ClassificationMeter:
 
     def compute(self) -> dict[str, Any]:
         """Final metrics over every process: loss, accuracy, top-5 (C >= 5), per-class, matrix."""
+        self._fold()
         if self._sums is None:
             raise ValueError("no batch was seen: the loader is empty")
         sums = self._sums.clone()

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from .freeze import _get_module
+from .freeze import get_layer
 
 __all__ = ["discriminative_param_groups"]
 
@@ -61,7 +61,7 @@ def discriminative_param_groups(
         ]
     else:
         for name in stages:
-            _get_module(model, name)
+            get_layer(model, name)
     stages = list(stages)
     assigned: dict[str, list[nn.Parameter]] = {name: [] for name in stages}
     leftovers: list[nn.Parameter] = []

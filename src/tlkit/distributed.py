@@ -1,0 +1,125 @@
+"""Distributed data parallel under ``torchrun``: process group, model wrapper, samplers.
+
+The [tlkit.Trainer][] calls these; they are public so that a hand-written loop can use the same
+set-up. Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) every function is a no-op or
+returns its input.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+__all__ = ["barrier", "distributed_loader", "init_process_group", "world", "wrap_model"]
+
+
+def world() -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from torchrun's environment (``(0, 0, 1)`` alone).
+
+    Examples:
+        >>> world()
+        (0, 0, 1)
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size()
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+    )
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def init_process_group() -> bool:
+    """Join ``torchrun``'s process group if there is one and nobody joined it yet.
+
+    Uses NCCL when CUDA is available, else gloo. A group created here is destroyed at
+    interpreter exit: left to shutdown, gloo's threads can abort the process ("terminate called
+    without an active exception").
+
+    Returns:
+        Whether this call created the group.
+    """
+    if world()[2] <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    atexit.register(_destroy_process_group)
+    return True
+
+
+def barrier() -> None:
+    """Wait for every process (no-op without ``torch.distributed``)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_model(model: nn.Module, device: torch.device, *, compile: bool = False) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` under torchrun, compiled if asked.
+
+    Call it again when the set of trainable parameters changes: DDP registers its gradient
+    hooks for the parameters that require gradients when it is built.
+    """
+    module: nn.Module = model
+    if world()[2] > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        module = DistributedDataParallel(module, device_ids=device_ids)
+    if compile:
+        module = torch.compile(module)  # type: ignore[assignment]
+    return module
+
+
+def distributed_loader(loader: Any, *, train: bool) -> Any:
+    """``loader`` with a ``DistributedSampler`` under torchrun; ``loader`` itself otherwise.
+
+    A loader that already has a ``DistributedSampler``, or anything that is not a
+    ``DataLoader``, comes back unchanged. Otherwise a new ``DataLoader`` over the same dataset is
+    built with every other setting of the original (workers, collation, pinning, generator,
+    timeout, multiprocessing context, ...); training shuffles when the original did.
+
+    Raises:
+        ValueError: For a loader with a custom ``batch_sampler`` (build its distributed
+            sampling yourself).
+    """
+    if world()[2] == 1 or not isinstance(loader, DataLoader):
+        return loader
+    if isinstance(loader.sampler, DistributedSampler):
+        return loader
+    if loader.batch_size is None:
+        raise ValueError(
+            "under torchrun the loader needs a DistributedSampler; this one uses a custom "
+            "batch_sampler, so build it with DistributedSampler yourself"
+        )
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        loader.dataset, shuffle=train and isinstance(loader.sampler, RandomSampler), seed=0
+    )
+    kept: dict[str, Any] = {
+        name: getattr(loader, name)
+        for name in (
+            "num_workers",
+            "collate_fn",
+            "pin_memory",
+            "drop_last",
+            "timeout",
+            "worker_init_fn",
+            "multiprocessing_context",
+            "generator",
+            "persistent_workers",
+            "pin_memory_device",
+            "in_order",
+        )
+        if hasattr(loader, name)
+    }
+    if loader.num_workers > 0:
+        kept["prefetch_factor"] = loader.prefetch_factor
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, **kept)
