@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 __all__ = [
-    "FORMAT",
     "EpochPosition",
     "load_file",
     "read_checkpoint",
@@ -165,7 +164,20 @@ def rng_state(loader: Any = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], loader: Any = None) -> None:
-    """Restore what [tlkit.checkpoint.rng_state][] captured (``loader``'s part onto ``loader``)."""
+    """Restore what [tlkit.checkpoint.rng_state][] captured (``loader``'s part onto ``loader``).
+
+    Raises:
+        ValueError: If ``loader`` has a different number of generators than when captured.
+
+    Examples:
+        >>> from torch.utils.data import DataLoader
+        >>> loader = DataLoader(range(8), shuffle=True, generator=torch.Generator())
+        >>> state = rng_state(loader)
+        >>> first = list(loader)
+        >>> set_rng_state(state, loader)
+        >>> list(loader) == first
+        True
+    """
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -205,6 +217,10 @@ class EpochPosition:
         resume_rng: On resume, the random state after the last batch done before the stop.
         resume_meter: On resume, the running metric sums of the batches done before the stop.
         resume_seconds: On resume, the training time of those batches.
+
+    Examples:
+        >>> EpochPosition().inside_epoch, EpochPosition(start_rng=rng_state()).inside_epoch
+        (False, True)
     """
 
     start_rng: dict[str, Any] | None = None

@@ -50,6 +50,10 @@ def init_process_group() -> bool:
 
     Returns:
         Whether this call created the group.
+
+    Examples:
+        >>> init_process_group()  # not under torchrun: nothing to join
+        False
     """
     if world()[2] <= 1 or dist.is_initialized():
         return False
@@ -59,7 +63,11 @@ def init_process_group() -> bool:
 
 
 def barrier() -> None:
-    """Wait for every process (no-op without ``torch.distributed``)."""
+    """Wait for every process (no-op without ``torch.distributed``).
+
+    Examples:
+        >>> barrier()
+    """
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -69,6 +77,11 @@ def wrap_model(model: nn.Module, device: torch.device, *, compile: bool = False)
 
     Call it again when the set of trainable parameters changes: DDP registers its gradient
     hooks for the parameters that require gradients when it is built.
+
+    Examples:
+        >>> model = nn.Linear(2, 2)
+        >>> wrap_model(model, torch.device("cpu")) is model  # one process, no compile
+        True
     """
     module: nn.Module = model
     if world()[2] > 1:
@@ -90,6 +103,12 @@ def distributed_loader(loader: Any, *, train: bool) -> Any:
     Raises:
         ValueError: For a loader with a custom ``batch_sampler`` (build its distributed
             sampling yourself).
+
+    Examples:
+        >>> from torch.utils.data import TensorDataset
+        >>> loader = DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2)
+        >>> distributed_loader(loader, train=True) is loader  # one process: kept as given
+        True
     """
     if world()[2] == 1 or not isinstance(loader, DataLoader):
         return loader
