@@ -28,13 +28,13 @@ from .callbacks import (
 )
 from .data import WithTransform
 from .features import extract_features
-from .history import History
 from .freeze import FreezePolicy, FreezeReport, unfreeze
 from .heads import replace_head
+from .history import History
 from .metrics import ClassificationMeter
 from .optim import discriminative_param_groups
-from .registry import Registry
 from .progress import ProgressBar
+from .registry import Registry
 from .splits import part_sizes, split
 from .trainer import NonFiniteLossError, Trainer
 

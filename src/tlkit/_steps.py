@@ -8,11 +8,18 @@ every batch at the cost of a dtype and shape check, and ``check_label_range`` on
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from ._utils import NonFiniteLossError, check_positive_int
+from .checkpoint import rng_state, set_rng_state
+
 
 def resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
     if str(device) == "auto":
@@ -167,3 +174,208 @@ def check_inputs(x: Any, *, collated: bool = True) -> None:
     )
     where = "batch inputs" if collated else "the dataset's items"
     raise TypeError(f"{where} must be tensors, got {kind}{hint}")
+
+
+# ---------------------------------------------------------------------- set-up of a Trainer
+def check_trainer_arguments(
+    model: Any,
+    optimizer: Any,
+    callbacks: Any,
+    grad_accum_steps: Any,
+    clip_grad_norm: Any,
+    batch_transform: Any,
+    log_every: Any,
+) -> None:
+    from .callbacks import Callback
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_positive_int("grad_accum_steps", grad_accum_steps)
+    check_positive_int("log_every", log_every)
+    if clip_grad_norm is not None and (
+        isinstance(clip_grad_norm, bool)
+        or not isinstance(clip_grad_norm, (int, float))
+        or not 0 < clip_grad_norm < math.inf
+    ):
+        raise ValueError(
+            f"clip_grad_norm must be a positive finite number or None, got {clip_grad_norm!r}"
+        )
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
+    if batch_transform is not None and not callable(batch_transform):
+        raise TypeError(f"batch_transform must be callable, got {type(batch_transform).__name__}")
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks must be a list of tlkit.Callback, got {callbacks!r}")
+    bad = [c for c in callbacks if not isinstance(c, Callback)]
+    if bad:
+        raise TypeError(f"callbacks must be tlkit.Callback instances, got {bad[0]!r}")
+
+
+def default_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(
+            "the model has no trainable parameters; unfreeze some or pass an optimizer"
+        )
+    return torch.optim.AdamW(params, lr=1e-3)
+
+
+def resolve_loss(loss: Any, model: nn.Module) -> Any:
+    log_probs = ends_in_log_softmax(model)
+    if loss is None:
+        return nn.NLLLoss() if log_probs else nn.CrossEntropyLoss()
+    if log_probs and isinstance(loss, nn.CrossEntropyLoss):
+        warnings.warn(
+            "the model ends in LogSoftmax and the loss is CrossEntropyLoss, which applies "
+            "log-softmax again (harmless, log-softmax is idempotent, but wasted work); "
+            "pass loss=nn.NLLLoss()",
+            stacklevel=4,
+        )
+    check_loss_module(loss)
+    return loss
+
+
+def as_loader(name: str, data: Any, batch_size: int | None, *, shuffle: bool) -> Any:
+    """``data`` as something that yields batches: a Dataset is wrapped, the rest checked."""
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        if not hasattr(data, "__len__"):
+            raise TypeError(f"{name} is a Dataset without __len__; wrap it in a DataLoader")
+        size = batch_size if batch_size is not None else 32
+        check_positive_int("batch_size", size)
+        data = DataLoader(data, batch_size=size, shuffle=shuffle)
+    elif batch_size is not None:
+        raise ValueError(
+            f"batch_size applies to a Dataset; {name} is a {type(data).__name__}, whose "
+            "batches are already made"
+        )
+    if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
+        raise TypeError(
+            f"{name} must be a DataLoader (or an iterable of (inputs, targets) batches, or a "
+            f"Dataset), got {type(data).__name__}"
+        )
+    if isinstance(data, Sized) and len(data) == 0:
+        raise ValueError(f"{name} is empty: it yields no batch")
+    dataset = getattr(data, "dataset", None)
+    collate = getattr(data, "collate_fn", None)
+    if isinstance(dataset, Dataset) and getattr(collate, "__name__", "") == "default_collate":
+        with contextlib.suppress(IndexError, KeyError, TypeError, NotImplementedError):
+            state = rng_state()  # reading an item must not move the random streams
+            try:
+                item = dataset[0]
+            finally:
+                set_rng_state(state)
+            if isinstance(item, (tuple, list)) and item:
+                check_inputs(item[0], collated=False)
+    return data
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    held = [p for g in optimizer.param_groups for p in g["params"]]
+    if not any(p.requires_grad for p in held):
+        raise ValueError(
+            f"the optimizer holds {len(held)} tensors and none requires grad (all frozen), "
+            "so training would change nothing; build it over "
+            "[p for p in model.parameters() if p.requires_grad] after freezing"
+        )
+    mine = {id(p) for p in model.parameters()}
+    if not any(id(p) in mine for p in held):
+        raise ValueError(
+            "the optimizer holds none of the model's parameters (was it built for another "
+            "model?); build it over this model's parameters"
+        )
+
+
+def summary(trainer: Any, cached: bool) -> str:
+    named = list(trainer.model.named_parameters())
+    trainable = [p for _, p in named if p.requires_grad]
+    frozen = [p for _, p in named if not p.requires_grad]
+    lines = [
+        f"tlkit Trainer: device {trainer.device}, precision {trainer.precision}, "
+        f"{trainer.world_size} process{'es' if trainer.world_size > 1 else ''}"
+        + (", cached features" if cached else ""),
+        f"  trainable {len(trainable)} tensors ({sum(p.numel() for p in trainable):,} params), "
+        f"frozen {len(frozen)} tensors ({sum(p.numel() for p in frozen):,} params)",
+        f"  loss {type(trainer.loss).__name__}, optimizer {type(trainer.optimizer).__name__}",
+    ]
+    for i, group in enumerate(trainer.optimizer.param_groups):
+        count = sum(p.numel() for p in group["params"])
+        lines.append(
+            f"  param group {i}: {len(group['params'])} tensors, {count:,} params, "
+            f"lr {group['lr']:.3g}"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- non-finite values
+def first_nonfinite(losses: list[torch.Tensor]) -> int | None:
+    """Index of the first NaN/infinite loss in ``losses`` (one host sync), or ``None``."""
+    finite = torch.isfinite(torch.stack(losses).float())
+    if bool(finite.all()):
+        return None
+    return int((~finite).nonzero()[0, 0])
+
+
+class LossWatch:
+    """Training losses not yet checked for NaN: appended per batch, checked in one sync."""
+
+    def __init__(self) -> None:
+        self.pending: list[torch.Tensor] = []
+        self.checked = 0  # batches of the epoch whose losses were checked
+
+    def reset(self, batches_done: int) -> None:
+        self.pending, self.checked = [], batches_done
+
+    def check(self, epoch: int) -> None:
+        pending, start = self.pending, self.checked
+        if not pending:
+            return
+        self.pending, self.checked = [], start + len(pending)
+        bad = first_nonfinite(pending)
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"the loss became NaN or infinite at epoch {epoch + 1}, batch {start + bad + 1}; "
+                "training stopped and no checkpoint was written after it (lower the learning "
+                "rate, clip gradients with clip_grad_norm=, or check the inputs)"
+            )
+
+
+def check_batch(batch: Any) -> None:
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TypeError(f"batches must be (inputs, targets) pairs, got {type(batch).__name__}")
+    check_inputs(batch[0])
+
+
+def check_first(outputs: Any, y: torch.Tensor, loss_fn: Any) -> int:
+    """The first batch's checks between forward and loss; returns the class count."""
+    check_outputs(outputs)
+    classes = int(outputs.shape[1])
+    check_label_range(y, classes)
+    with torch.no_grad():
+        loss = loss_fn(outputs, y)
+    check_first_loss(loss, outputs, isinstance(loss_fn, nn.NLLLoss))
+    return classes
+
+
+def epoch_record(
+    epoch: int, metrics: dict[str, Any], optimizer: torch.optim.Optimizer, seconds: float
+) -> dict[str, Any]:
+    return {
+        "epoch": epoch + 1,
+        "train_loss": metrics["loss"],
+        "train_accuracy": metrics["accuracy"],
+        "lr": [float(g["lr"]) for g in optimizer.param_groups],
+        "seconds": seconds,
+        "images_per_sec": metrics["count"] / seconds if seconds > 0 else float("nan"),
+    }
+
+
+def check_batches_seen(index: int, skip: int) -> None:
+    if index < 0 or index < skip - 1:
+        what = "no batch" if index < 0 else f"{index + 1} batches"
+        resumed = (
+            f", but the checkpoint resumed from was written after batch {skip}; resume with the "
+            "same data and batch size"
+            if skip
+            else ""
+        )
+        raise ValueError(f"train_loader yielded {what} this epoch{resumed}")

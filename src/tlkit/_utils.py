@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from torch import nn
 
 
 def _pid_alive(pid: int) -> bool:
@@ -106,3 +107,30 @@ def check_writable_dir(folder: str | os.PathLike[str], what: str) -> Path:
             "can write to"
         ) from exc
     return path
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss or the weights became NaN or infinite; the message says where.
+
+    Examples:
+        >>> issubclass(NonFiniteLossError, FloatingPointError)
+        True
+    """
+
+
+def nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names of the floating-point state tensors holding NaN or infinity (one host sync)."""
+    named = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return [n for (n, _), ok in zip(named, finite, strict=True) if not ok]
+
+
+def check_weights_finite(model: nn.Module, path: Any) -> None:
+    bad = nonfinite_tensors(model)
+    if bad:
+        raise NonFiniteLossError(
+            f"{len(bad)} tensors of the model hold NaN or infinite values (first: {bad[0]}); "
+            f"{str(path)!r} was not written, so the last good checkpoint is kept"
+        )

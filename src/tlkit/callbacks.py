@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from torch import nn
 
 from ._utils import atomic_write_text, check_positive_int, check_writable_dir
 from .checkpoint import read_checkpoint
@@ -32,7 +31,6 @@ __all__ = [
     "HistoryLogger",
     "LRScheduler",
     "ModelCheckpoint",
-    "ProgressBar",
 ]
 
 
@@ -42,6 +40,7 @@ def __getattr__(name: str) -> Any:
 
         return ProgressBar
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 Mode = Literal["min", "max", "auto"]
 

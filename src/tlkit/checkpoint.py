@@ -13,18 +13,29 @@ from __future__ import annotations
 
 import os
 import random
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._utils import atomic_save, check_weights_finite
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
 __all__ = [
+    "Checkpointing",
     "EpochPosition",
+    "callback_keys",
     "load_file",
+    "load_trainer_state",
     "read_checkpoint",
     "rng_state",
     "set_rng_state",
+    "trainer_state",
 ]
 
 FORMAT = 1
@@ -115,7 +126,9 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
     candidates = [
         getattr(loader, "generator", None),
         getattr(getattr(loader, "sampler", None), "generator", None),
-        getattr(getattr(getattr(loader, "batch_sampler", None), "sampler", None), "generator", None),
+        getattr(
+            getattr(getattr(loader, "batch_sampler", None), "sampler", None), "generator", None
+        ),
     ]
     for gen in candidates:
         if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
@@ -128,7 +141,8 @@ def _stateful_samplers(loader: Any) -> list[Any]:
     return [
         s
         for s in samplers
-        if s is not None and callable(getattr(s, "state_dict", None))
+        if s is not None
+        and callable(getattr(s, "state_dict", None))
         and callable(getattr(s, "load_state_dict", None))
     ]
 
@@ -217,6 +231,8 @@ class EpochPosition:
         resume_rng: On resume, the random state after the last batch done before the stop.
         resume_meter: On resume, the running metric sums of the batches done before the stop.
         resume_seconds: On resume, the training time of those batches.
+        meter: The epoch's running [tlkit.ClassificationMeter][].
+        started: ``time.perf_counter()`` when the epoch started (less resumed time).
 
     Examples:
         >>> EpochPosition().inside_epoch, EpochPosition(start_rng=rng_state()).inside_epoch
@@ -229,8 +245,224 @@ class EpochPosition:
     resume_rng: dict[str, Any] | None = None
     resume_meter: dict[str, Any] | None = None
     resume_seconds: float = 0.0
+    meter: Any = None
+    started: float = 0.0
 
     @property
     def inside_epoch(self) -> bool:
         """Whether an epoch has started and not finished."""
         return self.start_rng is not None
+
+    def skipped(self, index: int, skip: int) -> None:
+        """Batch ``index`` of a resumed epoch was done before: after the last one, restore the
+        random state as it was then (augmentation and dropout continue exactly)."""
+        if index == skip - 1 and self.resume_rng is not None:
+            set_rng_state(self.resume_rng)
+
+    def begin(self, meter: Any, skip: int, device: Any) -> None:
+        """Start the epoch's clock and ``meter``, continuing a resumed epoch's metrics."""
+        self.meter = meter
+        if skip and self.resume_meter is not None:
+            meter.load_state_dict(self.resume_meter, device=device)
+        self.started = time.perf_counter() - (self.resume_seconds if skip else 0.0)
+
+    def running(self) -> dict[str, float]:
+        """Loss, accuracy and images/s of the epoch so far (one host sync)."""
+        if self.meter is None:
+            return {}
+        out: dict[str, float] = self.meter.running()
+        elapsed = time.perf_counter() - self.started
+        if elapsed > 0:
+            out["images_per_sec"] = self.meter.count / elapsed
+        return out
+
+
+def callback_keys(callbacks: Sequence[Any]) -> list[str]:
+    """The key of each callback's state in a checkpoint: its class name, numbered if repeated.
+
+    Examples:
+        >>> from tlkit import EarlyStopping, ProgressBar
+        >>> callback_keys([ProgressBar(), EarlyStopping(), EarlyStopping()])
+        ['ProgressBar', 'EarlyStopping', 'EarlyStopping_2']
+    """
+    keys: list[str] = []
+    for callback in callbacks:
+        name = type(callback).__name__
+        keys.append(name if name not in keys else f"{name}_{len(keys)}")
+    return keys
+
+
+def trainer_state(trainer: Trainer) -> dict[str, Any]:
+    """The checkpoint dict of a [tlkit.Trainer][]: what [tlkit.Trainer.state_dict][] returns.
+
+    Examples:
+        >>> from tlkit import Trainer
+        >>> state = trainer_state(Trainer(torch.nn.Linear(2, 2), device="cpu", verbose=False))
+        >>> state["tlkit_checkpoint"] == FORMAT, state["epochs_done"], state["batches_done"]
+        (True, 0, 0)
+    """
+    position = trainer.position
+    batches_done = position.batches_done if position.inside_epoch else 0
+    partial = None
+    if batches_done > 0 and position.meter is not None:
+        partial = {
+            "rng": position.end_rng if position.end_rng is not None else rng_state(),
+            "meter": position.meter.state_dict(),
+            "seconds": time.perf_counter() - position.started,
+        }
+    callbacks = trainer.callbacks
+    return {
+        "tlkit_checkpoint": FORMAT,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "optimizer_class": type(trainer.optimizer).__name__,
+        "scaler": trainer.scaler.state_dict(),
+        "epochs_done": trainer.epochs_done,
+        "batches_done": batches_done,
+        "partial_epoch": partial,
+        "global_step": trainer.global_step,
+        "should_stop": trainer.should_stop,
+        "callbacks": {
+            k: c.state_dict() for k, c in zip(callback_keys(callbacks), callbacks, strict=True)
+        },
+        "rng": position.start_rng if position.inside_epoch else rng_state(),
+        "history": trainer.history.records,
+    }
+
+
+def load_trainer_state(trainer: Trainer, state: dict[str, Any], *, source: str) -> None:
+    """Restore a [tlkit.Trainer][] from [tlkit.checkpoint.trainer_state][]'s dict, in order:
+    model, callbacks (``load_state_dict``, then ``on_load_checkpoint``), optimizer, scaler,
+    counters, history, the position inside an epoch. The random state is left to the caller.
+
+    Raises:
+        ValueError: If the model, the optimizer's type or its parameter groups do not match.
+
+    Examples:
+        >>> from tlkit import Trainer
+        >>> a = Trainer(torch.nn.Linear(2, 2), device="cpu", verbose=False)
+        >>> b = Trainer(torch.nn.Linear(2, 2), device="cpu", verbose=False)
+        >>> load_trainer_state(b, trainer_state(a), source="a")
+        >>> bool((a.model.weight == b.model.weight).all())
+        True
+    """
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{source} does not fit this model: {exc}") from exc
+    saved = state["callbacks"]
+    for key, callback in zip(callback_keys(trainer.callbacks), trainer.callbacks, strict=True):
+        if key in saved:
+            callback.load_state_dict(saved[key])
+    for callback in trainer.callbacks:  # e.g. GradualUnfreeze re-adds its parameter groups
+        callback.on_load_checkpoint(trainer)
+    _load_optimizer(trainer.optimizer, state, source)
+    trainer.scaler.load_state_dict(state["scaler"])
+    trainer.epochs_done, trainer.global_step = state["epochs_done"], state["global_step"]
+    trainer.should_stop = state["should_stop"]
+    trainer.history.records = list(state["history"])
+    partial = state.get("partial_epoch") or {}
+    trainer.position = EpochPosition(
+        start_rng=state["rng"] if state["batches_done"] else None,
+        resume_rng=partial.get("rng"),
+        resume_meter=partial.get("meter"),
+        resume_seconds=float(partial.get("seconds", 0.0)),
+    )
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], source: str) -> None:
+    mine, theirs = type(optimizer).__name__, state.get("optimizer_class")
+    saved_groups = state["optimizer"]["param_groups"]
+    keys = set(saved_groups[0]) - {"params"} if saved_groups else set()
+    own_keys = set(optimizer.param_groups[0]) - {"params"}
+    if (theirs is not None and theirs != mine) or (theirs is None and keys - own_keys):
+        raise ValueError(
+            f"{source} holds the state of a {theirs or 'different'} optimizer but this "
+            f"trainer's is {mine}; build the same optimizer as the run that saved it"
+        )
+    if len(saved_groups) != len(optimizer.param_groups):
+        raise ValueError(
+            f"the optimizer has {len(optimizer.param_groups)} parameter groups but {source} has "
+            f"{len(saved_groups)}; build the same optimizer and callbacks as the run that saved it"
+        )
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{source}'s optimizer state does not fit this optimizer: {exc}") from exc
+
+
+class Checkpointing:
+    """The checkpoint methods of [tlkit.Trainer][]: state, saving, resuming.
+
+    A mixin: it works on the trainer's ``model``, ``optimizer``, ``scaler``, ``callbacks``,
+    counters, ``history`` and ``position`` through [tlkit.checkpoint.trainer_state][] and
+    [tlkit.checkpoint.load_trainer_state][].
+
+    Examples:
+        >>> from tlkit import Trainer
+        >>> issubclass(Trainer, Checkpointing)
+        True
+    """
+
+    if TYPE_CHECKING:  # provided by the Trainer
+        model: torch.nn.Module
+        epochs_done: int
+
+        @property
+        def is_global_zero(self) -> bool: ...
+        def check_finite(self) -> None: ...
+        def refresh_module(self) -> None: ...
+        def barrier(self) -> None: ...
+        def log(self, message: str) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs: model, optimizer, scaler, counters, callbacks, RNG, history.
+
+        Between epochs, the random state is the current one. Inside an epoch (a checkpoint
+        written by a callback's ``on_batch_end``, or on Ctrl-C) it is the state the epoch started
+        with, plus ``batches_done``, the running metrics and the random state after the last
+        batch done: a resume replays the epoch's data order, skips the batches done and
+        continues exactly where the run stopped. See [tlkit.checkpoint.trainer_state][].
+
+        Examples:
+            >>> from tlkit import Trainer
+            >>> sorted(Trainer(torch.nn.Linear(2, 2), device="cpu").state_dict())[:4]
+            ['batches_done', 'callbacks', 'epochs_done', 'global_step']
+        """
+        return trainer_state(self)  # type: ignore[arg-type]
+
+    def load_state_dict(self, state: dict[str, Any], *, source: str = "the checkpoint") -> None:
+        """Load what [tlkit.Trainer.state_dict][] returned (all but the random state)."""
+        load_trainer_state(self, state, source=source)  # type: ignore[arg-type]
+        self.refresh_module()
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write [tlkit.Trainer.state_dict][] to ``path`` atomically (rank 0 only).
+
+        Raises:
+            NonFiniteLossError: Instead of writing, when a loss since the last check or a
+                weight is NaN or infinite: a checkpoint never holds a diverged run.
+        """
+        self.check_finite()
+        check_weights_finite(self.model, path)
+        if self.is_global_zero:
+            atomic_save(self.state_dict(), path)
+        self.barrier()
+
+    def resume(self, path: str | Path, *, loader: Any = None) -> int:
+        """Restore the state saved in ``path`` (see [tlkit.checkpoint.read_checkpoint][]).
+
+        Args:
+            path: A checkpoint written by [tlkit.Trainer.save_checkpoint][].
+            loader: The training loader, whose own generators are restored too.
+
+        Returns:
+            The batches already done in the epoch the checkpoint was written in.
+        """
+        state = read_checkpoint(path)
+        self.load_state_dict(state, source=str(path))
+        set_rng_state(state["rng"], loader)
+        done = int(state["batches_done"])
+        self.log(f"resumed from {path}: {self.epochs_done} epochs done"
+                 + (f", {done} batches into the next" if done else ""))  # fmt: skip
+        return done

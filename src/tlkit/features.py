@@ -157,6 +157,8 @@ def cache_head_inputs(
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    distributed: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, FeatureBatches, FeatureBatches | None]:
     """Features of the frozen body for training the head alone: a linear probe's inputs.
 
@@ -171,6 +173,8 @@ def cache_head_inputs(
             random augmentation.
         device: Where features live; default the model's device.
         autocast: Mixed-precision context factory for the body.
+        distributed: Whether this runs under torchrun (not supported: an error).
+        log: Called with a one-line summary of what was cached.
 
     Returns:
         ``(head, train_batches, val_batches)``: the classifier module itself (train it on the
@@ -221,7 +225,9 @@ def cache_head_inputs(
     return (
         head,
         FeatureBatches(train, getattr(train_loader, "batch_size", None) or 64, shuffle=True),
-        FeatureBatches(val, getattr(val_loader, "batch_size", None) or 256) if val is not None else None,
+        FeatureBatches(val, getattr(val_loader, "batch_size", None) or 256)
+        if val is not None
+        else None,
     )
 
 
