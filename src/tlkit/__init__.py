@@ -26,7 +26,7 @@ from .callbacks import (
     LRScheduler,
     ModelCheckpoint,
 )
-from .data import WithTransform
+from .data import WithTransform, to_rgb
 from .features import extract_features
 from .freeze import FreezePolicy, FreezeReport, unfreeze
 from .heads import replace_head
@@ -73,5 +73,6 @@ __all__ = [
     "part_sizes",
     "replace_head",
     "split",
+    "to_rgb",
     "unfreeze",
 ]

@@ -1,8 +1,9 @@
 """Augmentation presets: named (train, eval) transform pairs on ``torchvision.transforms.v2``.
 
-A preset is a builder registered under a name; :func:`get` calls it and returns a *new* pair of
-pipelines each time. Every pipeline starts with :class:`ToRGB` (PIL images, uint8 tensors or
-arrays; greyscale, RGB or RGBA) and ends with a normalised 3-channel float tensor. Augmentations
+A preset is a builder registered under a name; [tlkit.augment.get][] calls it and returns a *new*
+pair of pipelines each time. Every pipeline starts with [tlkit.augment.ToRGB][] (PIL images in
+any mode, uint8 tensors or arrays; greyscale, RGB or RGBA, transparency composited) and ends
+with a normalised 3-channel float tensor. Augmentations
 run on uint8 images, where torchvision's kernels are fastest.
 
 The evaluation pipeline of every preset is the same: resize the short side to
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -25,9 +27,21 @@ from torchvision.transforms import v2
 
 from ._utils import check_positive_int
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneInfo
+from .data import to_rgb
 from .registry import Registry
 
-__all__ = ["BatchAugment", "PresetConfig", "ToRGB", "channel_stats", "get", "names", "register"]
+__all__ = [
+    "BatchAugment",
+    "PresetConfig",
+    "ToRGB",
+    "channel_stats",
+    "composite",
+    "get",
+    "names",
+    "register",
+]
+
+MAX_IMAGE_SIZE = 4096
 
 Transform = Callable[[Any], torch.Tensor]
 
@@ -58,6 +72,11 @@ class PresetConfig:
 
     def __post_init__(self) -> None:
         check_positive_int("image_size", self.image_size)
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size={self.image_size} is larger than {MAX_IMAGE_SIZE} pixels: one batch "
+                "of such images would need terabytes; pretrained backbones use 224-600"
+            )
         for key in ("mean", "std"):
             value = getattr(self, key)
             if len(value) != 3:
@@ -117,9 +136,14 @@ def names(pattern: str | None = None) -> list[str]:
 class ToRGB(nn.Module):
     """Convert a PIL image, array or tensor to a 3-channel uint8 ``tv_tensors.Image``.
 
-    Greyscale is repeated to three channels, the alpha channel of RGBA is dropped, palette and
-    other PIL modes go through ``Image.convert("RGB")``. Float tensors are taken as [0, 1].
-    Arrays are HWC (as NumPy and PIL store them); tensors are CHW (or HW).
+    PIL images go through [tlkit.to_rgb][]: transparency composited onto ``background``, 16-bit
+    scaled, EXIF orientation applied. Arrays are HWC (as NumPy and PIL store them), tensors CHW
+    (or HW); one channel is repeated to three, a fourth (alpha) is composited onto
+    ``background``. Float data must lie in [0, 1]: values above 1 (0..255 floats) or NaN are an
+    error, never clipped.
+
+    Args:
+        background: RGB colour under transparent pixels.
 
     Examples:
         >>> import torch
@@ -130,13 +154,16 @@ class ToRGB(nn.Module):
         torch.Size([3, 5, 4])
     """
 
+    def __init__(self, background: Sequence[int] = (255, 255, 255)) -> None:
+        super().__init__()
+        self.background = tuple(background)
+        to_rgb(Image.new("RGB", (1, 1)), background=self.background)  # checks the colour
+
     def forward(self, image: Any) -> tv_tensors.Image:
         if isinstance(image, Image.Image):
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            return v2.functional.to_image(image)
+            return v2.functional.to_image(to_rgb(image, background=self.background))
         if hasattr(image, "__array__") and not isinstance(image, torch.Tensor):  # NumPy, HWC
-            array = torch.tensor(image)  # a copy: arrays from PIL are read-only
+            array = torch.tensor(np.asarray(image))  # a copy: arrays from PIL are read-only
             tensor = (array[..., None] if array.ndim == 2 else array).permute(2, 0, 1)
         elif isinstance(image, torch.Tensor):
             tensor = image.as_subclass(torch.Tensor)
@@ -149,13 +176,49 @@ class ToRGB(nn.Module):
             raise ValueError(
                 f"expected an image with 1, 3 or 4 channels, got shape {tuple(tensor.shape)}"
             )
+        if tensor.shape[1] == 0 or tensor.shape[2] == 0:
+            raise ValueError(f"the image is empty (shape {tuple(tensor.shape)})")
         if tensor.is_floating_point():
-            tensor = (tensor.clamp(0, 1) * 255).round().to(torch.uint8)
+            tensor = _float_to_uint8(tensor)
         elif tensor.dtype != torch.uint8:
-            raise TypeError(f"expected uint8 or float image data, got {tensor.dtype}")
+            raise TypeError(
+                f"expected uint8 or float image data in [0, 1], got {tensor.dtype}; for 16-bit "
+                "data pass a PIL image (scaled by tlkit.to_rgb) or divide by 257 first"
+            )
+        if tensor.shape[0] == 4:
+            tensor = composite(tensor[None], self.background)[0]
         if tensor.shape[0] == 1:
             tensor = tensor.expand(3, -1, -1)
-        return tv_tensors.Image(tensor[:3].contiguous())
+        return tv_tensors.Image(tensor.contiguous())
+
+
+def _float_to_uint8(tensor: torch.Tensor) -> torch.Tensor:
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError("the float image holds NaN or infinite pixels")
+    low, high = float(tensor.min()), float(tensor.max())
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise ValueError(
+            f"float images must lie in [0, 1], got values {low:g}..{high:g}; divide 0..255 data "
+            "by 255 (or pass uint8)"
+        )
+    return (tensor.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def composite(images: torch.Tensor, background: Sequence[int] = (255, 255, 255)) -> torch.Tensor:
+    """Composite uint8 RGBA (or grey+alpha) batches ``(N, C, H, W)`` onto a background colour.
+
+    Returns uint8 ``(N, 3, H, W)`` (or ``(N, 1, H, W)`` for grey+alpha with a grey background).
+
+    Examples:
+        >>> rgba = torch.tensor([255, 0, 0, 0], dtype=torch.uint8).view(1, 4, 1, 1)
+        >>> composite(rgba, (0, 0, 255)).flatten().tolist()
+        [0, 0, 255]
+    """
+    colour, alpha = images[:, :-1].float(), images[:, -1:].float() / 255.0
+    bg = torch.tensor(list(background), dtype=torch.float32, device=images.device)
+    bg = bg[: colour.shape[1]] if colour.shape[1] == 3 else bg.mean(0, keepdim=True)
+    out = colour * alpha + bg.view(1, -1, 1, 1) * (1 - alpha)
+    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def _finish(cfg: PresetConfig) -> list[Any]:

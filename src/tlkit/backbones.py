@@ -10,8 +10,12 @@ when the head is ImageNet's.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+import socket
+import urllib.error
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +25,7 @@ import torch
 import torchvision
 from torch import nn
 
+from ._utils import check_positive_int
 from .registry import unknown_name_error
 
 __all__ = ["BackboneInfo", "backbone", "imagenet_classes", "load_weights"]
@@ -134,6 +139,18 @@ def backbone(
         >>> model.get_classifier().out_features, info.interpolation
         (10, 'bicubic')
     """
+    if not isinstance(name, str) or not name:
+        raise TypeError(
+            "name must be a model name such as 'resnet50' or 'timm/efficientnet_lite0', "
+            f"got {name!r}"
+        )
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(
+            f"weights must be 'imagenet', a torchvision weights name, None or a file path, "
+            f"got {type(weights).__name__} {weights!r}"
+        )
+    if num_classes is not None:
+        check_positive_int("num_classes", num_classes)
     if key_map not in ("strict", "by_order"):
         raise ValueError(f"key_map must be 'strict' or 'by_order', got {key_map!r}")
     source, arch = _split_name(name)
@@ -144,6 +161,8 @@ def backbone(
             "use tlkit.replace_head(model, ...)"
         )
     named = None if is_path or weights is None else str(weights)
+    if named is not None and named.lower() == "imagenet":
+        named = "imagenet"
     build = _torchvision if source == "torchvision" else _timm
     model, info = build(arch, named, num_classes, kwargs)
     info_kw = {k: getattr(info, k) for k in info.__dataclass_fields__}
@@ -157,12 +176,15 @@ def backbone(
     return model.eval(), BackboneInfo(**info_kw)
 
 
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".tar")
+
+
 def _is_named_weights(weights: Weights) -> bool:
-    if isinstance(weights, os.PathLike):
+    """``"imagenet"`` or a weights name like ``"IMAGENET1K_V2"`` (any case), not a file path."""
+    if not isinstance(weights, str) or os.path.exists(weights):
         return False
-    return isinstance(weights, str) and (
-        weights == "imagenet" or (weights.isupper() and not os.path.exists(weights))
-    )
+    looks_like_path = os.sep in weights or "/" in weights or weights.endswith(_WEIGHT_SUFFIXES)
+    return weights.lower() == "imagenet" or not looks_like_path
 
 
 def _num_outputs(model: nn.Module) -> int | None:
@@ -182,15 +204,21 @@ def _torchvision(
     if weights == "imagenet":
         chosen = reference
     elif weights is not None:
-        try:
-            chosen = enum[weights]
-        except KeyError:
+        by_case = {name.lower(): name for name in enum.__members__}
+        if weights.lower() not in by_case:
             raise unknown_name_error(
                 f"weights for {arch}", weights, ["imagenet", *enum.__members__]
-            ) from None
+            )
+        chosen = enum[by_case[weights.lower()]]
     if num_classes is not None:
         kwargs = {**kwargs, "num_classes": num_classes}
-    model = torchvision.models.get_model(arch, weights=chosen, **kwargs)
+    if chosen is not None:
+        url = chosen.url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        with _download_guard(f"{arch} {chosen.name}", url, cached):
+            model = torchvision.models.get_model(arch, weights=chosen, **kwargs)
+    else:
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
     preset = (chosen or reference).transforms()
     interpolation = getattr(preset, "interpolation", None)
     return model, BackboneInfo(
@@ -214,7 +242,13 @@ def _timm(
         raise ValueError(f"timm weights must be 'imagenet', None or a path, got {weights!r}")
     if num_classes is not None:
         kwargs = {**kwargs, "num_classes": num_classes}
-    model = timm.create_model(arch, pretrained=weights == "imagenet", **kwargs)
+    if weights == "imagenet":
+        pretrained = timm.models.get_pretrained_cfg(arch)
+        cfg: dict[str, Any] = pretrained.to_dict() if pretrained is not None else {}
+        with _timm_download_guard(arch, cfg):
+            model = timm.create_model(arch, pretrained=True, **kwargs)
+    else:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
     cfg = timm.data.resolve_data_config({}, model=model)
     tag = dict(getattr(model, "pretrained_cfg", None) or {}).get("tag") or ""
     return model, BackboneInfo(
@@ -227,6 +261,95 @@ def _timm(
         crop_pct=float(cfg.get("crop_pct", 0.875)),
         interpolation=str(cfg.get("interpolation", "bicubic")),
     )
+
+
+# --------------------------------------------------------------------------- downloads
+_PROBE_TIMEOUT_S = 3.0
+
+
+def _reachable(url: str) -> bool:
+    """Whether ``url``'s host accepts a TCP connection within a few seconds."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_error(what: str, url: str, looked: str) -> ConnectionError:
+    return ConnectionError(
+        f"the ImageNet weights of {what} are not cached ({looked}) and {url} cannot be reached "
+        "(no network?); download them once where there is internet, or pass a local file: "
+        "tlkit.backbone(name, weights=PATH) (with key_map='by_order' for a checkpoint saved by "
+        "another implementation)"
+    )
+
+
+@contextlib.contextmanager
+def _download_guard(what: str, url: str, cached: Path) -> Iterator[None]:
+    """Fail within seconds, with a clear message, where a download cannot happen."""
+    if not cached.is_file() and not _reachable(url):
+        raise _offline_error(what, url, f"looked for {cached}")
+    try:
+        yield
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+        raise _offline_error(what, url, f"looked for {cached}") from exc
+
+
+def _hf_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        return False
+    names = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(repo_id, n), str) for n in names)
+
+
+@contextlib.contextmanager
+def _timm_download_guard(arch: str, cfg: dict[str, Any]) -> Iterator[None]:
+    """timm reads from the Hugging Face hub (or a URL): use the cache without asking the
+    network when the file is there, else fail fast when the hub cannot be reached."""
+    repo = cfg.get("hf_hub_id")
+    url = cfg.get("url") or ""
+    if repo:
+        if _hf_cached(repo):
+            with _hf_offline():
+                yield
+            return
+        hub = "https://huggingface.co"
+        if not _reachable(hub):
+            raise _offline_error(f"timm/{arch}", hub, f"no {repo} in the Hugging Face cache")
+        yield
+        return
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    with _download_guard(f"timm/{arch}", url, cached):
+        yield
+
+
+@contextlib.contextmanager
+def _hf_offline() -> Iterator[None]:
+    """Tell huggingface_hub not to ask the network (the file is in its cache)."""
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants: Any = None
+    with contextlib.suppress(ImportError):
+        from huggingface_hub import constants
+    old = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = old
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
 
 
 def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, torch.Tensor]:

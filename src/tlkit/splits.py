@@ -32,7 +32,7 @@ def part_sizes(total: int, fractions_or_counts: Sequence[float]) -> list[int]:
 
     Args:
         total: Number of samples to divide.
-        fractions_or_counts: Positive fractions summing to 1, or non-negative ints summing to
+        fractions_or_counts: Positive fractions summing to 1, or positive ints summing to
             ``total``.
 
     Returns:
@@ -62,6 +62,11 @@ def part_sizes(total: int, fractions_or_counts: Sequence[float]) -> list[int]:
                 f"counts must be non-negative and sum to the number of samples ({total}), "
                 f"got {counts} (sum {sum(counts)})"
             )
+        if 0 in counts:
+            raise ValueError(
+                f"counts {counts}: part {counts.index(0)} would be empty; every part needs at "
+                "least one sample"
+            )
         return counts
     fractions = [float(p) for p in parts]
     if any(not math.isfinite(f) or f <= 0 for f in fractions):
@@ -82,10 +87,18 @@ def part_sizes(total: int, fractions_or_counts: Sequence[float]) -> list[int]:
 
 
 def _labels_list(labels: Any, total: int) -> list[Hashable]:
-    if isinstance(labels, torch.Tensor) or hasattr(labels, "tolist"):
-        values = labels.tolist()
-    else:
-        values = list(labels)
+    shape = getattr(labels, "shape", None)
+    if shape is not None and len(shape) != 1:
+        raise ValueError(
+            f"stratify must hold one label per sample (1-D), got shape {tuple(shape)}; for "
+            "one-hot labels pass labels.argmax(1)"
+        )
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
+        raise TypeError(f"stratify must be a sequence of labels, got {type(labels).__name__}")
+    values = labels.tolist() if hasattr(labels, "tolist") else list(labels)
+    unhashable = next((v for v in values if not isinstance(v, Hashable)), None)
+    if unhashable is not None:
+        raise TypeError(f"stratify labels must be hashable scalars, got {unhashable!r}")
     if len(values) != total:
         raise ValueError(f"stratify has {len(values)} labels but there are {total} samples")
     return values
