@@ -154,3 +154,62 @@ def test_truncated_and_pickled_checkpoints_are_refused(tmp_path: Path) -> None:
 def test_public_surface_imports() -> None:
     for name in tlkit.__all__:
         assert hasattr(tlkit, name), name
+
+
+def test_bad_backbone_arguments_name_the_value_and_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="name must be a model name"):
+        backbone(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"weights must be 'imagenet'.*got int 123"):
+        backbone("resnet18", weights=123)  # type: ignore[arg-type]
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+            backbone("resnet18", weights=None, num_classes=bad)  # type: ignore[arg-type]
+
+
+def test_torchvision_weight_names_are_case_insensitive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    saved = torchvision.models.resnet18().state_dict()
+    torch.save(saved, checkpoints / weights.url.rsplit("/", 1)[1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for name in ("imagenet1k_v1", "IMAGENET1K_V1", "ImageNet"):
+        model, info = backbone("resnet18", weights=name)
+        assert info.weights == "IMAGENET1K_V1", name
+        assert torch.equal(model.conv1.weight, saved["conv1.weight"])
+
+
+def test_imagenet_weights_offline_fail_fast_with_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from tlkit import backbones
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(backbones, "_reachable", lambda url: False)  # no network
+    for name in ("resnet18", "timm/resnet10t"):
+        start = time.perf_counter()
+        with pytest.raises(ConnectionError, match=r"not cached .* weights=PATH"):
+            backbone(name)
+        assert time.perf_counter() - start < 5, name
+
+
+def test_the_network_probe_gives_up_within_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    from tlkit import backbones
+
+    def hang(*args, **kwargs):  # a name lookup that never answers
+        time.sleep(30)
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    monkeypatch.setattr(backbones, "_PROBE_TIMEOUT_S", 0.5)
+    start = time.perf_counter()
+    assert backbones._reachable("https://example.invalid/x") is False
+    assert time.perf_counter() - start < 2

@@ -230,3 +230,13 @@ def test_policy_is_frozen_and_names_may_be_a_single_string() -> None:
     assert policy.names == ("fc",)
     with pytest.raises(AttributeError):
         policy.bn = "train"  # type: ignore[misc]
+
+
+def test_up_to_a_parameter_name_freezes_up_to_and_including_it() -> None:
+    model = torchvision.models.resnet18()
+    names = [n for n, _ in model.named_parameters()]
+    FreezePolicy(up_to="layer1.0.conv1.weight").apply(model)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == names[: names.index("layer1.0.conv1.weight") + 1]
+    FreezePolicy(up_to="fc.weight").apply(model)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.bias"]

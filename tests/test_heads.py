@@ -123,3 +123,22 @@ def test_bad_head_argument_is_a_type_error() -> None:
         replace_head(torchvision.models.resnet18(), "mlp")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"must return an nn\.Module"):
         replace_head(torchvision.models.resnet18(), lambda n: n)  # type: ignore[arg-type, return-value]
+
+
+def test_a_head_of_the_wrong_width_is_refused_naming_both_widths() -> None:
+    model = torchvision.models.resnet18()
+    with pytest.raises(ValueError, match=r"takes 999 input features but .* receives 512"):
+        replace_head(model, nn.Linear(999, 10))
+    with pytest.raises(ValueError, match="takes 7 input features"):
+        replace_head(model, nn.Sequential(nn.Dropout(0.1), nn.Linear(7, 10)))
+    replace_head(model, nn.Sequential(nn.Dropout(0.1), nn.Linear(512, 10)))  # the right width
+    assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_find_head_and_headless_give_the_body_features() -> None:
+    model = torchvision.models.mobilenet_v3_small().eval()
+    path, width = heads.find_head(model)
+    with heads.headless(model) as (where, head):
+        features = model(torch.zeros(2, 3, 64, 64))
+    assert where == path and features.shape == (2, width)
+    assert model.get_submodule(path) is head

@@ -138,3 +138,14 @@ def test_bad_input(args: tuple, kwargs: dict, message: str) -> None:
 def test_seed_must_be_an_int() -> None:
     with pytest.raises(TypeError, match="seed must be an int"):
         split(10, (0.5, 0.5), seed=None)  # type: ignore[arg-type]
+
+
+def test_stratify_must_be_one_label_per_sample_and_parts_must_not_be_empty() -> None:
+    with pytest.raises(ValueError, match=r"one label per sample \(1-D\), got shape \(10, 2\)"):
+        split(10, (0.5, 0.5), seed=0, stratify=torch.zeros(10, 2))
+    with pytest.raises(TypeError, match="hashable"):
+        split(4, (0.5, 0.5), seed=0, stratify=[[0], [1], [0], [1]])
+    with pytest.raises(ValueError, match="part 1 would be empty"):
+        split(10, (10, 0), seed=0)
+    with pytest.raises(ValueError, match="part 0 would be empty"):
+        part_sizes(5, (0, 5))

@@ -258,14 +258,13 @@ def as_loader(name: str, data: Any, batch_size: int | None, *, shuffle: bool) ->
     dataset = getattr(data, "dataset", None)
     collate = getattr(data, "collate_fn", None)
     if isinstance(dataset, Dataset) and getattr(collate, "__name__", "") == "default_collate":
+        item = None
+        state = rng_state()  # reading an item must not move the random streams
         with contextlib.suppress(IndexError, KeyError, TypeError, NotImplementedError):
-            state = rng_state()  # reading an item must not move the random streams
-            try:
-                item = dataset[0]
-            finally:
-                set_rng_state(state)
-            if isinstance(item, (tuple, list)) and item:
-                check_inputs(item[0], collated=False)
+            item = dataset[0]
+        set_rng_state(state)
+        if isinstance(item, (tuple, list)) and item:
+            check_inputs(item[0], collated=False)
     return data
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import urllib.error
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -268,16 +269,28 @@ _PROBE_TIMEOUT_S = 3.0
 
 
 def _reachable(url: str) -> bool:
-    """Whether ``url``'s host accepts a TCP connection within a few seconds."""
+    """Whether ``url``'s host accepts a TCP connection within a few seconds.
+
+    Runs in a daemon thread so that a name lookup that hangs (``getaddrinfo`` has no timeout)
+    cannot hold the caller longer than ``_PROBE_TIMEOUT_S``.
+    """
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
     if not host:
         return False
-    try:
-        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(_PROBE_TIMEOUT_S)
+    return bool(result and result[0])
 
 
 def _offline_error(what: str, url: str, looked: str) -> ConnectionError:

@@ -110,7 +110,8 @@ def distributed_loader(loader: Any, *, train: bool) -> Any:
         >>> distributed_loader(loader, train=True) is loader  # one process: kept as given
         True
     """
-    if world()[2] == 1 or not isinstance(loader, DataLoader):
+    rank, _, world_size = world()
+    if world_size == 1 or not isinstance(loader, DataLoader):
         return loader
     if isinstance(loader.sampler, DistributedSampler):
         return loader
@@ -120,7 +121,11 @@ def distributed_loader(loader: Any, *, train: bool) -> Any:
             "batch_sampler, so build it with DistributedSampler yourself"
         )
     sampler: DistributedSampler[Any] = DistributedSampler(
-        loader.dataset, shuffle=train and isinstance(loader.sampler, RandomSampler), seed=0
+        loader.dataset,
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=train and isinstance(loader.sampler, RandomSampler),
+        seed=0,
     )
     kept: dict[str, Any] = {
         name: getattr(loader, name)

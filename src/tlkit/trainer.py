@@ -418,6 +418,8 @@ class Trainer(Checkpointing):
             ValueError: For ``batch_size < 1`` or no input at all.
         """
         check_positive_int("batch_size", batch_size)
+        if isinstance(data, torch.Tensor) and len(data) == 0:
+            raise ValueError("predict got no input: the data is empty")
         self._module.eval()
         batches: Iterable[Any] = data.split(batch_size) if isinstance(data, torch.Tensor) else data
         probs = []
