@@ -284,7 +284,7 @@ def _reachable(url: str) -> bool:
         try:
             with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
                 result.append(True)
-        except OSError:
+        except Exception:  # any failure to connect means "not reachable"
             result.append(False)
 
     thread = threading.Thread(target=probe, daemon=True)
