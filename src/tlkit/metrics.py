@@ -36,33 +36,26 @@ class ClassificationMeter:
         self._sums: torch.Tensor | None = None  # loss, correct, top-5 correct
         self._matrix: torch.Tensor | None = None
         self.num_classes: int | None = None
-        # per-batch values not yet added to the sums: appending is cheaper than adding on every
-        # batch, and the sums are only read every so often
+        # per-batch values not yet added to the sums: keeping the predictions and targets and
+        # folding them every so often costs one kernel per batch (argmax) instead of five
         self._losses: list[torch.Tensor] = []
         self._sizes: list[int] = []
-        self._correct: list[torch.Tensor] = []
+        self._preds: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
         self._top5: list[torch.Tensor] = []
 
     def update(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Add one batch: ``loss`` is the batch mean, ``outputs`` are ``(N, C)`` scores."""
-        n = targets.shape[0]
         if self.num_classes is None:
             self.num_classes = outputs.shape[1]
-        with torch.no_grad():
-            pred = outputs.argmax(1)
-            self._losses.append(loss.detach())
-            self._sizes.append(n)
-            self._correct.append((pred == targets).sum())
-            if self.top5:
-                self._top5.append(_topk_correct(outputs, targets, 5))
-            if self.confusion:
-                classes = self.num_classes
-                if self._matrix is None:
-                    self._matrix = torch.zeros(
-                        classes * classes, dtype=torch.int64, device=outputs.device
-                    )
-                self._matrix += torch.bincount(targets * classes + pred, minlength=classes**2)
-        self.count += n
+        outputs = outputs.detach()
+        self._losses.append(loss.detach())
+        self._sizes.append(targets.shape[0])
+        self._preds.append(outputs.argmax(1))
+        self._targets.append(targets)
+        if self.top5:
+            self._top5.append(_topk_correct(outputs, targets, 5))
+        self.count += targets.shape[0]
         if len(self._losses) >= 256:
             self._fold()
 
@@ -74,11 +67,19 @@ class ClassificationMeter:
         if self._sums is None:
             self._sums = torch.zeros(3, dtype=torch.float64, device=device)
         sizes = torch.tensor(self._sizes, dtype=torch.float64).to(device, non_blocking=True)
+        preds, targets = torch.cat(self._preds), torch.cat(self._targets)
         self._sums[0] += (torch.stack(self._losses).double() * sizes).sum()
-        self._sums[1] += torch.stack(self._correct).sum()
+        self._sums[1] += (preds == targets).sum()
         if self._top5:
             self._sums[2] += torch.stack(self._top5).sum()
-        self._losses, self._sizes, self._correct, self._top5 = [], [], [], []
+        if self.confusion:
+            classes = self.num_classes
+            assert classes is not None
+            if self._matrix is None:
+                self._matrix = torch.zeros(classes * classes, dtype=torch.int64, device=device)
+            self._matrix += torch.bincount(targets * classes + preds, minlength=classes**2)
+        self._losses, self._sizes, self._preds, self._targets = [], [], [], []
+        self._top5 = []
 
     def state_dict(self) -> dict[str, Any]:
         """The sums so far, as CPU tensors (for mid-epoch checkpoints).
@@ -101,7 +102,8 @@ class ClassificationMeter:
 
     def load_state_dict(self, state: dict[str, Any], device: Any = None) -> None:
         """Continue from :meth:`state_dict`'s sums, placed on ``device``."""
-        self._losses, self._sizes, self._correct, self._top5 = [], [], [], []
+        self._losses, self._sizes, self._preds, self._targets = [], [], [], []
+        self._top5 = []
         self.count = int(state["count"])
         self.num_classes = state["num_classes"]
         sums, matrix = state["sums"], state["matrix"]

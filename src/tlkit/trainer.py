@@ -128,7 +128,6 @@ class Trainer(Checkpointing):
         self.position = EpochPosition()
         self._losses = _steps.LossWatch()
         self._check_next = False  # the next step checks outputs, labels and loss
-        self._classes = 0  # outputs per sample, known after the first batch
         self._module = distributed.wrap_model(self.model, self.device, compile=compile)
 
     # ------------------------------------------------------------------ small public helpers
@@ -183,14 +182,8 @@ class Trainer(Checkpointing):
         return x
 
     def labels(self, y: torch.Tensor) -> torch.Tensor:
-        """Class indices on the device (int32, integral float, ``(N, 1)``, one-hot converted).
-
-        Labels still on the CPU are checked against the head's class count (once known).
-        """
-        y = _steps.to_labels(y)
-        if self._classes and y.device.type == "cpu":
-            _steps.check_label_range(y, self._classes)
-        return y.to(self.device, non_blocking=self.device.type == "cuda")
+        """Class indices on the device (int32, integral float, ``(N, 1)``, one-hot converted)."""
+        return _steps.to_labels(y).to(self.device, non_blocking=self.device.type == "cuda")
 
     def train_step(self, batch: Any) -> Step:
         """Forward one training batch: ``(loss, outputs, labels)``; the loop does the rest."""
@@ -205,8 +198,13 @@ class Trainer(Checkpointing):
         with self.autocast():
             outputs = self._module(x)
             if self._check_next:  # the first batch: outputs, labels and loss, before any update
-                self._check_next, self._classes = False, _steps.check_first(outputs, y, self.loss)
-            return self.loss(outputs, y), outputs, y
+                self._check_next = False
+                _steps.check_first(outputs, y, self.loss)
+            try:
+                return self.loss(outputs, y), outputs, y
+            except (IndexError, RuntimeError):  # free when nothing fails
+                _steps.check_label_range(y, outputs.shape[1])  # a clearer error when that is it
+                raise
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -332,7 +330,7 @@ class Trainer(Checkpointing):
                 continue
             if check and index == skip:  # the first batch of this fit: check it all
                 _steps.check_batch(batch)
-                self._check_next, self._classes = True, 0
+                self._check_next = True
             self._notify("on_batch_start", batch=index)
             step_now = (index + 1) % accum == 0 or index + 1 == total
             if step_now or no_sync is None:
@@ -404,7 +402,7 @@ class Trainer(Checkpointing):
         for index, batch in enumerate(loader):
             if check and index == 0:
                 _steps.check_batch(batch)
-                self._check_next, self._classes = True, 0
+                self._check_next = True
             loss, outputs, y = self.eval_step(batch)
             meter.update(loss.float(), outputs.float(), y)
         return meter.compute()
