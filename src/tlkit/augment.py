@@ -97,9 +97,11 @@ _PRESETS: Registry[PresetBuilder] = Registry("preset")
 def register(name: str) -> Callable[[PresetBuilder], PresetBuilder]:
     """Register an augmentation preset under ``name``.
 
-    The decorated function receives a :class:`PresetConfig` and returns ``(ops, crop_pct)``:
+    The decorated function receives a [PresetConfig][tlkit.augment.PresetConfig] and returns
+    ``(ops, crop_pct)``:
     the train-time augmentations to run on a uint8 3-channel image (from the random crop on; tlkit
-    adds :class:`ToRGB` in front and float conversion and normalisation after), and the preset's
+    adds [ToRGB][tlkit.augment.ToRGB] in front and float conversion and normalisation after), and
+    the preset's
     default evaluation crop fraction (``None`` keeps the caller's or the backbone's).
 
     Args:
@@ -314,7 +316,7 @@ def _normalisation(
 ) -> tuple[_ChannelStats, _ChannelStats]:
     """The given mean/std, else the backbone's (``info``), else ImageNet's, as tuples.
 
-    Their length is checked by :class:`PresetConfig`.
+    Their length is checked by [PresetConfig][tlkit.augment.PresetConfig].
     """
     chosen_mean = tuple(mean if mean is not None else (info.mean if info else IMAGENET_MEAN))
     chosen_std = tuple(std if std is not None else (info.std if info else IMAGENET_STD))
@@ -334,7 +336,7 @@ def get(
     """Build a fresh ``(train, eval)`` transform pair of the preset ``name``.
 
     Args:
-        name: A registered preset (:func:`names` lists them).
+        name: A registered preset ([names][tlkit.augment.names] lists them).
         image_size: Output side length; defaults to ``info.input_size``.
         mean: Normalisation mean; defaults to the backbone's (``info``), else ImageNet's.
         std: Normalisation std; defaults to the backbone's (``info``), else ImageNet's.
@@ -342,7 +344,8 @@ def get(
             backbone's, else 0.875.
         interpolation: Resize interpolation (``"bilinear"``, ``"bicubic"``, ...); defaults to the
             backbone's, else bilinear.
-        info: A :class:`~tlkit.BackboneInfo` from :func:`tlkit.backbone` supplying the defaults.
+        info: A [BackboneInfo][tlkit.BackboneInfo] from [tlkit.backbone][tlkit.backbone] supplying
+            the defaults.
 
     Returns:
         Two ``v2.Compose`` pipelines mapping an image to a normalised ``float32`` tensor of shape
@@ -394,7 +397,7 @@ class BatchAugment(nn.Module):
     The ``standard`` preset's augmentation for when per-image CPU transforms cannot keep a GPU
     fed: the loader only decodes and batches uint8 images of one size, and this module, given
     to ``Trainer(batch_transform=...)``, augments the batch after it reached the device. Crop
-    boxes are drawn as :class:`torchvision.transforms.v2.RandomResizedCrop` draws them (up to 10
+    boxes are drawn as ``torchvision.transforms.v2.RandomResizedCrop`` draws them (up to 10
     tries per image, then the centre crop of the nearest allowed aspect ratio), independently
     for every image, with torch's random generator of the batch's device, so a ``Trainer``
     checkpoint captures its state; one ``grid_sample`` call then resamples the whole batch.
@@ -417,7 +420,7 @@ class BatchAugment(nn.Module):
         mean: Normalisation mean; defaults to ``info.mean``, else ImageNet's.
         std: Normalisation std; defaults to ``info.std``, else ImageNet's.
         crop_pct: Fraction of each side kept by the eval-mode centre crop.
-        info: A :class:`~tlkit.BackboneInfo` supplying mean and std.
+        info: A [BackboneInfo][tlkit.BackboneInfo] supplying mean and std.
 
     Raises:
         ValueError: For a bad ``image_size``, ``scale``, ``ratio``, ``flip`` or ``crop_pct``,
@@ -578,7 +581,8 @@ def channel_stats(
 
     Streams over the images once and accumulates sums and sums of squares in float64 (the blog
     recipe's per-channel statistics, without holding the dataset in memory). Items may be images
-    or ``(image, label)`` tuples; images are converted with :class:`ToRGB`, so pass the dataset
+    or ``(image, label)`` tuples; images are converted with [ToRGB][tlkit.augment.ToRGB], so pass
+    the dataset
     without a normalising transform.
 
     Args:

@@ -3,7 +3,8 @@
 ``tlkit.backbone("resnet50")`` builds torchvision's ResNet50 with its ImageNet weights;
 ``tlkit.backbone("timm/efficientnet_lite0")`` builds a timm model. Weights are ``"imagenet"``
 (downloaded by torchvision or timm when online, or read from their caches), ``None`` (random
-initialisation) or a local checkpoint file. The model comes back with a :class:`BackboneInfo`:
+initialisation) or a local checkpoint file. The model comes back with a
+[BackboneInfo][tlkit.BackboneInfo]:
 normalisation mean/std, input size, resize interpolation, crop fraction and ImageNet class names
 when the head is ImageNet's.
 """
@@ -43,7 +44,7 @@ class BackboneInfo:
     """What a backbone expects as input and what its outputs mean.
 
     Attributes:
-        name: The name given to :func:`backbone`.
+        name: The name given to [backbone][tlkit.backbone].
         source: ``"torchvision"`` or ``"timm"``.
         weights: Where the weights came from (``"IMAGENET1K_V1"``, ``"timm:ra_in1k"``, a path or
             ``"random"``).
@@ -120,11 +121,11 @@ def backbone(
             model's ``state_dict()``, checking every shape (for checkpoints saved by another
             implementation of the same architecture).
         num_classes: Build the classifier with this many outputs instead of the pretrained one
-            (only with ``weights=None``; otherwise use :func:`tlkit.replace_head`).
+            (only with ``weights=None``; otherwise use [tlkit.replace_head][tlkit.replace_head]).
         **kwargs: Passed to the torchvision builder or to ``timm.create_model``.
 
     Returns:
-        ``(model, info)``: the model in eval mode and a :class:`BackboneInfo`.
+        ``(model, info)``: the model in eval mode and a [BackboneInfo][tlkit.BackboneInfo].
 
     Raises:
         KeyError: For an unknown architecture (with the closest names).

@@ -2,7 +2,8 @@
 
 Every hook takes the trainer first and keyword arguments after (``**kwargs`` swallows what a
 callback does not need). Callbacks run in ascending ``order`` (stable), so an
-:class:`LRScheduler` steps before a :class:`ModelCheckpoint` saves its state.
+[LRScheduler][tlkit.LRScheduler] steps before a [ModelCheckpoint][tlkit.ModelCheckpoint] saves its
+state.
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ class EarlyStopping(Callback):
 class ModelCheckpoint(Callback):
     """Save ``last.pt`` every epoch and ``best.pt`` when the monitored metric improves.
 
-    Files hold the full training state (see :meth:`Trainer.save_checkpoint`), are written
+    Files hold the full training state (see [save_checkpoint][tlkit.Trainer.save_checkpoint]), are
+    written
     atomically (temporary file, then rename), only by rank 0, and load with
     ``torch.load(path, weights_only=True)``. Runs after every other callback so that their
     state is current in the file.
@@ -452,10 +454,11 @@ def _flatten(record: Mapping[str, Any]) -> dict[str, Any]:
 class GradualUnfreeze(Callback):
     """Unfreeze named stages at given epochs and train them in new parameter groups.
 
-    At the start of each scheduled epoch the stage is unfrozen with :func:`tlkit.unfreeze`
+    At the start of each scheduled epoch the stage is unfrozen with [tlkit.unfreeze][tlkit.unfreeze]
     (which also releases its BatchNorm layers) and its parameters that the optimizer does not
     hold yet (matched by identity) are added with ``optimizer.add_param_group``. A scheduler
-    driven by :class:`LRScheduler` learns the new group's base learning rate. On resume the
+    driven by [LRScheduler][tlkit.LRScheduler] learns the new group's base learning rate. On
+    resume the
     stages unfrozen before the checkpoint are unfrozen again, before the optimizer state loads.
 
     Args:

@@ -1,9 +1,11 @@
 """Freeze policies: which parameters train, and what BatchNorm does in the frozen part.
 
-A :class:`FreezePolicy` is data: one *selector* (an index range, layer names or glob patterns,
+A [FreezePolicy][tlkit.FreezePolicy] is data: one *selector* (an index range, layer names or glob
+patterns,
 "everything up to a layer", the inverse "train only these", or a predicate) plus an explicit
-BatchNorm choice. :meth:`FreezePolicy.apply` resolves the selector to parameter names, sets
-``requires_grad`` accordingly and returns a :class:`FreezeReport` of exactly what is frozen.
+BatchNorm choice. [apply][tlkit.FreezePolicy.apply] resolves the selector to parameter names, sets
+``requires_grad`` accordingly and returns a [FreezeReport][tlkit.FreezeReport] of exactly what is
+frozen.
 
 BatchNorm is never a side effect. ``requires_grad=False`` stops the *affine* parameters of a
 BatchNorm layer from changing, but in train mode the layer still updates its running mean and
@@ -292,7 +294,7 @@ class FreezePolicy:
             model: The model to change in place.
 
         Returns:
-            A :class:`FreezeReport` of the model's state afterwards.
+            A [FreezeReport][tlkit.FreezeReport] of the model's state afterwards.
 
         Raises:
             KeyError: For a layer name the model does not have (with the closest names).
@@ -320,7 +322,7 @@ def unfreeze(model: nn.Module, names: Sequence[str] | None = None) -> FreezeRepo
         names: Modules, parameters or glob patterns to unfreeze; ``None`` unfreezes everything.
 
     Returns:
-        A :class:`FreezeReport` of the model's state afterwards.
+        A [FreezeReport][tlkit.FreezeReport] of the model's state afterwards.
 
     Raises:
         KeyError: For a layer name the model does not have.
@@ -361,7 +363,8 @@ class _Row:
 class FreezeReport:
     """What is frozen in a model: parameter names, counts, modules and BatchNorm layers.
 
-    Build one with :meth:`from_model` or get it from :meth:`FreezePolicy.apply`; ``str(report)``
+    Build one with [from_model][tlkit.FreezeReport.from_model] or get it from
+    [apply][tlkit.FreezePolicy.apply]; ``str(report)``
     is a table by layer that opens up partly frozen layers.
 
     Attributes:

@@ -1,7 +1,9 @@
-"""Classifier heads and :func:`replace_head`, which swaps any torchvision or timm classifier.
+"""Classifier heads and [replace_head][tlkit.replace_head], which swaps any torchvision or timm
+classifier.
 
-Builders return a :class:`Head` (an ``nn.Sequential`` that remembers its ``in_features`` and
-``num_classes``), so :func:`replace_head` can later find and replace it whole.
+Builders return a [Head][tlkit.heads.Head] (an ``nn.Sequential`` that remembers its
+``in_features`` and
+``num_classes``), so [replace_head][tlkit.replace_head] can later find and replace it whole.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def linear(
         log_softmax: End with ``LogSoftmax(dim=1)`` (train with ``NLLLoss``).
 
     Returns:
-        A :class:`Head`.
+        A [Head][tlkit.heads.Head].
 
     Raises:
         ValueError: For non-positive sizes or a dropout outside [0, 1).
@@ -102,7 +104,7 @@ def mlp(
         log_softmax: End with ``LogSoftmax(dim=1)`` (train with ``NLLLoss``).
 
     Returns:
-        A :class:`Head`.
+        A [Head][tlkit.heads.Head].
 
     Raises:
         ValueError: For non-positive sizes, a dropout outside [0, 1).
@@ -259,11 +261,13 @@ def replace_head(model: nn.Module, head: nn.Module | HeadBuilder | int) -> nn.Mo
     """Replace the classifier of a torchvision or timm model, in place.
 
     Finds the classifier of timm models through ``get_classifier()``, of an ``nn.Sequential``
-    ending in a ``Linear`` (or a :class:`Head`) in its last layer, and of torchvision models
+    ending in a ``Linear`` (or a [Head][tlkit.heads.Head]) in its last layer, and of torchvision
+    models
     through ``fc`` (ResNet, ResNeXt, RegNet), ``classifier`` (EfficientNet, MobileNet, ConvNeXt,
     VGG, DenseNet, MaxViT), ``heads`` (ViT) or ``head`` (Swin). Where the classifier is a
     ``Sequential`` ending in a ``Linear`` (ConvNeXt's norm and flatten, EfficientNet's dropout),
-    only that final ``Linear`` is replaced. A :class:`Head` put in by tlkit is replaced whole.
+    only that final ``Linear`` is replaced. A [Head][tlkit.heads.Head] put in by tlkit is replaced
+    whole.
 
     Args:
         model: The model to change.

@@ -13,7 +13,8 @@ __all__ = ["ClassificationMeter"]
 class ClassificationMeter:
     """Running loss, top-1/top-5 accuracy and confusion matrix of a classifier.
 
-    Sums stay on the outputs' device, so updating never waits for the GPU; :meth:`compute`
+    Sums stay on the outputs' device, so updating never waits for the GPU;
+    [compute][tlkit.ClassificationMeter.compute]
     synchronises once (and all-reduces across processes under ``torch.distributed``).
 
     Args:
@@ -101,7 +102,8 @@ class ClassificationMeter:
         }
 
     def load_state_dict(self, state: dict[str, Any], device: Any = None) -> None:
-        """Continue from :meth:`state_dict`'s sums, placed on ``device``."""
+        """Continue from [state_dict][tlkit.ClassificationMeter.state_dict]'s sums, placed on
+        ``device``."""
         self._losses, self._sizes, self._preds, self._targets = [], [], [], []
         self._top5 = []
         self.count = int(state["count"])

@@ -1,6 +1,7 @@
 """A small generic name -> object registry.
 
-Used by the augmentation presets (:mod:`tlkit.augment`) and open to users: a registry refuses
+Used by the augmentation presets ([tlkit.augment][tlkit.augment]) and open to users: a registry
+refuses
 duplicate names, lists names with an optional glob filter, and answers an unknown name with a
 ``KeyError`` that names the closest matches and every available name.
 """

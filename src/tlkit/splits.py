@@ -1,6 +1,7 @@
 """Exact, seeded, optionally stratified train/val/test splits.
 
-:func:`split` cuts a dataset (or a length) into parts of exactly computed sizes: fractions are
+[split][tlkit.split] cuts a dataset (or a length) into parts of exactly computed sizes: fractions
+are
 turned into counts by the largest-remainder method, so 5,000 at ``(0.8, 0.1, 0.1)`` is exactly
 4,000 / 500 / 500. The shuffle uses its own ``random.Random(seed)``, which is stable across
 Python versions, platforms and torch releases and never touches the global RNGs.
