@@ -328,8 +328,8 @@ class Trainer(Checkpointing):
             if index < skip:  # a resumed epoch: replay the order, skip what was done
                 position.skipped(index, skip)
                 continue
-            if check and index == skip:  # the first batch of this fit: check it all
-                _steps.check_batch(batch)
+            if check and index == skip and type(self).train_step is Trainer.train_step:
+                _steps.check_batch(batch)  # the first batch of this fit: check it all
                 self._check_next = True
             self._notify("on_batch_start", batch=index)
             step_now = (index + 1) % accum == 0 or index + 1 == total
@@ -400,7 +400,7 @@ class Trainer(Checkpointing):
         meter = ClassificationMeter(confusion=confusion)
         self._module.eval()
         for index, batch in enumerate(loader):
-            if check and index == 0:
+            if check and index == 0 and type(self).eval_step is Trainer.eval_step:
                 _steps.check_batch(batch)
                 self._check_next = True
             loss, outputs, y = self.eval_step(batch)
