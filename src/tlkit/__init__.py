@@ -26,7 +26,7 @@ from .callbacks import (
     LRScheduler,
     ModelCheckpoint,
 )
-from .data import WithTransform, to_rgb
+from .data import ImageDataset, WithTransform, to_rgb
 from .features import extract_features
 from .freeze import FreezePolicy, FreezeReport, unfreeze
 from .heads import replace_head
@@ -50,6 +50,7 @@ __all__ = [
     "GradualUnfreeze",
     "History",
     "HistoryLogger",
+    "ImageDataset",
     "LRScheduler",
     "ModelCheckpoint",
     "NonFiniteLossError",

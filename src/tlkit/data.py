@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import csv
+import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-__all__ = ["WithTransform", "to_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "WithTransform", "to_rgb"]
 
 Background = tuple[int, int, int]
 _EXIF_ORIENTATION = 0x0112
@@ -139,3 +144,279 @@ class WithTransform(Dataset[tuple[Any, Any]]):
 
     def __repr__(self) -> str:
         return f"WithTransform({self.dataset!r}, transform={self.transform!r})"
+
+
+# --------------------------------------------------------------------------- image datasets
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+_PATH_COLUMNS = ("path", "file", "filename", "image")
+_LABEL_COLUMNS = ("label", "class", "target")
+OnError = Literal["raise", "skip"]
+
+
+class ImageDataset(Dataset[tuple[Any, int]]):
+    """Labelled image files: items are ``(RGB PIL image, class index)``, or transformed images.
+
+    Build one with [tlkit.ImageDataset.from_folder][] (``root/<class>/<image>``) or
+    [tlkit.ImageDataset.from_csv][] (``path,label`` rows). Every file is checked when the
+    dataset is built (``PIL.Image.verify``: headers and checksums, no decoding), so an
+    unreadable file costs no training. Images are decoded by [tlkit.to_rgb][]: transparency is
+    composited onto ``background``, 16-bit images are scaled, EXIF orientation is applied.
+
+    Args:
+        files: Image paths.
+        targets: Class index of each file.
+        classes: Class names; ``targets`` index into them.
+        background: RGB colour under transparent pixels.
+        transform: Applied to each RGB PIL image.
+        on_error: ``"raise"``: one error listing every unreadable file; ``"skip"``: leave them
+            out and list them in ``skipped``.
+
+    Attributes:
+        classes: Class names, sorted.
+        targets: Class index of each item, known without decoding any image (so
+            ``tlkit.split(ds, ..., stratify=ds.targets)`` is instant).
+        files: The image paths, in item order.
+        skipped: ``(path, reason)`` of each file left out (``on_error="skip"``).
+
+    Raises:
+        ValueError: For mismatched lengths, labels out of range, a bad ``on_error``, or (with
+            ``on_error="raise"``) unreadable files, every one named.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name, colour in (("cat", "red"), ("dog", "blue")):
+        ...     (root / name).mkdir()
+        ...     Image.new("RGBA", (4, 4), colour).save(root / name / "1.png")
+        >>> ds = ImageDataset.from_folder(root)
+        >>> ds.classes, ds.targets, len(ds)
+        (['cat', 'dog'], [0, 1], 2)
+        >>> image, label = ds[1]
+        >>> image.mode, image.getpixel((0, 0)), label
+        ('RGB', (0, 0, 255), 1)
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        targets: Sequence[int],
+        classes: Sequence[str],
+        *,
+        background: Sequence[int] = (255, 255, 255),
+        transform: Callable[[Any], Any] | None = None,
+        on_error: OnError = "raise",
+    ) -> None:
+        _check_arguments(background, on_error)
+        if len(files) != len(targets):
+            raise ValueError(f"{len(files)} files but {len(targets)} targets")
+        bad = [t for t in targets if not 0 <= int(t) < len(classes)]
+        if bad:
+            raise ValueError(f"target {bad[0]} is out of range for {len(classes)} classes")
+        self.background = _check_background(background)
+        self.classes = list(classes)
+        self.transform = transform
+        self.skipped: list[tuple[str, str]] = []
+        problems = _unreadable([Path(f) for f in files])
+        if problems and on_error == "raise":
+            listing = "\n".join(f"  {path}: {reason}" for path, reason in problems)
+            raise ValueError(
+                f"{len(problems)} of {len(files)} image files cannot be read (pass "
+                f"on_error='skip' to leave them out):\n{listing}"
+            )
+        self.skipped = problems
+        dropped = {path for path, _ in problems}
+        kept = [
+            (str(f), int(t)) for f, t in zip(files, targets, strict=True) if str(f) not in dropped
+        ]
+        self.files = [f for f, _ in kept]
+        self.targets = [t for _, t in kept]
+        if not self.files:
+            raise ValueError(f"no readable image among the {len(files)} files")
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        """``{class name: index}``."""
+        return {name: i for i, name in enumerate(self.classes)}
+
+    @classmethod
+    def from_folder(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        background: Sequence[int] = (255, 255, 255),
+        transform: Callable[[Any], Any] | None = None,
+        on_error: OnError = "raise",
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    ) -> ImageDataset:
+        """Images under ``root/<class>/`` (searched recursively), classes sorted by name.
+
+        Raises:
+            FileNotFoundError: If ``root`` does not exist.
+            NotADirectoryError: If ``root`` is a file.
+            ValueError: For a root without class folders, or a class folder without images
+                (each named), and for unreadable files (see the class).
+        """
+        _check_arguments(background, on_error)
+        base = Path(root)
+        if not base.exists():
+            raise FileNotFoundError(f"image folder {str(base)!r} does not exist")
+        if not base.is_dir():
+            raise NotADirectoryError(f"{str(base)!r} is a file; pass the folder holding one "
+                                     "folder per class (or a CSV of path,label)")  # fmt: skip
+        folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            loose = [p.name for p in base.iterdir() if p.suffix.lower() in extensions][:3]
+            hint = f" (it holds images directly: {', '.join(loose)})" if loose else ""
+            raise ValueError(
+                f"{str(base)!r} has no class folders{hint}; lay the images out as "
+                "ROOT/<class name>/<image>, one folder per class"
+            )
+        wanted = tuple(e.lower() for e in extensions)
+        files: list[Path] = []
+        targets: list[int] = []
+        empty = []
+        for index, folder in enumerate(folders):
+            found = sorted(
+                p
+                for p in folder.rglob("*")
+                if p.is_file() and p.suffix.lower() in wanted and not p.name.startswith(".")
+            )
+            if not found:
+                empty.append(str(folder))
+            files += found
+            targets += [index] * len(found)
+        if empty:
+            raise ValueError(
+                f"{len(empty)} class folder(s) hold no image ({', '.join(wanted)}): "
+                + ", ".join(empty[:5])
+            )
+        classes = [f.name for f in folders]
+        return cls(files, targets, classes, background=background, transform=transform,
+                   on_error=on_error)  # fmt: skip
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        root: str | os.PathLike[str] | None = None,
+        background: Sequence[int] = (255, 255, 255),
+        transform: Callable[[Any], Any] | None = None,
+        on_error: OnError = "raise",
+    ) -> ImageDataset:
+        """Images listed in a CSV file with a header ``path,label`` (or ``file``/``filename``/
+        ``image`` and ``class``/``target``). Relative paths are taken from ``root`` (default:
+        the CSV's folder); classes are the sorted label names (numerically when all are
+        integers).
+
+        Raises:
+            FileNotFoundError: If the CSV does not exist.
+            ValueError: For unknown or missing columns, an empty file, listed files that do not
+                exist (every one named), and unreadable files (see the class).
+        """
+        _check_arguments(background, on_error)
+        csv_path = Path(path)
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"CSV file {str(csv_path)!r} does not exist")
+        base = Path(root) if root is not None else csv_path.parent
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip().lower() for c in reader.fieldnames or []]
+            path_col = next((c for c in columns if c in _PATH_COLUMNS), None)
+            label_col = next((c for c in columns if c in _LABEL_COLUMNS), None)
+            unknown = [c for c in columns if c not in (path_col, label_col)]
+            if path_col is None or label_col is None or unknown:
+                raise ValueError(
+                    f"{str(csv_path)!r} has columns {columns}; it needs a header with one path "
+                    f"column ({'/'.join(_PATH_COLUMNS)}) and one label column "
+                    f"({'/'.join(_LABEL_COLUMNS)}) and nothing else"
+                )
+            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                    for row in reader]  # fmt: skip
+        if not rows:
+            raise ValueError(f"{str(csv_path)!r} lists no image")
+        files = [Path(r[path_col]) if Path(r[path_col]).is_absolute() else base / r[path_col]
+                 for r in rows]  # fmt: skip
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing and on_error == "raise":
+            raise ValueError(
+                f"{len(missing)} file(s) listed in {str(csv_path)!r} do not exist (paths are "
+                f"relative to {str(base)!r}): " + ", ".join(missing[:10])
+            )
+        labels = [r[label_col] for r in rows]
+        names = sorted(set(labels), key=lambda v: (0, int(v), "") if _is_int(v) else (1, 0, v))
+        index = {name: i for i, name in enumerate(names)}
+        dataset = cls(
+            [f for f in files if str(f) not in missing],
+            [index[lab] for f, lab in zip(files, labels, strict=True) if str(f) not in missing],
+            names,
+            background=background,
+            transform=transform,
+            on_error=on_error,
+        )
+        dataset.skipped = [(m, "file does not exist") for m in missing] + dataset.skipped
+        return dataset
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> Image.Image:
+        """The RGB PIL image of item ``index``, without the transform."""
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return to_rgb(image, background=self.background)
+        except (OSError, SyntaxError) as exc:
+            raise ValueError(f"cannot decode image {path!r}: {exc}") from exc
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image: Any = self.load(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+    def with_transform(self, transform: Callable[[Any], Any] | None) -> ImageDataset:
+        """A copy sharing the file list, with another transform (no file is checked again)."""
+        clone = copy.copy(self)
+        clone.transform = transform
+        return clone
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataset({len(self)} images, {len(self.classes)} classes"
+            + (f", {len(self.skipped)} skipped" if self.skipped else "")
+            + ")"
+        )
+
+
+def _check_arguments(background: Sequence[int], on_error: str) -> None:
+    _check_background(background)
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _verify(path: Path) -> str | None:
+    """Why ``path`` is not a readable image, or ``None``."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+            if image.width == 0 or image.height == 0:
+                return "the image is empty (0 pixels)"
+    except Exception as exc:  # PIL raises many types for broken files
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+def _unreadable(files: Sequence[Path]) -> list[tuple[str, str]]:
+    """``(path, reason)`` for each file PIL cannot read; checked in parallel threads."""
+    if not files:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        reasons = list(pool.map(_verify, files))
+    return [(str(f), r) for f, r in zip(files, reasons, strict=True) if r is not None]
