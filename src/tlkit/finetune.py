@@ -1,0 +1,621 @@
+"""Your images in, a classifier out: [tlkit.finetune][] picks and runs a transfer recipe.
+
+Built only from tlkit's public pieces: [tlkit.backbone][], [tlkit.FreezePolicy][],
+[tlkit.replace_head][], [tlkit.split][], [tlkit.augment.BatchAugment][],
+[tlkit.extract_features][], [tlkit.discriminative_param_groups][] and [tlkit.Trainer][].
+
+Three recipes:
+
+- ``"probe"``: one pass of the frozen pretrained body over the images, then a linear head
+  trained on the cached features. Seconds of training; the right choice for a handful of
+  images per class, or when the budget does not allow a pass of back-propagation.
+- ``"lp-ft"``: the probe, then the whole network fine-tuned from it at small, layer-wise
+  decaying learning rates (Kumar et al., "Fine-Tuning can Distort Pretrained Features and
+  Underperform Out-of-Distribution", ICLR 2022: a trained head keeps fine-tuning from
+  destroying the features).
+- ``"full"``: the whole network fine-tuned from a new head, with layer-wise learning rates.
+
+``recipe="auto"`` measures this machine's speed for the backbone, then chooses the recipe, the
+resolution and the epochs from the images per class and the budget, and says why.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.transforms import v2
+
+from . import heads
+from ._utils import check_positive_int
+from .augment import BatchAugment
+from .backbones import BackboneInfo, backbone
+from .callbacks import Callback, LRScheduler, ModelCheckpoint
+from .data import ImageDataset
+from .features import FeatureBatches, extract_features
+from .freeze import FreezePolicy, unfreeze
+from .history import History
+from .optim import discriminative_param_groups
+from .splits import split
+from .trainer import Trainer
+
+__all__ = ["FinetuneResult", "Recipe", "finetune", "parse_budget"]
+
+RecipeName = Literal["auto", "probe", "lp-ft", "full"]
+_RECIPES = ("auto", "probe", "lp-ft", "full")
+_FEW_PER_CLASS = 8  # below this many training images per class, fine-tuning overfits: probe
+_MAX_EPOCHS = 12
+
+
+def parse_budget(text: str | float | int | None) -> float | None:
+    """Seconds from ``"90s"``, ``"5m"``, ``"1h30m"``, ``"1.5h"`` or a number of seconds.
+
+    Raises:
+        ValueError: For anything else, or a budget that is not positive.
+
+    Examples:
+        >>> parse_budget("5m"), parse_budget("1h30m"), parse_budget(90), parse_budget(None)
+        (300.0, 5400.0, 90.0, None)
+    """
+    if text is None:
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        raw = str(text).strip().lower()
+        seconds, number = 0.0, ""
+        units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+        try:
+            for char in raw:
+                if char in units:
+                    seconds += float(number) * units[char]
+                    number = ""
+                else:
+                    number += char
+            if number:
+                seconds += float(number)
+        except ValueError:
+            seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(
+            f"budget must be a positive duration such as '90s', '5m', '1h30m' or a number of "
+            f"seconds, got {text!r}"
+        )
+    return seconds
+
+
+@dataclass
+class Recipe:
+    """What [tlkit.finetune][] runs, with the reason for each choice.
+
+    Examples:
+        >>> Recipe(name="probe", image_size=96).name
+        'probe'
+    """
+
+    name: Literal["probe", "lp-ft", "full"]
+    image_size: int
+    probe_epochs: int = 0
+    finetune_epochs: int = 0
+    lr: float = 1e-3
+    layer_decay: float = 0.85
+    batch_size: int = 32
+    reasons: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """The recipe and its reasons, one line each."""
+        head = (
+            f"recipe {self.name}: {self.image_size} px"
+            + (f", {self.probe_epochs} head epochs on cached features" if self.probe_epochs else "")
+            + (f", {self.finetune_epochs} fine-tuning epochs" if self.finetune_epochs else "")
+        )
+        return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
+
+
+@dataclass
+class FinetuneResult:
+    """A trained classifier with everything needed to use it on new images.
+
+    Attributes:
+        model: The network (eval mode, CPU), taking normalised ``(N, 3, S, S)`` batches.
+        classes: Class names, in output order.
+        info: The backbone's [tlkit.BackboneInfo][].
+        backbone: The backbone's name.
+        image_size: ``S``: images are resized (short side) and centre-cropped to this.
+        mean: Normalisation mean.
+        std: Normalisation std.
+        background: RGB colour under transparent pixels.
+        recipe: The [tlkit.finetune.Recipe][] that ran, with its reasons.
+        history: Every epoch of every stage (``stage`` column: ``probe`` or ``finetune``).
+        val_metrics: Metrics of the kept model on the validation images.
+        seconds: Wall time of the whole call.
+        skipped: Unreadable files left out.
+    """
+
+    model: nn.Module
+    classes: list[str]
+    info: BackboneInfo
+    backbone: str
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    background: tuple[int, int, int]
+    recipe: Recipe
+    history: History
+    val_metrics: dict[str, Any]
+    seconds: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+        """Normalised ``(N, 3, S, S)`` float batch from PIL images or paths."""
+        return _normalise(_decode(images, self.image_size, self.background), self.mean, self.std)
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+        """Class probabilities ``(N, K)`` for PIL images or image paths."""
+        self.model.eval()
+        return self.model(self.preprocess(images)).softmax(1)
+
+    def save(self, path: str | Path) -> Path:
+        """Save weights and preprocessing to ``path`` (loadable with ``weights_only=True``)."""
+        from ._utils import atomic_save
+
+        return atomic_save(
+            {
+                "tlkit_model": 1,
+                "backbone": self.backbone,
+                "classes": list(self.classes),
+                "image_size": self.image_size,
+                "mean": list(self.mean),
+                "std": list(self.std),
+                "background": list(self.background),
+                "recipe": self.recipe.name,
+                "state_dict": self.model.state_dict(),
+            },
+            path,
+        )
+
+
+# --------------------------------------------------------------------------- images
+def _square(image: Image.Image, size: int) -> torch.Tensor:
+    """uint8 ``(3, size, size)``: short side resized to ``size``, centre crop."""
+    tensor = v2.functional.to_image(image)
+    tensor = v2.functional.resize(tensor, size, antialias=True)
+    return v2.functional.center_crop(tensor, size).as_subclass(torch.Tensor)
+
+
+class _Decoded(Dataset[torch.Tensor]):
+    def __init__(self, data: ImageDataset, size: int) -> None:
+        self.data, self.size = data, size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return _square(self.data.load(index), self.size)
+
+
+def _decode_dataset(data: ImageDataset, size: int) -> torch.Tensor:
+    """Every image decoded once, as a uint8 ``(N, 3, S, S)`` tensor (decoding costs more than
+    the model on large PNGs; epochs then read memory)."""
+    loader = DataLoader(_Decoded(data, size), batch_size=64, num_workers=min(4, _cores()))
+    return torch.cat(list(loader))
+
+
+def _decode(
+    images: Sequence[Image.Image | str | Path], size: int, background: Sequence[int]
+) -> torch.Tensor:
+    from .data import to_rgb
+
+    out = []
+    for item in images:
+        if isinstance(item, Image.Image):
+            rgb = to_rgb(item, background=background)
+        else:
+            with Image.open(item) as opened:
+                opened.load()
+                rgb = to_rgb(opened, background=background)
+        out.append(_square(rgb, size))
+    return torch.stack(out)
+
+
+def _normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(list(mean)).view(1, 3, 1, 1)
+    s = torch.tensor(list(std)).view(1, 3, 1, 1)
+    return (batch.float() / 255 - m) / s
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------- planning
+def _stages(model: nn.Module) -> list[str]:
+    """Input-to-output stages for layer-wise learning rates: top-level children, with long
+    Sequential/ModuleList children (timm's ``blocks``, torchvision's ``features``) opened up."""
+    stages = []
+    for name, child in model.named_children():
+        if not _has_params(child):
+            continue
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) >= 3:
+            stages += [f"{name}.{i}" for i, sub in enumerate(child) if _has_params(sub)]
+        else:
+            stages.append(name)
+    return stages
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _time_batches(model: nn.Module, size: int, batch: int, *, train: bool) -> float:
+    """Images per second of ``model`` at ``size`` px on random input (median of 2 timed).
+
+    The model's state (BatchNorm statistics included) is restored afterwards.
+    """
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(batch, 3, size, size)
+    y = torch.zeros(batch, dtype=torch.long)
+    rates = []
+    for i in range(3):
+        start = time.perf_counter()
+        if train:
+            model.train()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                model.eval()(x)
+        if i:
+            rates.append(batch / (time.perf_counter() - start))
+    model.load_state_dict(saved)
+    model.eval()
+    return statistics.median(rates)
+
+
+def _median_side(data: ImageDataset, sample: int = 64) -> int:
+    sides = []
+    step = max(1, len(data) // sample)
+    for path in data.files[::step][:sample]:
+        with Image.open(path) as image:  # reads the header only
+            sides.append(min(image.size))
+    return int(statistics.median(sides))
+
+
+def _choose_size(native: int, median_side: int) -> tuple[int, str]:
+    wanted = max(64, min(native, 32 * math.ceil(median_side * 2.5 / 32)))
+    if wanted >= native:
+        return native, f"{native} px: the backbone's pretraining size"
+    return wanted, (
+        f"{wanted} px: the images are small (median side {median_side} px), and upscaling them "
+        f"to the backbone's {native} px would cost {native**2 / wanted**2:.1f}x the compute"
+    )
+
+
+def _plan(
+    name: RecipeName,
+    *,
+    n_train: int,
+    n_val: int,
+    classes: int,
+    size: int,
+    size_reason: str,
+    infer_rate: float,
+    train_rate: float,
+    remaining: float | None,
+) -> Recipe:
+    per_class = n_train / classes
+    feature_pass = (n_train + n_val) / infer_rate
+    epoch = n_train / train_rate + n_val / infer_rate
+    reasons = [size_reason, f"{per_class:.0f} training images per class over {classes} classes"]
+    reasons.append(
+        f"this machine: {infer_rate:.0f} img/s through the frozen body, {train_rate:.0f} img/s "
+        f"training everything ({epoch:.0f} s per fine-tuning epoch)"
+    )
+    if remaining is not None:
+        reasons.append(f"{remaining:.0f} s of the budget left for training")
+    if name == "auto":
+        affordable = (
+            _MAX_EPOCHS if remaining is None else int((remaining - feature_pass * 1.2) / epoch)
+        )
+        if per_class < _FEW_PER_CLASS:
+            name = "probe"
+            reasons.append(
+                f"probe: fewer than {_FEW_PER_CLASS} images per class; fine-tuning millions of "
+                "weights on so few overfits, a linear head on pretrained features does not"
+            )
+        elif affordable < 1:
+            name = "probe"
+            reasons.append("probe: the budget does not allow one fine-tuning epoch")
+        else:
+            name = "lp-ft"
+            reasons.append(
+                "lp-ft: a linear head trained first on frozen features, then everything "
+                "fine-tuned at small layer-wise rates, so fine-tuning starts from a good head"
+            )
+    recipe = Recipe(name=name, image_size=size, reasons=reasons)
+    if name in ("probe", "lp-ft"):
+        recipe.probe_epochs = 40
+    if name in ("lp-ft", "full"):
+        cost = feature_pass * 1.2 if name == "lp-ft" else 0.0
+        if remaining is None:
+            epochs = max(2, min(_MAX_EPOCHS, math.ceil(30_000 / max(n_train, 1))))
+            why = "no budget given: epochs scaled to see about 30,000 images"
+        else:
+            epochs = max(1, min(_MAX_EPOCHS, int((remaining - cost) / epoch)))
+            why = f"{epochs} epochs fit the budget (at most {_MAX_EPOCHS})"
+        recipe.finetune_epochs = epochs
+        recipe.lr = 5e-4 if name == "lp-ft" else 2e-3
+        recipe.reasons.append(
+            f"{why}; AdamW at {recipe.lr:g} for the head, x{recipe.layer_decay} per stage "
+            "towards the input, one-cycle schedule, label smoothing 0.1, random crops and flips"
+        )
+    return recipe
+
+
+# --------------------------------------------------------------------------- training
+def _loader(images: torch.Tensor, labels: torch.Tensor, batch: int, shuffle: bool) -> DataLoader:
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
+    return DataLoader(TensorDataset(images, labels), batch_size=batch, shuffle=shuffle,
+                      generator=generator)  # fmt: skip
+
+
+def _records(history: History, stage: str) -> list[dict[str, Any]]:
+    return [{"stage": stage, **record} for record in history.records]
+
+
+def _train_probe(
+    model: nn.Module,
+    head_path: str,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    augment: BatchAugment,
+    recipe: Recipe,
+    log: Any,
+) -> History:
+    train_x, train_y, val_x, val_y = data
+    FreezePolicy(train_only=[head_path], bn="eval").apply(model)
+    augment.eval()
+    with heads.headless(model) as (_, head):
+        train_f = extract_features(model, _loader(train_x, train_y, 128, False),
+                                   batch_transform=augment)  # fmt: skip
+        val_f = extract_features(model, _loader(val_x, val_y, 256, False), batch_transform=augment)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.probe_epochs)
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(
+            head,
+            optimizer=optimizer,
+            device="cpu",
+            verbose=False,
+            callbacks=[
+                LRScheduler(schedule),
+                ModelCheckpoint(folder, monitor="val_accuracy", restore_best=True, save_last=False),
+            ],
+        )
+        history = trainer.fit(FeatureBatches(train_f, 64, shuffle=True),
+                              FeatureBatches(val_f, 512), epochs=recipe.probe_epochs)  # fmt: skip
+    best = max(history["val_accuracy"])
+    log(f"probe: linear head on {train_f.tensors[0].shape[1]}-d features, best val {best:.4f}")
+    return history
+
+
+def _train_full(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    augment: BatchAugment,
+    recipe: Recipe,
+    deadline: float | None,
+    log: Any,
+) -> History:
+    train_x, train_y, val_x, val_y = data
+    unfreeze(model)
+    stages = _stages(model)
+    groups = discriminative_param_groups(model, recipe.lr, decay=recipe.layer_decay, stages=stages)
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    train = _loader(train_x, train_y, recipe.batch_size, True)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in groups],
+        total_steps=recipe.finetune_epochs * len(train),
+        pct_start=0.15,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(
+            model,
+            optimizer=optimizer,
+            loss=nn.CrossEntropyLoss(label_smoothing=0.1),
+            device="cpu",
+            verbose=False,
+            batch_transform=augment,
+            callbacks=[
+                LRScheduler(schedule, interval="step"),
+                ModelCheckpoint(folder, monitor="val_accuracy", restore_best=True, save_last=False),
+                _Deadline(deadline),
+            ],
+        )
+        history = trainer.fit(train, _loader(val_x, val_y, 256, False),
+                              epochs=recipe.finetune_epochs)  # fmt: skip
+    log(f"fine-tuned {len(history)} epochs, best val {max(history['val_accuracy']):.4f}")
+    return history
+
+
+class _Deadline(Callback):
+    """Stop after the epoch that leaves too little time for another one."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def on_epoch_end(
+        self, trainer: Any, *, epoch: int, metrics: dict[str, Any], **kwargs: Any
+    ) -> None:
+        if self.deadline is not None and time.perf_counter() + metrics["seconds"] > self.deadline:
+            trainer.should_stop = True
+
+
+# --------------------------------------------------------------------------- entry point
+def finetune(
+    train: ImageDataset | str | Path,
+    *,
+    backbone_name: str = "timm/efficientnet_lite0",
+    weights: str | Path | None = "imagenet",
+    budget: float | str | None = None,
+    val: ImageDataset | str | Path | None = None,
+    recipe: RecipeName = "auto",
+    image_size: int | None = None,
+    background: Sequence[int] = (255, 255, 255),
+    on_error: Literal["raise", "skip"] = "raise",
+    seed: int = 0,
+    verbose: bool = True,
+    started: float | None = None,
+) -> FinetuneResult:
+    """Fine-tune a pretrained backbone on labelled images, choosing the recipe for you.
+
+    Args:
+        train: An [tlkit.ImageDataset][], or a folder (``root/<class>/<image>``) or CSV
+            (``path,label``) to build one from.
+        backbone_name: A [tlkit.backbone][] name.
+        weights: ``"imagenet"``, a local checkpoint path, or ``None``.
+        budget: Time for the whole call (``"5m"``, seconds); ``None`` picks epochs from the data.
+        val: Validation images; default a stratified 15% of ``train`` held out.
+        recipe: ``"auto"``, ``"probe"``, ``"lp-ft"`` or ``"full"`` (see the module).
+        image_size: Force the resolution; default chosen from the images and the backbone.
+        background: RGB colour under transparent pixels.
+        on_error: ``"raise"`` or ``"skip"`` unreadable files (listed in ``result.skipped``).
+        seed: Seed of the split, the head and the data order.
+        verbose: Print each choice with its reason, and progress.
+        started: ``time.perf_counter()`` at which the budget started (default: now).
+
+    Returns:
+        A [tlkit.finetune.FinetuneResult][]: the model with the best validation accuracy,
+        its preprocessing, the recipe and its reasons, history and validation metrics.
+
+    Raises:
+        ValueError: For a bad ``recipe``, ``budget``, ``image_size``, a dataset with fewer than
+            two classes or too few images to hold out a validation image per class.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        ...     (root / name).mkdir()
+        ...     for i in range(6):
+        ...         Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
+        >>> result = finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+        ...                   image_size=32, verbose=False)
+        >>> result.classes, result.recipe.name, result.predict([root / "red" / "0.png"]).shape
+        (['blue', 'red'], 'probe', torch.Size([1, 2]))
+    """
+    start = time.perf_counter() if started is None else started
+    if recipe not in _RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(_RECIPES)}, got {recipe!r}")
+    seconds = parse_budget(budget)
+    if image_size is not None:
+        check_positive_int("image_size", image_size)
+    deadline = start + seconds if seconds is not None else None
+
+    def log(message: str) -> None:
+        if verbose:
+            print(message, flush=True)
+
+    data = _as_dataset(train, background, on_error)
+    held_out = _as_dataset(val, background, on_error) if val is not None else None
+    if len(data.classes) < 2:
+        raise ValueError(f"a classifier needs at least two classes, found {data.classes}")
+    if held_out is not None and held_out.classes != data.classes:
+        raise ValueError(f"val has classes {held_out.classes}, train has {data.classes}")
+    torch.manual_seed(seed)
+    model, info = backbone(backbone_name, weights)
+    head_path, _ = heads.find_head(model)
+    heads.replace_head(model, lambda n: heads.linear(n, len(data.classes), dropout=0.1))
+    if image_size is not None:
+        size, size_reason = image_size, f"{image_size} px: given"
+    else:
+        size, size_reason = _choose_size(info.input_size, _median_side(data))
+    infer_rate = _time_batches(model, size, 16, train=False)
+    train_rate = _time_batches(model, size, 16, train=True)
+    if held_out is None:
+        counts = [data.targets.count(c) for c in range(len(data.classes))]
+        if min(counts) < 2:
+            raise ValueError(
+                f"class {data.classes[counts.index(min(counts))]!r} has {min(counts)} image; "
+                "holding out validation images needs at least 2 per class (or pass val=)"
+            )
+        n_val = max(len(data.classes), round(0.15 * len(data)))
+        train_idx, val_idx = split(len(data), (len(data) - n_val, n_val), seed=seed,
+                                   stratify=data.targets)  # fmt: skip
+    else:
+        train_idx, val_idx = torch.arange(len(data)), None
+    remaining = None if deadline is None else deadline - time.perf_counter()
+    decode_rate = 200.0  # img/s, a conservative estimate for planning; measured below
+    if remaining is not None:
+        remaining -= (len(data) + (len(held_out) if held_out else 0)) / decode_rate
+    plan = _plan(
+        recipe,
+        n_train=len(train_idx),
+        n_val=len(val_idx) if val_idx is not None else len(held_out or []),
+        classes=len(data.classes),
+        size=size,
+        size_reason=size_reason,
+        infer_rate=infer_rate,
+        train_rate=train_rate,
+        remaining=remaining,
+    )
+    log(plan.describe())
+    images = _decode_dataset(data, size)
+    labels = torch.tensor(data.targets)
+    if held_out is None:
+        assert val_idx is not None
+        split_data = (images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])
+    else:
+        split_data = (images, labels, _decode_dataset(held_out, size),
+                      torch.tensor(held_out.targets))  # fmt: skip
+    augment = BatchAugment(size, scale=(0.35, 1.0), info=info)
+    records: list[dict[str, Any]] = []
+    if plan.probe_epochs:
+        records += _records(_train_probe(model, head_path, split_data, augment, plan, log), "probe")
+    if plan.finetune_epochs:
+        history = _train_full(model, split_data, augment, plan, deadline, log)
+        records += _records(history, "finetune")
+    model.eval()
+    evaluator = Trainer(model, device="cpu", verbose=False, batch_transform=augment.eval())
+    val_metrics = evaluator.evaluate(_loader(split_data[2], split_data[3], 256, False))
+    return FinetuneResult(
+        model=model,
+        classes=list(data.classes),
+        info=info,
+        backbone=backbone_name,
+        image_size=size,
+        mean=tuple(info.mean),
+        std=tuple(info.std),
+        background=data.background,
+        recipe=plan,
+        history=History(records),
+        val_metrics=val_metrics,
+        seconds=time.perf_counter() - start,
+        skipped=list(data.skipped) + (list(held_out.skipped) if held_out else []),
+    )
+
+
+def _as_dataset(
+    source: ImageDataset | str | Path, background: Sequence[int], on_error: Any
+) -> ImageDataset:
+    if isinstance(source, ImageDataset):
+        return source
+    path = Path(source)
+    if path.suffix.lower() == ".csv":
+        return ImageDataset.from_csv(path, background=background, on_error=on_error)
+    return ImageDataset.from_folder(path, background=background, on_error=on_error)
