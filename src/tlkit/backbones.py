@@ -249,7 +249,9 @@ def _timm(
     arch: str, weights: str | None, num_classes: int | None, kwargs: dict[str, Any]
 ) -> tuple[nn.Module, BackboneInfo]:
     if not timm.is_model(arch):
-        raise unknown_name_error("timm model", arch, timm.list_models())
+        every = timm.list_models()
+        overview = [f"{len(every):,} architectures (timm.list_models() lists them)"]
+        raise unknown_name_error("timm model", arch, every, listing=overview)
     if weights not in (None, "imagenet"):
         raise ValueError(f"timm weights must be 'imagenet', None or a path, got {weights!r}")
     if num_classes is not None:

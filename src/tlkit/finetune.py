@@ -46,10 +46,11 @@ from .features import FeatureBatches, extract_features
 from .freeze import FreezePolicy, unfreeze
 from .history import History
 from .optim import discriminative_param_groups
+from .progress import ProgressBar
 from .splits import split
 from .trainer import Trainer
 
-__all__ = ["FinetuneResult", "Recipe", "finetune", "parse_budget"]
+__all__ = ["FinetuneResult", "Recipe", "finetune", "load_model", "parse_budget"]
 
 RecipeName = Literal["auto", "probe", "lp-ft", "full"]
 _RECIPES = ("auto", "probe", "lp-ft", "full")
@@ -140,6 +141,9 @@ class FinetuneResult:
         val_metrics: Metrics of the kept model on the validation images.
         seconds: Wall time of the whole call.
         skipped: Unreadable files left out.
+        val_images: The validation images as decoded (uint8 ``(N, 3, S, S)``).
+        val_labels: Their labels.
+        val_probs: The kept model's probabilities for them.
     """
 
     model: nn.Module
@@ -155,6 +159,9 @@ class FinetuneResult:
     val_metrics: dict[str, Any]
     seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    val_images: torch.Tensor | None = field(default=None, repr=False)
+    val_labels: torch.Tensor | None = field(default=None, repr=False)
+    val_probs: torch.Tensor | None = field(default=None, repr=False)
 
     def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
         """Normalised ``(N, 3, S, S)`` float batch from PIL images or paths."""
@@ -184,6 +191,42 @@ class FinetuneResult:
             },
             path,
         )
+
+
+def load_model(path: str | Path) -> FinetuneResult:
+    """A model saved by [tlkit.finetune.FinetuneResult.save][] (``RUN/model.pt``), ready to
+    predict; history and metrics are not part of the file.
+
+    Raises:
+        FileNotFoundError: If there is no such file (a run folder is looked into).
+        ValueError: If the file is not a tlkit model.
+    """
+    from .checkpoint import load_file
+
+    file = Path(path)
+    if file.is_dir():
+        file = file / "model.pt"
+    state = load_file(file, what="model")
+    if not isinstance(state, dict) or state.get("tlkit_model") != 1:
+        raise ValueError(f"{str(file)!r} is not a model written by tlkit fit / finetune")
+    model, info = backbone(state["backbone"], None)
+    heads.replace_head(model, lambda n: heads.linear(n, len(state["classes"]), dropout=0.1))
+    model.load_state_dict(state["state_dict"])
+    background = tuple(int(v) for v in state["background"])
+    return FinetuneResult(
+        model=model.eval(),
+        classes=list(state["classes"]),
+        info=info,
+        backbone=state["backbone"],
+        image_size=int(state["image_size"]),
+        mean=tuple(float(v) for v in state["mean"]),
+        std=tuple(float(v) for v in state["std"]),
+        background=(background[0], background[1], background[2]),
+        recipe=Recipe(name=state["recipe"], image_size=int(state["image_size"])),
+        history=History(),
+        val_metrics={},
+        seconds=0.0,
+    )
 
 
 # --------------------------------------------------------------------------- images
@@ -444,6 +487,7 @@ def _train_full(
                 LRScheduler(schedule, interval="step"),
                 ModelCheckpoint(folder, monitor="val_accuracy", restore_best=True, save_last=False),
                 _Deadline(deadline),
+                ProgressBar(deadline=deadline),
             ],
         )
         history = trainer.fit(train, _loader(val_x, val_y, 256, False),
@@ -592,7 +636,9 @@ def finetune(
         records += _records(history, "finetune")
     model.eval()
     evaluator = Trainer(model, device="cpu", verbose=False, batch_transform=augment.eval())
-    val_metrics = evaluator.evaluate(_loader(split_data[2], split_data[3], 256, False))
+    val_loader = _loader(split_data[2], split_data[3], 256, False)
+    val_metrics = evaluator.evaluate(val_loader)
+    val_probs = evaluator.predict(val_loader)
     return FinetuneResult(
         model=model,
         classes=list(data.classes),
@@ -607,6 +653,9 @@ def finetune(
         val_metrics=val_metrics,
         seconds=time.perf_counter() - start,
         skipped=list(data.skipped) + (list(held_out.skipped) if held_out else []),
+        val_images=split_data[2],
+        val_labels=split_data[3],
+        val_probs=val_probs,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from .callbacks import Callback
@@ -19,6 +20,7 @@ class ProgressBar(Callback):
     Args:
         refresh_every: Batches between metric refreshes (each refresh is one host sync).
         enable: ``None`` shows the bar only when stderr is a terminal.
+        deadline: A ``time.perf_counter()`` time; the bar then shows the time left until it.
 
     Examples:
         >>> ProgressBar(enable=False).enabled
@@ -27,9 +29,16 @@ class ProgressBar(Callback):
 
     order = 50
 
-    def __init__(self, *, refresh_every: int = 20, enable: bool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        refresh_every: int = 20,
+        enable: bool | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self.refresh_every = max(1, refresh_every)
         self.enabled = sys.stderr.isatty() if enable is None else enable
+        self.deadline = deadline
         self._bar: Any = None
 
     def on_epoch_start(self, trainer: Trainer, *, epoch: int, **kwargs: Any) -> None:
@@ -51,11 +60,14 @@ class ProgressBar(Callback):
         self._bar.update(1)
         if (batch + 1) % self.refresh_every == 0:
             running = trainer.running_metrics()
-            self._bar.set_postfix(
-                loss=f"{running.get('loss', float('nan')):.4f}",
-                acc=f"{running.get('accuracy', float('nan')):.3f}",
-                img_s=f"{running.get('images_per_sec', 0.0):.0f}",
-            )
+            shown = {
+                "loss": f"{running.get('loss', float('nan')):.4f}",
+                "acc": f"{running.get('accuracy', float('nan')):.3f}",
+                "img_s": f"{running.get('images_per_sec', 0.0):.0f}",
+            }
+            if self.deadline is not None:
+                shown["left"] = f"{max(0.0, self.deadline - time.perf_counter()):.0f}s"
+            self._bar.set_postfix(shown)
 
     def on_epoch_end(
         self, trainer: Trainer, *, epoch: int, metrics: dict[str, Any], **kwargs: Any

@@ -1,0 +1,207 @@
+"""The ``tlkit`` command: fit, evaluate, predict and export, a thin layer over the Python API.
+
+    tlkit fit DATA --out RUN [--backbone NAME] [--weights W] [--budget 5m] [--recipe auto]
+    tlkit evaluate RUN DATA [--json]
+    tlkit predict RUN FILE... [--json]
+    tlkit export RUN --format torchscript|onnx --output FILE
+
+DATA is a folder of ``<class>/<image>`` or a CSV of ``path,label``. Mistakes (a missing
+folder, no images, a bad budget, an unknown backbone, a corrupt file) exit with status 2 and a
+one-line message (``TLKIT_DEBUG=1`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = ["get_args_parser", "main"]
+
+_USER_ERRORS = (
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ValueError,
+    KeyError,
+    TypeError,
+    ConnectionError,
+    ImportError,
+    NotImplementedError,
+)
+
+
+def _background(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
+        raise argparse.ArgumentTypeError(f"expected R,G,B in 0..255, got {text!r}")
+    return values[0], values[1], values[2]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line's parser (one subcommand per job)."""
+    parser = argparse.ArgumentParser(
+        prog="tlkit", description="Fine-tune pretrained image classifiers on your images."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="train a classifier on a folder or CSV of images")
+    fit.add_argument("data", type=Path, help="folder of <class>/<image>, or CSV of path,label")
+    fit.add_argument("--out", type=Path, required=True, help="run folder for model and report")
+    fit.add_argument("--backbone", action="append", default=None,
+                     help="backbone name (default timm/efficientnet_lite0)")  # fmt: skip
+    fit.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a file")
+    fit.add_argument("--budget", default=None, help="time for the whole command: 90s, 5m, 1h")
+    fit.add_argument("--recipe", default="auto", choices=["auto", "probe", "lp-ft", "full"])
+    fit.add_argument("--val", type=Path, default=None, help="validation folder or CSV")
+    fit.add_argument("--image-size", type=int, default=None)
+    fit.add_argument("--background", type=_background, default=(255, 255, 255),
+                     help="R,G,B under transparent pixels (default 255,255,255)")  # fmt: skip
+    fit.add_argument("--skip-errors", action="store_true",
+                     help="leave unreadable images out (listed in the report)")  # fmt: skip
+    fit.add_argument("--seed", type=int, default=0)
+    evaluate = sub.add_parser("evaluate", help="accuracy, per-class metrics, confusion matrix")
+    evaluate.add_argument("run", type=Path)
+    evaluate.add_argument("data", type=Path)
+    evaluate.add_argument("--json", action="store_true", help="last line: one JSON object")
+    predict = sub.add_parser("predict", help="label and probability per image file")
+    predict.add_argument("run", type=Path)
+    predict.add_argument("files", type=Path, nargs="+")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    export = sub.add_parser("export", help="the model with its preprocessing inside")
+    export.add_argument("run", type=Path)
+    export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    export.add_argument("--output", type=Path, required=True)
+    return parser
+
+
+def fit(args: argparse.Namespace) -> int:
+    from .finetune import finetune
+    from .report import write_report
+
+    names = args.backbone or ["timm/efficientnet_lite0"]
+    if len(names) > 1:
+        raise ValueError(
+            f"give one --backbone (got {len(names)}: {', '.join(names)}); ranking several "
+            "backbones is not available yet"
+        )
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    result = finetune(
+        args.data,
+        backbone_name=names[0],
+        weights=weights,
+        budget=args.budget,
+        val=args.val,
+        recipe=args.recipe,
+        image_size=args.image_size,
+        background=args.background,
+        on_error="skip" if args.skip_errors else "raise",
+        seed=args.seed,
+        started=args.started,
+    )
+    report = write_report(result, args.out)
+    print(
+        f"validation accuracy {result.val_metrics['accuracy']:.2%} "
+        f"({result.seconds:.0f} s); report: {report}"
+    )
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from .data import ImageDataset
+    from .finetune import load_model
+    from .report import class_table, per_class_metrics
+
+    model = load_model(args.run)
+    data = (
+        ImageDataset.from_csv(args.data, background=model.background)
+        if args.data.suffix.lower() == ".csv"
+        else ImageDataset.from_folder(args.data, background=model.background)
+    )
+    unknown = [c for c in data.classes if c not in model.classes]
+    if unknown:
+        raise ValueError(f"{args.data} has classes the model does not know: {unknown}")
+    mapping = [model.classes.index(c) for c in data.classes]
+    targets = torch.tensor([mapping[t] for t in data.targets])
+    predicted = torch.cat([model.predict(data.files[i : i + 64]).argmax(1)
+                           for i in range(0, len(data), 64)])  # fmt: skip
+    k = len(model.classes)
+    matrix = torch.bincount(targets * k + predicted, minlength=k * k).view(k, k)
+    accuracy = float((predicted == targets).double().mean())
+    rows = per_class_metrics(matrix)
+    print(f"accuracy {accuracy:.2%} on {len(data)} images")
+    print(class_table(model.classes, rows))
+    print("confusion matrix (rows: true, columns: predicted):")
+    print(matrix.tolist())
+    if args.json:
+        summary = {
+            "accuracy": accuracy,
+            "images": len(data),
+            "per_class": dict(zip(model.classes, rows, strict=True)),
+            "confusion_matrix": matrix.tolist(),
+        }
+        print(json.dumps(summary))
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from .finetune import load_model
+
+    model = load_model(args.run)
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
+    probs = model.predict(args.files)
+    for file, row in zip(args.files, probs, strict=True):
+        index = int(row.argmax())
+        label, probability = model.classes[index], float(row[index])
+        if args.json:
+            print(json.dumps({"file": str(file), "label": label, "probability": probability}))
+        else:
+            print(f"{file}\t{label}\t{probability:.4f}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from .export import export as write
+    from .finetune import load_model
+
+    path = write(load_model(args.run), args.output, format=args.format)
+    print(f"wrote {path} ({args.format})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for a user mistake)."""
+    started = time.perf_counter()
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    args.started = started
+    commands = {"fit": fit, "evaluate": evaluate, "predict": predict, "export": export}
+    try:
+        return commands[args.command](args)
+    except _USER_ERRORS as exc:
+        if os.environ.get("TLKIT_DEBUG"):
+            raise
+        text = str(exc.args[0]) if exc.args else type(exc).__name__
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        message = "; ".join(lines).replace("pass on_error='skip'", "pass --skip-errors")
+        print(f"tlkit {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tlkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

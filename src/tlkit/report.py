@@ -1,0 +1,233 @@
+"""A run folder a person can read: metrics, history, pictures and ``report.md`` tying them up.
+
+[tlkit.report.write_report][] writes, for a [tlkit.finetune.FinetuneResult][]:
+
+- ``model.pt``: weights and preprocessing, loadable with ``torch.load(weights_only=True)``;
+- ``metrics.json``: validation accuracy, per-class precision and recall, confusion matrix,
+  the recipe and its reasons, timings, skipped files;
+- ``history.csv``: every epoch of every stage;
+- ``curves.png``, ``confusion_matrix.png``, ``top_losses.png`` (the most confident mistakes,
+  with true and predicted labels), when matplotlib is installed (``pip install tlkit[plot]``);
+- ``report.md``: all of the above in one page.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._utils import atomic_write_text
+from .finetune import FinetuneResult
+
+__all__ = ["class_table", "per_class_metrics", "write_report"]
+
+
+def per_class_metrics(matrix: torch.Tensor) -> list[dict[str, float | int]]:
+    """Precision, recall and support of each class from a confusion matrix (rows: true).
+
+    Examples:
+        >>> per_class_metrics(torch.tensor([[3, 1], [0, 2]]))[0]
+        {'precision': 1.0, 'recall': 0.75, 'support': 4}
+    """
+    cm = matrix.double()
+    predicted, support = cm.sum(0), cm.sum(1)
+    out = []
+    for c in range(cm.shape[0]):
+        tp = float(cm[c, c])
+        out.append(
+            {
+                "precision": tp / float(predicted[c]) if predicted[c] > 0 else float("nan"),
+                "recall": tp / float(support[c]) if support[c] > 0 else float("nan"),
+                "support": int(support[c]),
+            }
+        )
+    return out
+
+
+def class_table(classes: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of per-class precision, recall and support.
+
+    Examples:
+        >>> print(class_table(["a"], [{"precision": 1.0, "recall": 0.5, "support": 2}]))
+        | class | precision | recall | images |
+        |---|---|---|---|
+        | a | 1.000 | 0.500 | 2 |
+    """
+    lines = ["| class | precision | recall | images |", "|---|---|---|---|"]
+    for name, row in zip(classes, rows, strict=True):
+        lines.append(
+            f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['support']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(result: FinetuneResult, out: str | Path) -> Path:
+    """Write the run folder ``out`` (see the module); returns the path of ``report.md``."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.save(folder / "model.pt")
+    matrix = result.val_metrics.get("confusion_matrix")
+    per_class = per_class_metrics(matrix) if matrix is not None else []
+    metrics = {
+        "accuracy": result.val_metrics.get("accuracy"),
+        "loss": result.val_metrics.get("loss"),
+        "images": result.val_metrics.get("count"),
+        "classes": result.classes,
+        "per_class": dict(zip(result.classes, per_class, strict=False)),
+        "confusion_matrix": matrix.tolist() if matrix is not None else None,
+        "backbone": result.backbone,
+        "weights": result.info.weights,
+        "recipe": {
+            "name": result.recipe.name,
+            "image_size": result.recipe.image_size,
+            "probe_epochs": result.recipe.probe_epochs,
+            "finetune_epochs": result.recipe.finetune_epochs,
+            "reasons": result.recipe.reasons,
+        },
+        "seconds": result.seconds,
+        "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
+    }
+    atomic_write_text(json.dumps(metrics, indent=2), folder / "metrics.json")
+    atomic_write_text(_history_csv(result), folder / "history.csv")
+    pictures = _pictures(result, folder)
+    atomic_write_text(_markdown(result, metrics, per_class, pictures), folder / "report.md")
+    return folder / "report.md"
+
+
+def _history_csv(result: FinetuneResult) -> str:
+    rows = []
+    for record in result.history.records:
+        row = {k: v for k, v in record.items() if not isinstance(v, (list, dict))}
+        if isinstance(record.get("lr"), list) and record["lr"]:
+            row["lr"] = max(record["lr"])
+        rows.append(row)
+    buffer = io.StringIO()
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _pictures(result: FinetuneResult, folder: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    records = result.history.records
+    if records:
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+        x = list(range(1, len(records) + 1))
+        for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+            ax.plot(x, [r[f"train_{key}"] for r in records], label=f"train {key}")
+            if "val_" + key in records[0]:
+                ax.plot(x, [r[f"val_{key}"] for r in records], label=f"validation {key}")
+            ax.set_xlabel("epoch (probe epochs first, then fine-tuning)")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "curves.png", dpi=100)
+        plt.close(fig)
+        written.append("curves.png")
+    matrix = result.val_metrics.get("confusion_matrix")
+    if matrix is not None:
+        k = len(result.classes)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.5 * k, 1.0 + 0.5 * k))
+        ax.imshow(matrix, cmap="Blues")
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(k), result.classes, rotation=45, ha="right")
+        ax.set_yticks(range(k), result.classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        fig.tight_layout()
+        fig.savefig(folder / "confusion_matrix.png", dpi=100)
+        plt.close(fig)
+        written.append("confusion_matrix.png")
+    if result.val_images is not None and result.val_probs is not None:
+        _top_losses(result, folder, plt)
+        written.append("top_losses.png")
+    return written
+
+
+def _top_losses(result: FinetuneResult, folder: Path, plt: Any) -> None:
+    assert result.val_images is not None and result.val_probs is not None
+    assert result.val_labels is not None
+    probs, labels = result.val_probs, result.val_labels
+    confidence, predicted = probs.max(1)
+    wrong = (predicted != labels).nonzero().flatten()
+    order = wrong[confidence[wrong].argsort(descending=True)][:12].tolist()
+    columns = max(1, min(6, len(order)))
+    rows = max(1, (len(order) + columns - 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, order, strict=False):
+        ax.imshow(result.val_images[index].permute(1, 2, 0).numpy())
+        ax.set_title(
+            f"true {result.classes[int(labels[index])]}\n"
+            f"said {result.classes[int(predicted[index])]} {float(confidence[index]):.2f}",
+            fontsize=8,
+        )
+    if not order:
+        axes.flat[0].text(0.5, 0.5, "no mistakes on the validation images", ha="center")
+    fig.tight_layout()
+    fig.savefig(folder / "top_losses.png", dpi=100)
+    plt.close(fig)
+
+
+def _markdown(
+    result: FinetuneResult,
+    metrics: dict[str, Any],
+    per_class: list[dict[str, Any]],
+    pictures: list[str],
+) -> str:
+    lines = [
+        "# tlkit run report",
+        "",
+        f"Validation accuracy **{metrics['accuracy']:.2%}** on {metrics['images']} images, "
+        f"{len(result.classes)} classes; backbone `{result.backbone}` ({result.info.weights}); "
+        f"{result.seconds:.0f} s in all.",
+        "",
+        "## Recipe",
+        "",
+        "```text",
+        result.recipe.describe(),
+        "```",
+        "",
+        "## Per class",
+        "",
+        class_table(result.classes, per_class) if per_class else "(no validation metrics)",
+        "",
+    ]
+    titles = {
+        "curves.png": "Training curves",
+        "confusion_matrix.png": "Confusion matrix (validation)",
+        "top_losses.png": "Most confident mistakes (validation)",
+    }
+    for name in pictures:
+        lines += [f"## {titles[name]}", "", f"![{titles[name]}]({name})", ""]
+    if not pictures:
+        lines += ["(pictures need matplotlib: `pip install tlkit[plot]`)", ""]
+    if result.skipped:
+        lines += ["## Skipped files", ""]
+        lines += [f"- `{file}`: {reason}" for file, reason in result.skipped]
+        lines.append("")
+    lines += [
+        "## Files",
+        "",
+        "`model.pt` (weights and preprocessing; `tlkit predict`, `tlkit export`), "
+        "`metrics.json`, `history.csv`.",
+        "",
+    ]
+    return "\n".join(lines)
