@@ -58,6 +58,6 @@ def _palette_with_transparency(rgba: Image.Image) -> Image.Image:
     indices = np.asarray(palette).copy()
     indices[transparent] = 255  # a reserved index for "transparent"
     out = Image.fromarray(indices, "P")
-    out.putpalette(palette.getpalette()[: 255 * 3] + [0, 0, 0])
+    out.putpalette([*palette.getpalette()[: 255 * 3], 0, 0, 0])
     out.info["transparency"] = 255
     return out

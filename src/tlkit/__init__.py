@@ -15,7 +15,7 @@ Examples:
 
 from __future__ import annotations
 
-from . import augment, callbacks, checkpoint, distributed, features, heads
+from . import augment, callbacks, checkpoint, distributed, export, features, heads, report
 from .augment import channel_stats
 from .backbones import BackboneInfo, backbone, imagenet_classes, load_weights
 from .callbacks import (
@@ -34,6 +34,7 @@ from .history import History
 from .metrics import ClassificationMeter
 from .optim import discriminative_param_groups
 from .progress import ProgressBar
+from .recipes import FinetuneResult, Recipe, finetune, load_model
 from .registry import Registry
 from .splits import part_sizes, split
 from .trainer import NonFiniteLossError, Trainer
@@ -45,6 +46,7 @@ __all__ = [
     "Callback",
     "ClassificationMeter",
     "EarlyStopping",
+    "FinetuneResult",
     "FreezePolicy",
     "FreezeReport",
     "GradualUnfreeze",
@@ -55,6 +57,7 @@ __all__ = [
     "ModelCheckpoint",
     "NonFiniteLossError",
     "ProgressBar",
+    "Recipe",
     "Registry",
     "Trainer",
     "WithTransform",
@@ -66,13 +69,17 @@ __all__ = [
     "checkpoint",
     "discriminative_param_groups",
     "distributed",
+    "export",
     "extract_features",
     "features",
+    "finetune",
     "heads",
     "imagenet_classes",
+    "load_model",
     "load_weights",
     "part_sizes",
     "replace_head",
+    "report",
     "split",
     "to_rgb",
     "unfreeze",

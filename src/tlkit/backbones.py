@@ -31,7 +31,7 @@ from torch import nn
 from ._utils import check_positive_int
 from .registry import unknown_name_error
 
-__all__ = ["BackboneInfo", "backbone", "imagenet_classes", "load_weights"]
+__all__ = ["BackboneInfo", "backbone", "check_name", "imagenet_classes", "load_weights"]
 
 KeyMap = Literal["strict", "by_order"]
 Weights = str | os.PathLike[str] | None
@@ -96,6 +96,38 @@ def imagenet_classes() -> tuple[str, ...]:
     return tuple(weights.meta["categories"])
 
 
+def check_name(name: str) -> None:
+    """Raise the error [tlkit.backbone][] would raise for an unknown name, without building.
+
+    Raises:
+        TypeError: If ``name`` is not a string.
+        ValueError: For an unknown source prefix.
+        KeyError: For an unknown architecture (with the closest names).
+
+    Examples:
+        >>> check_name("timm/efficientnet_lite0")
+        >>> check_name("resnet5O")
+        Traceback (most recent call last):
+        ...
+        KeyError: "unknown torchvision model 'resnet5O'; did you mean 'resnet50'..."
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(
+            "name must be a model name such as 'resnet50' or 'timm/efficientnet_lite0', "
+            f"got {name!r}"
+        )
+    source, arch = _split_name(name)
+    if source == "timm":
+        if not timm.is_model(arch):
+            every = timm.list_models()
+            overview = [f"{len(every):,} architectures (timm.list_models() lists them)"]
+            raise unknown_name_error("timm model", arch, every, listing=overview)
+        return
+    available = torchvision.models.list_models(module=torchvision.models)
+    if arch not in available:
+        raise unknown_name_error("torchvision model", arch, available)
+
+
 def _split_name(name: str) -> tuple[Literal["torchvision", "timm"], str]:
     source, sep, arch = name.partition("/")
     if sep and source in ("timm", "torchvision"):
@@ -151,11 +183,7 @@ def backbone(
         >>> model.get_classifier().out_features, info.interpolation
         (10, 'bicubic')
     """
-    if not isinstance(name, str) or not name:
-        raise TypeError(
-            "name must be a model name such as 'resnet50' or 'timm/efficientnet_lite0', "
-            f"got {name!r}"
-        )
+    check_name(name)
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise TypeError(
             f"weights must be 'imagenet', a torchvision weights name, None or a file path, "
@@ -207,9 +235,6 @@ def _num_outputs(model: nn.Module) -> int | None:
 def _torchvision(
     arch: str, weights: str | None, num_classes: int | None, kwargs: dict[str, Any]
 ) -> tuple[nn.Module, BackboneInfo]:
-    available = torchvision.models.list_models(module=torchvision.models)
-    if arch not in available:
-        raise unknown_name_error("torchvision model", arch, available)
     enum = torchvision.models.get_model_weights(arch)
     reference = getattr(enum, "IMAGENET1K_V1", None) or enum.DEFAULT
     chosen = None
@@ -248,10 +273,6 @@ def _torchvision(
 def _timm(
     arch: str, weights: str | None, num_classes: int | None, kwargs: dict[str, Any]
 ) -> tuple[nn.Module, BackboneInfo]:
-    if not timm.is_model(arch):
-        every = timm.list_models()
-        overview = [f"{len(every):,} architectures (timm.list_models() lists them)"]
-        raise unknown_name_error("timm model", arch, every, listing=overview)
     if weights not in (None, "imagenet"):
         raise ValueError(f"timm weights must be 'imagenet', None or a path, got {weights!r}")
     if num_classes is not None:

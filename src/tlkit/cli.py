@@ -86,7 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def fit(args: argparse.Namespace) -> int:
-    from .finetune import finetune
+    from .recipes import finetune
     from .report import write_report
 
     names = args.backbone or ["timm/efficientnet_lite0"]
@@ -119,7 +119,7 @@ def fit(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     from .data import ImageDataset
-    from .finetune import load_model
+    from .recipes import load_model
     from .report import class_table, per_class_metrics
 
     model = load_model(args.run)
@@ -155,7 +155,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .finetune import load_model
+    from .recipes import load_model
 
     model = load_model(args.run)
     missing = [str(f) for f in args.files if not f.is_file()]
@@ -174,7 +174,7 @@ def predict(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     from .export import export as write
-    from .finetune import load_model
+    from .recipes import load_model
 
     path = write(load_model(args.run), args.output, format=args.format)
     print(f"wrote {path} ({args.format})")

@@ -6,13 +6,14 @@ composites alpha onto the run's background, resizes the short side to the model'
 (antialiased), centre-crops, normalises, runs the network and returns probabilities ``(N, K)``.
 """
 
+import copy
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
-from .finetune import FinetuneResult
+from .recipes import FinetuneResult
 
 __all__ = ["Deployable", "export"]
 
@@ -83,18 +84,35 @@ def export(
 ) -> Path:
     """Write ``result``'s model with its preprocessing to ``path``.
 
-    TorchScript: a scripted [tlkit.export.Deployable][] around the traced network, with a
-    ``classes`` attribute; load it with ``torch.jit.load`` (no tlkit needed).
+        TorchScript: a scripted [tlkit.export.Deployable][] around the traced network, with a
+        ``classes`` attribute; load it with ``torch.jit.load`` (no tlkit needed).
 
-    Raises:
-        ValueError: For an unknown ``format``.
-        NotImplementedError: For ``"onnx"``, not available yet.
+        Raises:
+            ValueError: For an unknown ``format``.
+            NotImplementedError: For ``"onnx"``, not available yet.
+
+        Examples:
+            >>> import tempfile
+            >>> import copy
+    from pathlib import Path
+            >>> from PIL import Image
+            >>> from tlkit import finetune
+            >>> root = Path(tempfile.mkdtemp())
+            >>> for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+            ...     (root / name).mkdir()
+            ...     for i in range(6):
+            ...         Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
+            >>> result = finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+            ...                   image_size=32, verbose=False)
+            >>> deployable = torch.jit.load(str(export(result, root / "model.ts")))
+            >>> deployable.classes, deployable(torch.zeros(1, 4, 20, 30, dtype=torch.uint8)).shape
+            (['blue', 'red'], torch.Size([1, 2]))
     """
     if format not in ("torchscript", "onnx"):
         raise ValueError(f"format must be 'torchscript' or 'onnx', got {format!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    network = result.model.eval()
+    network = copy.deepcopy(result.model).eval().requires_grad_(False)
     example = torch.zeros(1, 3, result.image_size, result.image_size)
     args = (result.classes, result.image_size, result.mean, result.std, result.background)
     if format == "torchscript":

