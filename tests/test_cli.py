@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from tlkit import cli
-from tlkit.recipes import _plan
 
 from . import shapes
 
@@ -103,15 +102,3 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
     assert "did you mean" in errors[2] or "unknown timm model" in errors[2]
     assert "broken.png" in errors[3] and "--skip-errors" in errors[3]
     assert "does not exist" in errors[4]  # the run folder was never written
-
-
-def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
-    common = dict(n_val=40, classes=4, size=96, size_reason="96 px", infer_rate=100.0,
-                  train_rate=20.0)  # fmt: skip
-    few = _plan("auto", n_train=20, remaining=600.0, **common)  # 5 per class
-    assert few.name == "probe" and "fewer than 8 images per class" in few.describe()
-    short = _plan("auto", n_train=400, remaining=10.0, **common)  # an epoch takes 20 s
-    assert short.name == "probe" and "budget does not allow" in short.describe()
-    plenty = _plan("auto", n_train=400, remaining=600.0, **common)
-    assert plenty.name == "lp-ft" and 1 <= plenty.finetune_epochs <= 12
-    assert _plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2

@@ -62,8 +62,8 @@ class Deployable(nn.Module):
         height, width = x.shape[2], x.shape[3]
         short = min(height, width)
         size = self.image_size
-        new_h = max(size, (height * size + short // 2) // short)  # integer rounding
-        new_w = max(size, (width * size + short // 2) // short)
+        new_h = max(size, height * size // short)  # the long side as torchvision sizes it
+        new_w = max(size, width * size // short)
         x = nn.functional.interpolate(
             x, size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True
         )
@@ -84,29 +84,28 @@ def export(
 ) -> Path:
     """Write ``result``'s model with its preprocessing to ``path``.
 
-        TorchScript: a scripted [tlkit.export.Deployable][] around the traced network, with a
-        ``classes`` attribute; load it with ``torch.jit.load`` (no tlkit needed).
+    TorchScript: a scripted [tlkit.export.Deployable][] around the traced network, with a
+    ``classes`` attribute; load it with ``torch.jit.load`` (no tlkit needed).
 
-        Raises:
-            ValueError: For an unknown ``format``.
-            NotImplementedError: For ``"onnx"``, not available yet.
+    Raises:
+        ValueError: For an unknown ``format``.
+        NotImplementedError: For ``"onnx"``, not available yet.
 
-        Examples:
-            >>> import tempfile
-            >>> import copy
-    from pathlib import Path
-            >>> from PIL import Image
-            >>> from tlkit import finetune
-            >>> root = Path(tempfile.mkdtemp())
-            >>> for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
-            ...     (root / name).mkdir()
-            ...     for i in range(6):
-            ...         Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
-            >>> result = finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
-            ...                   image_size=32, verbose=False)
-            >>> deployable = torch.jit.load(str(export(result, root / "model.ts")))
-            >>> deployable.classes, deployable(torch.zeros(1, 4, 20, 30, dtype=torch.uint8)).shape
-            (['blue', 'red'], torch.Size([1, 2]))
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from tlkit import finetune
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        ...     (root / name).mkdir()
+        ...     for i in range(6):
+        ...         Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
+        >>> result = finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+        ...                   image_size=32, verbose=False)
+        >>> deployable = torch.jit.load(str(export(result, root / "model.ts")))
+        >>> deployable.classes, deployable(torch.zeros(1, 4, 20, 30, dtype=torch.uint8)).shape
+        (['blue', 'red'], torch.Size([1, 2]))
     """
     if format not in ("torchscript", "onnx"):
         raise ValueError(f"format must be 'torchscript' or 'onnx', got {format!r}")

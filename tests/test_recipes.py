@@ -1,0 +1,71 @@
+"""tlkit.finetune: budgets, recipe choices, argument checks, the result's predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import tlkit
+from tlkit.recipes import _plan, parse_budget
+
+
+def colours(root: Path, per_class: int = 6) -> Path:
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220)), ("green", (30, 200, 30))):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shade = tuple(max(0, c - 9 * i) for c in colour)
+            Image.new("RGB", (24, 24), shade).save(root / name / f"{i}.png")
+    return root
+
+
+def test_budget_strings() -> None:
+    assert (
+        parse_budget("90s") == 90 and parse_budget("2m30s") == 150 and parse_budget("1.5h") == 5400
+    )
+    for bad in ("0s", "-5m", "5q", "", "m", True):
+        with pytest.raises(ValueError, match="budget must be a positive duration"):
+            parse_budget(bad)  # type: ignore[arg-type]
+
+
+def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
+    common = dict(n_val=40, classes=4, size=96, size_reason="96 px", infer_rate=100.0,
+                  train_rate=20.0)  # fmt: skip
+    few = _plan("auto", n_train=20, remaining=600.0, **common)  # 5 per class
+    assert few.name == "probe" and "fewer than 8 images per class" in few.describe()
+    short = _plan("auto", n_train=400, remaining=10.0, **common)  # an epoch takes 20 s
+    assert short.name == "probe" and "budget does not allow" in short.describe()
+    plenty = _plan("auto", n_train=400, remaining=600.0, **common)
+    assert plenty.name == "lp-ft" and 1 <= plenty.finetune_epochs <= 12
+    assert _plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:
+    root = colours(tmp_path / "data")
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        tlkit.finetune(root, recipe="fast")  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="unknown timm model"):
+        tlkit.finetune(root, backbone_name="timm/nope_net")
+    with pytest.raises(ValueError, match="image_size must be a positive integer"):
+        tlkit.finetune(root, image_size=0)
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "one" / "only" / "a.png")
+    with pytest.raises(ValueError, match="at least two classes"):
+        tlkit.finetune(tmp_path / "one", backbone_name="resnet18", weights=None)
+
+
+def test_a_given_validation_set_is_used_and_must_have_the_same_classes(tmp_path: Path) -> None:
+    train, val = colours(tmp_path / "train"), colours(tmp_path / "val", 2)
+    result = tlkit.finetune(train, val=val, backbone_name="resnet18", weights=None,
+                            recipe="probe", image_size=32, verbose=False)  # fmt: skip
+    assert result.val_metrics["count"] == 6  # the 2 per class given, not a held-out part
+    assert result.val_metrics["accuracy"] == 1.0
+    probs = result.predict([val / "green" / "0.png", Image.new("RGB", (50, 20), (220, 30, 30))])
+    assert [result.classes[i] for i in probs.argmax(1).tolist()] == ["green", "red"]
+    assert torch.allclose(probs.sum(1), torch.ones(2))
+    (val / "purple").mkdir()
+    Image.new("RGB", (8, 8)).save(val / "purple" / "a.png")
+    with pytest.raises(ValueError, match="val has classes"):
+        tlkit.finetune(train, val=val, backbone_name="resnet18", weights=None, verbose=False)
