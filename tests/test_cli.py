@@ -102,3 +102,29 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
     assert "did you mean" in errors[2] or "unknown timm model" in errors[2]
     assert "broken.png" in errors[3] and "--skip-errors" in errors[3]
     assert "does not exist" in errors[4]  # the run folder was never written
+
+
+def test_the_onnx_export_agrees_with_predict_for_every_channel_count(
+    run: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    target = run["out"] / "model.onnx"
+    assert cli.main(["export", str(run["out"]), "--format", "onnx", "--output", str(target)]) == 0
+    metadata = {p.key: p.value for p in onnx.load(str(target)).metadata_props}
+    assert json.loads(metadata["classes"]) == sorted(shapes.SHAPES)
+    session = ort.InferenceSession(str(target))
+    files = sorted(run["test"].rglob("*.png"))[:4]
+    capsys.readouterr()
+    cli.main(["predict", str(run["out"]), *map(str, files), "--json"])
+    expected = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    for file, want in zip(files, expected, strict=True):
+        rgba = np.asarray(Image.open(file).convert("RGBA")).transpose(2, 0, 1)[None].copy()
+        probs = session.run(None, {"images": rgba})[0][0]
+        assert sorted(shapes.SHAPES)[int(probs.argmax())] == want["label"], file
+        assert float(probs.max()) == pytest.approx(want["probability"], abs=0.03)
+    for channels in (1, 3):
+        batch = np.full((2, channels, 40, 57), 200, dtype=np.uint8)
+        assert session.run(None, {"images": batch})[0].shape == (2, len(shapes.SHAPES))

@@ -7,6 +7,7 @@ composites alpha onto the run's background, resizes the short side to the model'
 """
 
 import copy
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -48,32 +49,48 @@ class Deployable(nn.Module):
         self.register_buffer("background", torch.tensor(list(background)).float().view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        channels = images.shape[1]
+        if channels != 1 and channels != 3 and channels != 4:
+            raise ValueError("expected a uint8 (N, C, H, W) batch with C = 1, 3 or 4")
+        return self.run(images)
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        """The computation, written without branches on the input's shape so that it exports
+        with dynamic batch, channels, height and width."""
         x = images.float() / 255.0
-        channels = x.shape[1]
-        if channels == 4:
-            alpha = x[:, 3:4]
-            background = self.background
-            assert isinstance(background, torch.Tensor)
-            x = x[:, 0:3] * alpha + (background / 255.0) * (1.0 - alpha)
-        elif channels == 1:
-            x = x.expand(-1, 3, -1, -1)
-        elif channels != 3:
-            raise ValueError("expected 1, 3 or 4 channels")
+        # alpha is the 4th channel when there is one, else 1; grey is repeated to RGB
+        alpha = torch.cat([x[:, 3:4], torch.ones_like(x[:, :1])], dim=1)[:, :1]
+        rgb = x[:, :3].expand(-1, 3, -1, -1)
+        background = self.background
+        assert isinstance(background, torch.Tensor)
+        x = rgb * alpha + (background / 255.0) * (1.0 - alpha)
         height, width = x.shape[2], x.shape[3]
-        short = min(height, width)
         size = self.image_size
-        new_h = max(size, height * size // short)  # the long side as torchvision sizes it
-        new_w = max(size, width * size // short)
+        if torch.jit.is_scripting():
+            short = min(height, width)
+            new_h = max(size, height * size // short)  # the long side as torchvision sizes it
+            new_w = max(size, width * size // short)
+        else:  # symbolic sizes under torch.export
+            short = torch.sym_min(height, width)  # type: ignore[assignment]
+            new_h = torch.sym_max(size, height * size // short)  # type: ignore[assignment]
+            new_w = torch.sym_max(size, width * size // short)  # type: ignore[assignment]
         x = nn.functional.interpolate(
             x, size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True
         )
-        top = (new_h - self.image_size) // 2
-        left = (new_w - self.image_size) // 2
-        x = x[:, :, top : top + self.image_size, left : left + self.image_size]
+        top = (new_h - size) // 2
+        left = (new_w - size) // 2
+        x = x[:, :, top : top + size, left : left + size]
         mean, std = self.mean, self.std
         assert isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)
-        x = (x - mean) / std
-        return self.network(x).softmax(1)
+        return self.network((x - mean) / std).softmax(1)
+
+
+class _Exportable(Deployable):
+    """[tlkit.export.Deployable][] without the eager channel check (torch.export cannot
+    branch on a dynamic dimension; the export's shape constraints bound it instead)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(images)
 
 
 def export(
@@ -85,11 +102,14 @@ def export(
     """Write ``result``'s model with its preprocessing to ``path``.
 
     TorchScript: a scripted [tlkit.export.Deployable][] around the traced network, with a
-    ``classes`` attribute; load it with ``torch.jit.load`` (no tlkit needed).
+    ``classes`` attribute; load it with ``torch.jit.load`` (no tlkit needed). ONNX: exported
+    with ``torch.export`` (dynamic batch, channels 1-4, height and width 16-8192), input
+    ``images``, output ``probabilities``; the class names go in the model's metadata
+    (``classes``, comma-separated JSON). Needs ``pip install 'tlkit[onnx]'``.
 
     Raises:
         ValueError: For an unknown ``format``.
-        NotImplementedError: For ``"onnx"``, not available yet.
+        ImportError: For ``"onnx"`` without ``onnxscript``.
 
     Examples:
         >>> import tempfile
@@ -120,8 +140,33 @@ def export(
         scripted = torch.jit.script(Deployable(traced, *args))
         scripted.save(str(target))
         return target
-    raise NotImplementedError(
-        "ONNX export of the preprocessing (any channel count and size) is not available yet: "
-        "torch's TorchScript-based ONNX exporter cannot express its control flow; use "
-        "format='torchscript'"
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError as exc:
+        raise ImportError("ONNX export needs: pip install 'tlkit[onnx]'") from exc
+    module = _Exportable(network, *args).eval()
+    example = torch.randint(0, 256, (2, 4, result.image_size + 9, result.image_size + 21),
+                            dtype=torch.uint8)  # fmt: skip
+    dims = {
+        0: torch.export.Dim("batch", min=1, max=65536),
+        1: torch.export.Dim("channels", min=1, max=4),
+        2: torch.export.Dim("height", min=16, max=8192),
+        3: torch.export.Dim("width", min=16, max=8192),
+    }
+    torch.onnx.export(
+        module,
+        (example,),
+        str(target),
+        dynamo=True,
+        dynamic_shapes={"images": dims},
+        input_names=["images"],
+        output_names=["probabilities"],
+        verbose=False,
     )
+    import onnx
+
+    saved = onnx.load(str(target))
+    entry = saved.metadata_props.add()
+    entry.key, entry.value = "classes", json.dumps(list(result.classes))
+    onnx.save(saved, str(target))
+    return target
