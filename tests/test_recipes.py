@@ -34,7 +34,7 @@ def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
     common = dict(n_val=40, classes=4, size=96, size_reason="96 px", infer_rate=100.0,
                   train_rate=20.0)  # fmt: skip
     few = _plan("auto", n_train=20, remaining=600.0, **common)  # 5 per class
-    assert few.name == "probe" and "fewer than 8 images per class" in few.describe()
+    assert few.name == "probe" and "fewer than 20 images per class" in few.describe()
     short = _plan("auto", n_train=400, remaining=10.0, **common)  # an epoch takes 20 s
     assert short.name == "probe" and "budget does not allow" in short.describe()
     plenty = _plan("auto", n_train=400, remaining=600.0, **common)

@@ -54,7 +54,7 @@ __all__ = ["FinetuneResult", "Recipe", "finetune", "load_model", "parse_budget"]
 
 RecipeName = Literal["auto", "probe", "lp-ft", "full"]
 _RECIPES = ("auto", "probe", "lp-ft", "full")
-_FEW_PER_CLASS = 8  # below this many training images per class, fine-tuning overfits: probe
+_FEW_PER_CLASS = 20  # below this many training images per class, fine-tuning overfits: probe
 _MAX_EPOCHS = 12
 
 
@@ -663,8 +663,14 @@ def finetune(
     if plan.probe_epochs:
         records += _records(_train_probe(model, head_path, split_data, augment, plan, log), "probe")
     if plan.finetune_epochs:
+        probe_best = max((r["val_accuracy"] for r in records), default=None)
+        probe_state = {k: v.clone() for k, v in model.state_dict().items()}
         history = _train_full(model, split_data, augment, plan, deadline, log)
         records += _records(history, "finetune")
+        if probe_best is not None and probe_best >= max(history["val_accuracy"]):
+            model.load_state_dict(probe_state)  # fine-tuning did not beat the probe: keep it
+            unfreeze(model)
+            log(f"kept the probe (val {probe_best:.4f}): fine-tuning did not improve on it")
     model.eval()
     evaluator = Trainer(model, device="cpu", verbose=False, batch_transform=augment.eval())
     val_loader = _loader(split_data[2], split_data[3], 256, False)
