@@ -34,6 +34,7 @@ from .history import History
 from .metrics import ClassificationMeter
 from .optim import discriminative_param_groups
 from .progress import ProgressBar
+from .ranking import logme
 from .recipes import FinetuneResult, Recipe, finetune, load_model
 from .registry import Registry
 from .splits import part_sizes, split
@@ -77,6 +78,7 @@ __all__ = [
     "imagenet_classes",
     "load_model",
     "load_weights",
+    "logme",
     "part_sizes",
     "replace_head",
     "report",
