@@ -128,3 +128,17 @@ def test_the_onnx_export_agrees_with_predict_for_every_channel_count(
     for channels in (1, 3):
         batch = np.full((2, channels, 40, 57), 200, dtype=np.uint8)
         assert session.run(None, {"images": batch})[0].shape == (2, len(shapes.SHAPES))
+
+
+def test_several_backbones_are_ranked_by_logme_and_the_best_is_trained(tmp_path: Path) -> None:
+    data = shapes.write(tmp_path / "data", 8)
+    out = tmp_path / "run"
+    status = cli.main([
+        "fit", str(data), "--out", str(out), "--weights", "none", "--recipe", "probe",
+        "--image-size", "32", "--backbone", "resnet18", "--backbone", "mobilenet_v3_small",
+    ])  # fmt: skip
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    reason = metrics["recipe"]["reasons"][0]
+    assert reason.startswith(f"backbone {metrics['backbone']}: best LogME score of 2")
+    assert "resnet18" in reason and "mobilenet_v3_small" in reason

@@ -91,3 +91,36 @@ def test_logme_errors_name_the_problem() -> None:
         logme(f[0], y[:1])
     with pytest.raises(ValueError, match="integer class indices"):
         logme(f, y.astype(np.float32))
+
+
+def test_rank_backbones_puts_imagenet_weights_above_random_ones_on_real_pictures(tmp_path) -> None:
+    from tlkit import ImageDataset, rank_backbones
+
+    from . import shapes
+
+    data = ImageDataset.from_folder(shapes.write(tmp_path / "shapes", 16, seed=0))
+    ranking = rank_backbones(
+        [("timm/efficientnet_lite0", None), ("timm/efficientnet_lite0", "imagenet")],
+        data, image_size=96, max_images=40, keep_features=True, verbose=False,
+    )  # fmt: skip
+    assert [r.weights for r in ranking] == ["imagenet", None]
+    assert ranking[0].score > ranking[1].score
+    assert ranking[0].images == 40  # a stratified sample: 10 of each of the 4 shapes
+    features, labels = ranking[0].features.tensors
+    assert features.shape == (40, 1280) and sorted(labels.bincount().tolist()) == [10] * 4
+
+
+def test_rank_backbones_checks_its_arguments_before_any_work() -> None:
+    from torch.utils.data import TensorDataset
+
+    from tlkit import rank_backbones
+
+    data = TensorDataset(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="at least one backbone"):
+        rank_backbones([], data)
+    with pytest.raises(ValueError, match="listed twice"):
+        rank_backbones(["resnet18", "resnet18"], data)
+    with pytest.raises(KeyError, match="unknown torchvision model 'resnet1'"):
+        rank_backbones(["resnet18", "resnet1"], data)
+    with pytest.raises(ValueError, match="max_images must be a positive integer"):
+        rank_backbones(["resnet18"], data, max_images=0)

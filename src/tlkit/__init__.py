@@ -34,7 +34,7 @@ from .history import History
 from .metrics import ClassificationMeter
 from .optim import discriminative_param_groups
 from .progress import ProgressBar
-from .ranking import logme
+from .ranking import BackboneScore, logme, rank_backbones
 from .recipes import FinetuneResult, Recipe, finetune, load_model
 from .registry import Registry
 from .splits import part_sizes, split
@@ -44,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackboneInfo",
+    "BackboneScore",
     "Callback",
     "ClassificationMeter",
     "EarlyStopping",
@@ -80,6 +81,7 @@ __all__ = [
     "load_weights",
     "logme",
     "part_sizes",
+    "rank_backbones",
     "replace_head",
     "report",
     "split",

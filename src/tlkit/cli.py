@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -59,7 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("data", type=Path, help="folder of <class>/<image>, or CSV of path,label")
     fit.add_argument("--out", type=Path, required=True, help="run folder for model and report")
     fit.add_argument("--backbone", action="append", default=None,
-                     help="backbone name (default timm/efficientnet_lite0)")  # fmt: skip
+                     help="backbone name (default timm/efficientnet_lite0); give several to "
+                          "rank them by LogME and train the best")  # fmt: skip
     fit.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a file")
     fit.add_argument("--budget", default=None, help="time for the whole command: 90s, 5m, 1h")
     fit.add_argument("--recipe", default="auto", choices=["auto", "probe", "lp-ft", "full"])
@@ -86,18 +88,32 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def fit(args: argparse.Namespace) -> int:
+    from .data import ImageDataset
+    from .ranking import rank_backbones
     from .recipes import finetune
     from .report import write_report
 
     names = args.backbone or ["timm/efficientnet_lite0"]
-    if len(names) > 1:
-        raise ValueError(
-            f"give one --backbone (got {len(names)}: {', '.join(names)}); ranking several "
-            "backbones is not available yet"
-        )
     weights = None if str(args.weights).lower() == "none" else args.weights
+    on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
+    data: ImageDataset | Path = args.data
+    ranked: list[str] = []
+    if len(names) > 1:  # rank them by LogME on a sample, then train the best
+        if args.data.suffix.lower() == ".csv":
+            data = ImageDataset.from_csv(args.data, background=args.background, on_error=on_error)
+        else:
+            data = ImageDataset.from_folder(args.data, background=args.background,
+                                            on_error=on_error)  # fmt: skip
+        ranking = rank_backbones([(n, weights) for n in names], data, max_images=500)
+        names = [ranking[0].name]
+        ranked = [
+            f"backbone {ranking[0].name}: best LogME score of {len(ranking)} candidates on "
+            f"{ranking[0].images} images ("
+            + ", ".join(f"{r.name} {r.score:.3f}" for r in ranking)
+            + ")"
+        ]
     result = finetune(
-        args.data,
+        data,
         backbone_name=names[0],
         weights=weights,
         budget=args.budget,
@@ -105,10 +121,11 @@ def fit(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         image_size=args.image_size,
         background=args.background,
-        on_error="skip" if args.skip_errors else "raise",
+        on_error=on_error,
         seed=args.seed,
         started=args.started,
     )
+    result.recipe.reasons[:0] = ranked
     report = write_report(result, args.out)
     print(
         f"validation accuracy {result.val_metrics['accuracy']:.2%} "

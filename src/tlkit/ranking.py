@@ -13,11 +13,26 @@ sample. No training, one pass of features: a higher score predicts better transf
 from __future__ import annotations
 
 import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-__all__ = ["logme"]
+from ._steps import resolve_device
+from ._utils import check_positive_int
+from .augment import get
+from .backbones import backbone, check_name
+from .data import WithTransform
+from .features import extract_features
+from .heads import headless
+from .splits import split
+
+__all__ = ["BackboneScore", "logme", "rank_backbones"]
 
 _MAX_ITERATIONS = 100
 _TOLERANCE = 1e-7
@@ -119,3 +134,143 @@ def _evidence(u: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, n: int, d: 
         - n / 2 * math.log(2 * math.pi)
     )
     return evidence / n
+
+
+@dataclass(frozen=True)
+class BackboneScore:
+    """One candidate's result in [tlkit.rank_backbones][].
+
+    Attributes:
+        name: The backbone name.
+        weights: The weights asked for.
+        score: Its LogME score (higher is better).
+        images: Images the score was computed on.
+        seconds: Time to load the backbone, extract the features and score them.
+        features: The features and labels (``keep_features=True``), for a linear probe.
+
+    Examples:
+        >>> BackboneScore("resnet18", "imagenet", 0.5, 100, 2.0).score
+        0.5
+    """
+
+    name: str
+    weights: str | None
+    score: float
+    images: int
+    seconds: float
+    features: TensorDataset | None = field(default=None, repr=False, compare=False)
+
+
+def rank_backbones(
+    candidates: Sequence[str | tuple[str, str | None]],
+    dataset: Dataset[Any],
+    *,
+    image_size: int | None = None,
+    max_images: int | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    keep_features: bool = False,
+    seed: int = 0,
+    verbose: bool = True,
+) -> list[BackboneScore]:
+    """Rank pretrained backbones for ``dataset`` by LogME, best first, without training any.
+
+    Each candidate's frozen body (its classifier removed) runs once over the images through the
+    candidate's own evaluation preprocessing (its mean, std, interpolation and input size, or
+    ``image_size``); [tlkit.logme][] scores the features (You et al., "LogME: Practical
+    Assessment of Pre-trained Models for Transfer Learning", ICML 2021).
+
+    Args:
+        candidates: Backbone names (ImageNet weights), or ``(name, weights)`` pairs.
+        dataset: Items ``(image, label)``: PIL images (an [tlkit.ImageDataset][]), arrays or
+            uint8 tensors. Its ``targets``, when it has them, allow a stratified sample.
+        image_size: Score every candidate at this size instead of its pretraining size.
+        max_images: Score on a seeded, stratified sample of at most this many images.
+        batch_size: Images per forward pass.
+        device: ``"auto"`` (CUDA, else MPS, else CPU) or a device.
+        keep_features: Keep each candidate's features in the result (for a linear probe).
+        seed: Seed of the sample.
+        verbose: Show a progress bar (on a terminal) and print the ranking.
+
+    Returns:
+        [tlkit.ranking.BackboneScore][]s, highest score first.
+
+    Raises:
+        ValueError: For no candidates, a duplicate, a bad ``max_images`` or ``batch_size``, or
+            a dataset with fewer than two classes.
+        KeyError: For an unknown backbone name (before any work).
+
+    Examples:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> g = torch.Generator().manual_seed(0)
+        >>> labels = torch.arange(40) % 2
+        >>> noise = torch.rand(40, 3, 32, 32, generator=g) * 100
+        >>> images = (noise + 150 * labels.view(-1, 1, 1, 1)).byte()  # brightness = class
+        >>> ranking = rank_backbones([("resnet18", None), ("mobilenet_v3_small", None)],
+        ...                          TensorDataset(images, labels), image_size=32, verbose=False)
+        >>> scores = [r.score for r in ranking]
+        >>> scores == sorted(scores, reverse=True), ranking[0].images
+        (True, 40)
+    """
+    pairs = [(c, "imagenet") if isinstance(c, str) else (c[0], c[1]) for c in candidates]
+    if not pairs:
+        raise ValueError("give at least one backbone to rank")
+    duplicate = next((p for p in pairs if pairs.count(p) > 1), None)
+    if duplicate is not None:
+        raise ValueError(f"backbone {duplicate[0]!r} with weights {duplicate[1]!r} is listed twice")
+    for name, _ in pairs:
+        check_name(name)
+    check_positive_int("batch_size", batch_size)
+    if max_images is not None:
+        check_positive_int("max_images", max_images)
+    indices = _sample(dataset, max_images, seed)
+    run_device = resolve_device(device, 0)
+    results = []
+    bar = _bar(len(pairs), verbose)
+    for name, weights in pairs:
+        start = time.perf_counter()
+        model, info = backbone(name, weights)
+        _, evaluation = get("none", info=info, image_size=image_size)
+        part = Subset(dataset, indices) if indices is not None else dataset
+        loader = DataLoader(WithTransform(part, evaluation), batch_size=batch_size,
+                            num_workers=min(4, os.cpu_count() or 1))  # fmt: skip
+        with headless(model.to(run_device)):
+            features = extract_features(model, loader, device=run_device)
+        score = logme(features.tensors[0], features.tensors[1])
+        results.append(BackboneScore(
+            name, weights, score, len(features), time.perf_counter() - start,
+            TensorDataset(*(t.cpu() for t in features.tensors)) if keep_features else None,
+        ))  # fmt: skip
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(last=f"{name} {score:.3f}")
+    if bar is not None:
+        bar.close()
+    ranking = sorted(results, key=lambda r: -r.score)
+    if verbose:
+        print("LogME ranking (higher transfers better):")
+        for r in ranking:
+            print(f"  {r.score:8.4f}  {r.name}  ({r.images} images, {r.seconds:.1f} s)")
+    return ranking
+
+
+def _sample(dataset: Any, max_images: int | None, seed: int) -> list[int] | None:
+    total = len(dataset)
+    if max_images is None or max_images >= total:
+        return None
+    targets = getattr(dataset, "targets", None)
+    fraction = max_images / total
+    stratify = (
+        list(targets) if targets is not None and len(set(targets)) * 2 <= max_images else None
+    )
+    chosen, _ = split(total, (fraction, 1 - fraction), seed=seed, stratify=stratify)
+    return chosen.tolist()
+
+
+def _bar(total: int, verbose: bool) -> Any:
+    if not (verbose and sys.stderr.isatty()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="ranking backbones", unit="backbone")
