@@ -134,3 +134,51 @@ def test_progress_bar_shows_loss_accuracy_and_speed_and_is_quiet_when_disabled(c
     assert "epoch 1/1" in shown and "loss=" in shown and "acc=" in shown and "img_s=" in shown
     trainer_for(small_net(), callbacks=[tlkit.ProgressBar(enable=False)]).fit(loader(64), epochs=1)
     assert capsys.readouterr().err == ""
+
+
+def test_ema_follows_timm_v3_semantics_and_is_loaded_at_the_end() -> None:
+    torch.manual_seed(0)
+    model = small_net()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: list[dict[str, torch.Tensor]] = []
+
+    class Record(Callback):
+        order = 5  # after the optimizer step, before the EMA update
+
+        def on_batch_end(self, trainer, *, batch, optimizer_stepped, **kwargs):
+            seen.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    ema = tlkit.EMA(decay=0.9, warmup_gamma=1.0, warmup_power=1.0)
+    trainer_for(model, callbacks=[Record(), ema]).fit(loader(48), epochs=1)
+    expected = {k: v.clone() for k, v in start.items()}
+    for t, state in enumerate(seen):
+        decay = min(0.9, 1 - (1 + t) ** -1.0)  # timm ModelEmaV3's warm-up
+        for key, value in state.items():
+            if value.is_floating_point():
+                expected[key] = decay * expected[key] + (1 - decay) * value
+            else:
+                expected[key] = value
+    assert ema.updates == len(seen) == 3
+    for key, value in model.state_dict().items():  # apply_at_end loaded the average
+        torch.testing.assert_close(value, expected[key].to(value.dtype), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(model.state_dict()["6.weight"], seen[-1]["6.weight"])
+
+
+def test_ema_state_survives_a_resume_and_bad_arguments_are_refused(tmp_path: Path) -> None:
+    def run(epochs: int, resume: Path | None = None) -> tlkit.EMA:
+        torch.manual_seed(0)
+        ema = tlkit.EMA(decay=0.95, apply_at_end=False)
+        trainer = trainer_for(small_net(), callbacks=[ema, ModelCheckpoint(tmp_path, monitor=None)])
+        trainer.fit(loader(), epochs=epochs, resume_from=resume)
+        return ema
+
+    full = run(3)
+    run(2)
+    resumed = run(3, resume=tmp_path / "last.pt")
+    assert resumed.updates == full.updates
+    for key, value in full.shadow.items():
+        assert torch.equal(value, resumed.shadow[key]), key
+    for bad in ({"decay": 1.0}, {"decay": -0.1}, {"decay": 0.5, "min_decay": 0.9},
+                {"every_n_steps": 0}):  # fmt: skip
+        with pytest.raises(ValueError):
+            tlkit.EMA(**bad)

@@ -361,3 +361,20 @@ def test_errors_that_used_to_come_after_an_epoch_now_come_first(tmp_path: Path) 
         with pytest.raises(error, match=message):
             trainer_for(small_net(), callbacks=[callback, counter]).fit(loader(), epochs=2)
         assert counter.batches == 0, callback
+
+
+def test_flip_tta_averages_the_two_views_in_evaluate_and_predict() -> None:
+    torch.manual_seed(0)
+    model = small_net().eval()
+    trainer = trainer_for(model)
+    x = torch.rand(6, 3, 8, 8)
+    with torch.no_grad():
+        expected = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
+    torch.testing.assert_close(trainer.predict(x, tta=True), expected)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    data = DataLoader(TensorDataset(x, y), batch_size=3)
+    metrics = trainer.evaluate(data, tta=True)
+    nll = torch.nn.functional.nll_loss(expected.log(), y)
+    assert metrics["loss"] == pytest.approx(float(nll), rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(float((expected.argmax(1) == y).float().mean()))
+    assert not trainer.tta  # only for that call

@@ -19,6 +19,7 @@ from . import augment, callbacks, checkpoint, distributed, export, features, hea
 from .augment import channel_stats
 from .backbones import BackboneInfo, backbone, imagenet_classes, load_weights
 from .callbacks import (
+    EMA,
     Callback,
     EarlyStopping,
     GradualUnfreeze,
@@ -43,6 +44,7 @@ from .trainer import NonFiniteLossError, Trainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMA",
     "BackboneInfo",
     "BackboneScore",
     "Callback",

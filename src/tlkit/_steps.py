@@ -21,7 +21,23 @@ from ._utils import NonFiniteLossError, check_positive_int
 from .checkpoint import rng_state, set_rng_state
 
 
-def resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
+def epoch_keys(*, validation: bool) -> tuple[str, ...]:
+    """The keys of every epoch's history record (``val_*`` with a validation loader)."""
+    keys = ("epoch", "train_loss", "train_accuracy", "lr", "seconds", "images_per_sec")
+    return keys + (("val_loss", "val_accuracy", "val_top5_accuracy") if validation else ())
+
+
+def resolve_device(
+    device: str | torch.device, local_rank: int, *, select: bool = False
+) -> torch.device:
+    """The device ``"auto"`` or ``device`` means; ``select`` makes a CUDA device current."""
+    resolved = _resolve_device(device, local_rank)
+    if select and resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    return resolved
+
+
+def _resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
     if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
@@ -378,3 +394,32 @@ def check_batches_seen(index: int, skip: int) -> None:
             else ""
         )
         raise ValueError(f"train_loader yielded {what} this epoch{resumed}")
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, clip: float | None
+) -> bool:
+    """Clip, step (through the scaler in fp16), zero the gradients; whether the step was
+    taken (fp16 skips steps whose gradients overflowed)."""
+    if clip is not None:
+        scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    taken = True
+    if scaler.is_enabled():
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        taken = scaler.get_scale() >= scale
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return taken
+
+
+def flip_average(module: nn.Module, x: torch.Tensor, *, log_probs: bool) -> torch.Tensor:
+    """Log of the mean probabilities over ``x`` and its mirror image (test-time augmentation):
+    a loss on log-probabilities or on logits then scores the mean prediction."""
+    both = module(torch.cat([x, x.flip(-1)])).float()
+    probs = both.exp() if log_probs else both.softmax(1)
+    return probs.view(2, len(x), -1).mean(0).clamp_min(1e-12).log()

@@ -100,9 +100,7 @@ class Trainer(Checkpointing):
                                        clip_grad_norm, batch_transform, log_every)  # fmt: skip
         distributed.init_process_group()
         self.rank, self.local_rank, self.world_size = distributed.world()
-        self.device = _steps.resolve_device(device, self.local_rank)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        self.device = _steps.resolve_device(device, self.local_rank, select=True)
         self.precision = _steps.resolve_precision(precision, self.device)
         self.autocast = _steps.autocast_factory(self.precision, self.device)
         self.model, self.channels_last = model.to(self.device), channels_last
@@ -127,6 +125,7 @@ class Trainer(Checkpointing):
         self.batches_per_epoch: int | None = None
         self.position = EpochPosition()
         self._losses = _steps.LossWatch()
+        self.tta = False  # evaluate(tta=True): validation-style passes average flipped views
         self._check_next = False  # the next step checks outputs, labels and loss
         self._module = distributed.wrap_model(self.model, self.device, compile=compile)
 
@@ -151,11 +150,8 @@ class Trainer(Checkpointing):
             self._module = distributed.wrap_model(self.model, self.device, compile=self.compile)
 
     def add_param_group(self, group: dict[str, Any]) -> None:
-        """Add a parameter group to the optimizer, tell the callbacks, rebuild the DDP wrapper.
-
-        [tlkit.LRScheduler][] extends its scheduler to the new group in its
-        ``on_param_group_added`` hook.
-        """
+        """Add a parameter group to the optimizer, tell the callbacks (``on_param_group_added``:
+        [tlkit.LRScheduler][] extends its scheduler), rebuild the DDP wrapper."""
         self.optimizer.add_param_group(group)
         self._notify("on_param_group_added", group=self.optimizer.param_groups[-1])
         self.refresh_module()
@@ -196,7 +192,7 @@ class Trainer(Checkpointing):
     def _forward(self, batch: Any, *, train: bool) -> Step:
         x, y = self.inputs(batch[0], train=train), self.labels(batch[1])
         with self.autocast():
-            outputs = self._module(x)
+            outputs = self._module(x) if train or not self.tta else self._flip_average(x)
             if self._check_next:  # the first batch: outputs, labels and loss, before any update
                 self._check_next = False
                 _steps.check_first(outputs, y, self.loss)
@@ -205,6 +201,9 @@ class Trainer(Checkpointing):
             except (IndexError, RuntimeError):  # free when nothing fails
                 _steps.check_label_range(y, outputs.shape[1])  # a clearer error when that is it
                 raise
+
+    def _flip_average(self, x: torch.Tensor) -> torch.Tensor:  # test-time augmentation
+        return _steps.flip_average(self._module, x, log_probs=self.outputs_log_probs)
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -255,10 +254,7 @@ class Trainer(Checkpointing):
         val: Any = None
         if val_loader is not None:
             val = _steps.as_loader("val_loader", val_loader, batch_size, shuffle=False)
-        keys = ["epoch", "train_loss", "train_accuracy", "lr", "seconds", "images_per_sec"]
-        if val is not None:
-            keys += ["val_loss", "val_accuracy", "val_top5_accuracy"]
-        self._notify("on_fit_check", metrics=tuple(keys))
+        self._notify("on_fit_check", metrics=_steps.epoch_keys(validation=val is not None))
         self.max_epochs = epochs
         skip = self.resume(resume_from, loader=train) if resume_from is not None else 0
         train = distributed.distributed_loader(train, train=True)
@@ -357,18 +353,9 @@ class Trainer(Checkpointing):
         return _steps.epoch_record(epoch, meter.compute(), self.optimizer, seconds)
 
     def _optimizer_step(self) -> None:
-        if self.clip_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-        if self.scaler.is_enabled():
-            scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.last_step_taken = self.scaler.get_scale() >= scale
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.last_step_taken = _steps.optimizer_step(
+            self.optimizer, self.scaler, self.clip_grad_norm
+        )
         self.global_step += 1
 
     def check_finite(self) -> None:
@@ -378,9 +365,11 @@ class Trainer(Checkpointing):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(
-        self, loader: Iterable[Any] | Dataset[Any], *, batch_size: int | None = None
-    ) -> dict[str, Any]:
-        """Metrics over ``loader`` (batches of ``(inputs, targets)``, or a ``Dataset``).
+        self, loader: Iterable[Any] | Dataset[Any], *, batch_size: int | None = None,
+        tta: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Metrics over ``loader`` (batches of ``(inputs, targets)``, or a ``Dataset``);
+        ``tta=True`` averages the probabilities of each image and its mirror image.
 
         Returns:
             ``loss``, ``accuracy``, ``top5_accuracy`` (5+ classes), ``per_class_accuracy`` (NaN
@@ -391,7 +380,11 @@ class Trainer(Checkpointing):
         """
         batches: Any = _steps.as_loader("loader", loader, batch_size, shuffle=False)
         batches = distributed.distributed_loader(batches, train=False)
-        return self._evaluate(batches, confusion=True, check=True)
+        self.tta, tta = tta, self.tta
+        try:
+            return self._evaluate(batches, confusion=True, check=True)
+        finally:
+            self.tta = tta
 
     @torch.no_grad()
     def _evaluate(
@@ -408,25 +401,30 @@ class Trainer(Checkpointing):
         return meter.compute()
 
     @torch.no_grad()
-    def predict(self, data: Iterable[Any] | torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+    def predict(
+        self, data: Iterable[Any] | torch.Tensor, *, batch_size: int = 256, tta: bool = False
+    ) -> torch.Tensor:
         """Class probabilities ``(N, C)`` on the CPU for a tensor of inputs or a loader (targets
-        ignored), whether the model ends in logits or in ``LogSoftmax``.
+        ignored), whether the model ends in logits or in ``LogSoftmax``; ``tta=True`` averages
+        each image's with its mirror image's.
 
         Raises:
             ValueError: For ``batch_size < 1`` or no input at all.
         """
         check_positive_int("batch_size", batch_size)
-        if isinstance(data, torch.Tensor) and len(data) == 0:
-            raise ValueError("predict got no input: the data is empty")
         self._module.eval()
-        batches: Iterable[Any] = data.split(batch_size) if isinstance(data, torch.Tensor) else data
+        batches: Iterable[Any] = data
+        if isinstance(data, torch.Tensor):
+            batches = data.split(batch_size) if len(data) else []
         probs = []
         for batch in batches:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             _steps.check_inputs(x)
+            x = self.inputs(x, train=False)
             with self.autocast():
-                out = _steps.check_outputs(self._module(self.inputs(x, train=False))).float()
-            probs.append((out.exp() if self.outputs_log_probs else out.softmax(1)).cpu())
+                out = self._flip_average(x) if tta else _steps.check_outputs(self._module(x))
+            log_probs = tta or self.outputs_log_probs
+            probs.append((out.float().exp() if log_probs else out.float().softmax(1)).cpu())
         if not probs:
             raise ValueError("predict got no input: the data is empty")
         return torch.cat(probs)
