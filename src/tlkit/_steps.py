@@ -2,7 +2,7 @@
 
 Everything here runs once per ``fit`` or on the first batch, except ``to_labels``, which turns
 labels users obviously mean (int32, integral floats, ``(N, 1)``, one-hot) into class indices on
-every batch at the cost of a dtype and shape check, and ``check_label_range`` on CPU labels.
+every batch at the cost of a dtype and shape check, and ``optimizer_step``.
 """
 
 from __future__ import annotations
@@ -360,15 +360,13 @@ def check_batch(batch: Any) -> None:
     check_inputs(batch[0])
 
 
-def check_first(outputs: Any, y: torch.Tensor, loss_fn: Any) -> int:
-    """The first batch's checks between forward and loss; returns the class count."""
+def check_first(outputs: Any, y: torch.Tensor, loss_fn: Any) -> None:
+    """The first batch's checks between forward and loss."""
     check_outputs(outputs)
-    classes = int(outputs.shape[1])
-    check_label_range(y, classes)
+    check_label_range(y, int(outputs.shape[1]))
     with torch.no_grad():
         loss = loss_fn(outputs, y)
     check_first_loss(loss, outputs, isinstance(loss_fn, nn.NLLLoss))
-    return classes
 
 
 def epoch_record(

@@ -99,11 +99,7 @@ def fit(args: argparse.Namespace) -> int:
     data: ImageDataset | Path = args.data
     ranked: list[str] = []
     if len(names) > 1:  # rank them by LogME on a sample, then train the best
-        if args.data.suffix.lower() == ".csv":
-            data = ImageDataset.from_csv(args.data, background=args.background, on_error=on_error)
-        else:
-            data = ImageDataset.from_folder(args.data, background=args.background,
-                                            on_error=on_error)  # fmt: skip
+        data = ImageDataset.from_path(args.data, background=args.background, on_error=on_error)
         ranking = rank_backbones([(n, weights) for n in names], data, max_images=500)
         names = [ranking[0].name]
         ranked = [
@@ -140,11 +136,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .report import class_table, per_class_metrics
 
     model = load_model(args.run)
-    data = (
-        ImageDataset.from_csv(args.data, background=model.background)
-        if args.data.suffix.lower() == ".csv"
-        else ImageDataset.from_folder(args.data, background=model.background)
-    )
+    data = ImageDataset.from_path(args.data, background=model.background)
     unknown = [c for c in data.classes if c not in model.classes]
     if unknown:
         raise ValueError(f"{args.data} has classes the model does not know: {unknown}")

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "WithTransform", "to_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "WithTransform", "read_image", "to_rgb"]
 
 Background = tuple[int, int, int]
 _EXIF_ORIENTATION = 0x0112
@@ -144,6 +144,29 @@ class WithTransform(Dataset[tuple[Any, Any]]):
 
     def __repr__(self) -> str:
         return f"WithTransform({self.dataset!r}, transform={self.transform!r})"
+
+
+def read_image(
+    path: str | os.PathLike[str], *, background: Sequence[int] = (255, 255, 255)
+) -> Image.Image:
+    """Decode an image file to RGB with [tlkit.to_rgb][] (transparency onto ``background``).
+
+    Raises:
+        ValueError: If the file cannot be decoded (naming it).
+
+    Examples:
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp() + "/a.png"
+        >>> Image.new("LA", (2, 2), (0, 0)).save(path)
+        >>> read_image(path, background=(9, 8, 7)).getpixel((0, 0))
+        (9, 8, 7)
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image, background=background)
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"cannot decode image {str(path)!r}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- image datasets
@@ -358,18 +381,20 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         dataset.skipped = [(m, "file does not exist") for m in missing] + dataset.skipped
         return dataset
 
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], **kwargs: Any) -> ImageDataset:
+        """[tlkit.ImageDataset.from_csv][] for a ``.csv`` file, else
+        [tlkit.ImageDataset.from_folder][]; ``kwargs`` go to either."""
+        if Path(path).suffix.lower() == ".csv":
+            return cls.from_csv(path, **kwargs)
+        return cls.from_folder(path, **kwargs)
+
     def __len__(self) -> int:
         return len(self.files)
 
     def load(self, index: int) -> Image.Image:
         """The RGB PIL image of item ``index``, without the transform."""
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image.load()
-                return to_rgb(image, background=self.background)
-        except (OSError, SyntaxError) as exc:
-            raise ValueError(f"cannot decode image {path!r}: {exc}") from exc
+        return read_image(self.files[index], background=self.background)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image: Any = self.load(index)

@@ -41,7 +41,7 @@ from ._utils import check_positive_int
 from .augment import BatchAugment
 from .backbones import BackboneInfo, backbone, check_name
 from .callbacks import Callback, LRScheduler, ModelCheckpoint
-from .data import ImageDataset
+from .data import ImageDataset, read_image, to_rgb
 from .features import FeatureBatches, extract_features
 from .freeze import FreezePolicy, unfreeze
 from .history import History
@@ -288,18 +288,13 @@ def _decode_dataset(data: ImageDataset, size: int) -> torch.Tensor:
 def _decode(
     images: Sequence[Image.Image | str | Path], size: int, background: Sequence[int]
 ) -> torch.Tensor:
-    from .data import to_rgb
-
-    out = []
-    for item in images:
-        if isinstance(item, Image.Image):
-            rgb = to_rgb(item, background=background)
-        else:
-            with Image.open(item) as opened:
-                opened.load()
-                rgb = to_rgb(opened, background=background)
-        out.append(_square(rgb, size))
-    return torch.stack(out)
+    rgb = [
+        to_rgb(item, background=background)
+        if isinstance(item, Image.Image)
+        else read_image(item, background=background)
+        for item in images
+    ]
+    return torch.stack([_square(image, size) for image in rgb])
 
 
 def _normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -701,7 +696,4 @@ def _as_dataset(
 ) -> ImageDataset:
     if isinstance(source, ImageDataset):
         return source
-    path = Path(source)
-    if path.suffix.lower() == ".csv":
-        return ImageDataset.from_csv(path, background=background, on_error=on_error)
-    return ImageDataset.from_folder(path, background=background, on_error=on_error)
+    return ImageDataset.from_path(source, background=background, on_error=on_error)

@@ -338,7 +338,7 @@ class Trainer(Checkpointing):
                     self.scaler.scale(loss / accum).backward()
             if step_now:
                 self._optimizer_step()
-            meter.update(loss, outputs.detach(), y)
+            meter.update(loss, outputs, y)  # the meter detaches
             self._losses.pending.append(loss.detach())
             position.batches_done = index + 1
             self._notify("on_batch_end", batch=index, optimizer_stepped=step_now)
