@@ -34,7 +34,7 @@ from tlkit.data import ImageDataset
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
            "bag", "boot")  # fmt: skip
-BACKBONE = "timm/efficientnet_lite0"
+BACKBONE = "timm/tf_efficientnet_lite0"
 
 
 def read_idx(name: str) -> np.ndarray:
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two sizes, 1,000 test images")
     parser.add_argument("--test-images", type=int, default=10_000)
     parser.add_argument("--sizes", default="10,50,500,1000")
-    parser.add_argument("--budgets", default="45,60,150,240", help="seconds, one per size")
+    parser.add_argument("--budgets", default="45,60,150,210", help="seconds, one per size")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     budgets = [float(b) for b in args.budgets.split(",")]

