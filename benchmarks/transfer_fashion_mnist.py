@@ -85,6 +85,12 @@ def lite0() -> tuple[nn.Module, tlkit.BackboneInfo]:
     return tlkit.backbone("timm/efficientnet_lite0", path, key_map="by_order")
 
 
+def lite_stages(model: nn.Module) -> list[str]:
+    """An EfficientNet-Lite's stages from input to output, for layer-wise learning rates."""
+    blocks = (f"blocks.{i}" for i in range(len(model.blocks)))  # type: ignore[arg-type]
+    return ["conv_stem", "bn1", *blocks, "conv_head", "bn2", "classifier"]
+
+
 def loader(data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=0)
 
@@ -146,15 +152,9 @@ def row_c(train: Images, test: Images, args: argparse.Namespace) -> dict[str, An
     else:
         tlkit.unfreeze(model)
     stages = [
-        "conv_stem",
-        "bn1",
-        *(f"blocks.{i}" for i in range(len(model.blocks))),
-        "conv_head",
-        "bn2",
-        "classifier",
-    ]
-    stages = [
-        s for s in stages if any(p.requires_grad for p in model.get_submodule(s).parameters())
+        s
+        for s in lite_stages(model)
+        if any(p.requires_grad for p in model.get_submodule(s).parameters())
     ]
     groups = tlkit.discriminative_param_groups(model, args.c_lr, decay=args.c_decay, stages=stages)
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
@@ -189,15 +189,9 @@ def row_d(train: Images, test: Images, args: argparse.Namespace) -> dict[str, An
     augment = tlkit.augment.BatchAugment(
         size, scale=(args.d_scale, 1.0), ratio=(0.8, 1.25), info=info
     )
-    stages = [
-        "conv_stem",
-        "bn1",
-        *(f"blocks.{i}" for i in range(len(model.blocks))),
-        "conv_head",
-        "bn2",
-        "classifier",
-    ]
-    groups = tlkit.discriminative_param_groups(model, args.d_lr, decay=args.d_decay, stages=stages)
+    groups = tlkit.discriminative_param_groups(
+        model, args.d_lr, decay=args.d_decay, stages=lite_stages(model)
+    )
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     data = loader(resized(train, size), args.d_batch, True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
