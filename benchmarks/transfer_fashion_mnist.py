@@ -236,7 +236,7 @@ ROWS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", default="a,b,c")
+    parser.add_argument("--rows", default="a,b,c,d")
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".cache" / "tlkit")
     parser.add_argument("--quick", action="store_true", help="2,000 train / 2,000 test images")
     parser.add_argument("--full", action="store_true", help="the whole 60,000-image train set")

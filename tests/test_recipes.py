@@ -106,6 +106,23 @@ def test_channels_last_training_gives_a_normal_model(
     assert torch.allclose(probs.sum(1), torch.ones(1))
 
 
+def test_flip_tta_averages_the_image_and_its_mirror(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for name, colour in (("left", (220, 30, 30)), ("right", (30, 30, 220))):
+        (root / name).mkdir(parents=True)
+        for i in range(6):  # half the image coloured: a mirror image changes the class
+            image = Image.new("RGB", (24, 24), (128, 128, 128))
+            image.paste(colour, (0, 0, 12, 24) if name == "left" else (12, 0, 24, 24))
+            image.save(root / name / f"{i}.png")
+    result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+                            image_size=24, verbose=False)  # fmt: skip
+    image = Image.open(root / "left" / "0.png")
+    mirror = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    plain, flipped = result.predict([image]), result.predict([mirror])
+    assert not torch.allclose(plain, flipped, atol=1e-3)  # the test can fail
+    assert torch.allclose(result.predict([image], tta=True), (plain + flipped) / 2, atol=1e-6)
+
+
 def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:
     root = colours(tmp_path / "data")
     with pytest.raises(ValueError, match="recipe must be one of"):

@@ -1,8 +1,8 @@
 """The ``tlkit`` command: fit, evaluate, predict and export, a thin layer over the Python API.
 
     tlkit fit DATA --out RUN [--backbone NAME] [--weights W] [--budget 5m] [--recipe auto]
-    tlkit evaluate RUN DATA [--json]
-    tlkit predict RUN FILE... [--json]
+    tlkit evaluate RUN DATA [--json] [--tta]
+    tlkit predict RUN FILE... [--json] [--tta]
     tlkit export RUN --format torchscript|onnx --output FILE
 
 DATA is a folder of ``<class>/<image>`` or a CSV of ``path,label``. Mistakes (a missing
@@ -76,10 +76,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("data", type=Path)
     evaluate.add_argument("--json", action="store_true", help="last line: one JSON object")
+    evaluate.add_argument("--tta", action="store_true", help="average with mirror images")
     predict = sub.add_parser("predict", help="label and probability per image file")
     predict.add_argument("run", type=Path)
     predict.add_argument("files", type=Path, nargs="+")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument("--tta", action="store_true", help="average with mirror images")
     export = sub.add_parser("export", help="the model with its preprocessing inside")
     export.add_argument("run", type=Path)
     export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
@@ -127,7 +129,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data} has classes the model does not know: {unknown}")
     mapping = [model.classes.index(c) for c in data.classes]
     targets = torch.tensor([mapping[t] for t in data.targets])
-    predicted = torch.cat([model.predict(data.files[i : i + 64]).argmax(1)
+    predicted = torch.cat([model.predict(data.files[i : i + 64], tta=args.tta).argmax(1)
                            for i in range(0, len(data), 64)])  # fmt: skip
     k = len(model.classes)
     matrix = torch.bincount(targets * k + predicted, minlength=k * k).view(k, k)
@@ -155,7 +157,7 @@ def predict(args: argparse.Namespace) -> int:
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
-    probs = model.predict(args.files)
+    probs = model.predict(args.files, tta=args.tta)
     for file, row in zip(args.files, probs, strict=True):
         index = int(row.argmax())
         label, probability = model.classes[index], float(row[index])

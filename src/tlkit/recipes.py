@@ -190,10 +190,15 @@ class FinetuneResult:
         return _normalise(_decode(images, self.image_size, self.background), self.mean, self.std)
 
     @torch.no_grad()
-    def predict(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
-        """Class probabilities ``(N, K)`` for PIL images or image paths."""
+    def predict(
+        self, images: Sequence[Image.Image | str | Path], *, tta: bool = False
+    ) -> torch.Tensor:
+        """Class probabilities ``(N, K)`` for PIL images or image paths; ``tta=True`` averages
+        them with the mirror images' (flip test-time augmentation, twice the compute)."""
         self.model.eval()
-        return self.model(self.preprocess(images)).softmax(1)
+        x = self.preprocess(images)
+        probs = self.model(x).softmax(1)
+        return (probs + self.model(x.flip(-1)).softmax(1)) / 2 if tta else probs
 
     def save(self, path: str | Path) -> Path:
         """Save weights and preprocessing to ``path`` (loadable with ``weights_only=True``)."""
