@@ -8,7 +8,7 @@ with noise under the transparency, read by tlkit (composited onto white) and rea
 (alpha dropped, ``Image.convert("RGB")``), both with the probe recipe.
 
     sudo apt-get install dataset-fashion-mnist
-    python benchmarks/auto_recipe.py [--quick] [--test-images 10000]
+    python benchmarks/auto_recipe.py [--quick] [--test-images 10000] [--recipes auto]
 
 Writes auto_recipe.json beside this script.
 """
@@ -111,7 +111,12 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=10_000)
     parser.add_argument("--sizes", default="10,50,500,1000")
     parser.add_argument("--budgets", default="45,60,150,210", help="seconds, one per size")
+    parser.add_argument(
+        "--recipes", default="probe,lp-ft,full,auto", help="a subset prints its rows, no JSON"
+    )
     args = parser.parse_args()
+    recipes = args.recipes.split(",")
+    complete = set(recipes) == {"probe", "lp-ft", "full", "auto"}
     sizes = [int(s) for s in args.sizes.split(",")]
     budgets = [float(b) for b in args.budgets.split(",")]
     if args.quick:
@@ -128,7 +133,7 @@ def main() -> None:
         for count, budget in zip(sizes, budgets, strict=True):
             train = write_folder(work / f"train{count}", train_x, train_y,
                                  per_class(train_y, count, seed=0), False)  # fmt: skip
-            for recipe in ("probe", "lp-ft", "full", "auto"):
+            for recipe in recipes:
                 record = {"per_class": count, **run(train, test, recipe, budget)}
                 records.append(record)
                 rows.append([count, recipe, record["chosen"], record["image_size"],
@@ -136,6 +141,8 @@ def main() -> None:
                              100 * record["test_accuracy"]])  # fmt: skip
                 print(table(["per class", "recipe", "ran", "px", "ft epochs", "budget s",
                              "seconds", "test %"], rows[-1:]), flush=True)  # fmt: skip
+        if not complete:
+            return
         # transparency: composited (tlkit) against alpha dropped (the naive reading)
         count, budget = 50, 60.0
         indices = per_class(train_y, count, seed=0)

