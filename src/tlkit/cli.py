@@ -60,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("data", type=Path, help="folder of <class>/<image>, or CSV of path,label")
     fit.add_argument("--out", type=Path, required=True, help="run folder for model and report")
     fit.add_argument("--backbone", action="append", default=None,
-                     help="backbone name (default timm/tf_efficientnet_lite0); give several to "
+                     help="backbone name (default timm/efficientnet_lite0); give several to "
                           "rank them by LogME and train the best")  # fmt: skip
     fit.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a file")
     fit.add_argument("--budget", default=None, help="time for the whole command: 90s, 5m, 1h")
@@ -93,7 +93,7 @@ def fit(args: argparse.Namespace) -> int:
     from .recipes import finetune
     from .report import write_report
 
-    names = args.backbone or ["timm/tf_efficientnet_lite0"]
+    names = args.backbone or ["timm/efficientnet_lite0"]
     weights = None if str(args.weights).lower() == "none" else args.weights
     on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
     result = finetune(

@@ -602,7 +602,7 @@ class _Deadline(Callback):
 def finetune(
     train: ImageDataset | str | Path,
     *,
-    backbone_name: str | Sequence[str] = "timm/tf_efficientnet_lite0",
+    backbone_name: str | Sequence[str] = "timm/efficientnet_lite0",
     weights: str | Path | None = "imagenet",
     budget: float | str | None = None,
     val: ImageDataset | str | Path | None = None,
