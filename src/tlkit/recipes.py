@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
 from . import heads
+from ._steps import flip_average
 from ._utils import check_positive_int
 from .augment import BatchAugment
 from .backbones import BackboneInfo, backbone, check_name
@@ -197,8 +198,9 @@ class FinetuneResult:
         them with the mirror images' (flip test-time augmentation, twice the compute)."""
         self.model.eval()
         x = self.preprocess(images)
-        probs = self.model(x).softmax(1)
-        return (probs + self.model(x.flip(-1)).softmax(1)) / 2 if tta else probs
+        if tta:
+            return flip_average(self.model, x, log_probs=False).exp()
+        return self.model(x).softmax(1)
 
     def save(self, path: str | Path) -> Path:
         """Save weights and preprocessing to ``path`` (loadable with ``weights_only=True``)."""
@@ -706,7 +708,11 @@ def finetune(
     torch.manual_seed(seed)
     model, info = backbone(names[0], weights)
     head_path, _ = heads.find_head(model)
-    heads.replace_head(model, lambda n: heads.linear(n, len(data.classes), dropout=0.1))
+
+    def new_head(features: int) -> nn.Module:
+        return heads.linear(features, len(data.classes), dropout=0.1)
+
+    heads.replace_head(model, new_head)
     if image_size is not None:
         size, size_reason = image_size, f"{image_size} px: given"
     else:
@@ -746,7 +752,7 @@ def finetune(
         probe_state = {k: v.clone() for k, v in model.state_dict().items()}
         if plan.name == "full" and plan.probe_epochs:  # the probe is a fallback: a new head
             torch.manual_seed(seed)
-            heads.replace_head(model, lambda n: heads.linear(n, len(data.classes), dropout=0.1))
+            heads.replace_head(model, new_head)
         history = _train_full(model, split_data, augment, plan, deadline, log)
         records += _records(history, "finetune")
         # a tie goes to fine-tuning: on tlkit's benchmarks, from 50 images per class up, the
