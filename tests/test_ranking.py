@@ -110,6 +110,24 @@ def test_rank_backbones_puts_imagenet_weights_above_random_ones_on_real_pictures
     assert features.shape == (40, 1280) and sorted(labels.bincount().tolist()) == [10] * 4
 
 
+def test_channels_last_ranking_scores_the_same_features(tmp_path) -> None:
+    from tlkit import ImageDataset, rank_backbones
+
+    from . import shapes
+
+    data = ImageDataset.from_folder(shapes.write(tmp_path / "shapes", 6, seed=1))
+    runs = {}
+    for channels_last in (True, False):
+        (score,) = rank_backbones(["timm/efficientnet_lite0"], data, image_size=64,
+                                  keep_features=True, channels_last=channels_last,
+                                  verbose=False)  # fmt: skip
+        runs[channels_last] = score
+    fast, plain = runs[True].features.tensors[0], runs[False].features.tensors[0]
+    assert fast.shape == plain.shape == (24, 1280) and fast.abs().sum() > 0
+    torch.testing.assert_close(fast, plain, rtol=1e-3, atol=1e-4)
+    assert runs[True].score == pytest.approx(runs[False].score, rel=1e-3)
+
+
 def test_rank_backbones_checks_its_arguments_before_any_work() -> None:
     from torch.utils.data import TensorDataset
 

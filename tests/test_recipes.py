@@ -40,7 +40,8 @@ def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
     assert short.name == "probe" and "budget does not allow" in short.describe()
     plenty = _plan("auto", n_train=400, remaining=600.0, **common)
     assert plenty.name == "full" and 1 <= plenty.finetune_epochs <= 12
-    assert plenty.probe_epochs > 0 and "kept only if it beats fine-tuning" in plenty.describe()
+    assert plenty.probe_epochs > 0
+    assert "kept only if it is significantly more accurate" in plenty.describe()
     assert _plan("full", n_train=400, remaining=600.0, **common).probe_epochs == 0  # forced
     assert _plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
 
@@ -152,21 +153,44 @@ def test_a_given_validation_set_is_used_and_must_have_the_same_classes(tmp_path:
         tlkit.finetune(train, val=val, backbone_name="resnet18", weights=None, verbose=False)
 
 
-@pytest.mark.parametrize(("finetune_val", "probe_kept"), [(0.5, True), (1.0, False)])
-def test_the_probe_is_kept_only_when_it_beats_fine_tuning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finetune_val: float, probe_kept: bool
+@pytest.mark.parametrize("broken", [True, False])
+def test_the_probe_is_kept_only_when_significantly_better_than_fine_tuning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool
 ) -> None:
-    root = colours(tmp_path / "data", 8)  # distinct colours: the probe reaches val 1.0
+    train, val = colours(tmp_path / "train", 8), colours(tmp_path / "val", 10)
 
     def fine_tune(model: torch.nn.Module, *args: object, **kwargs: object) -> tlkit.History:
-        with torch.no_grad():  # a recognisable fine-tuned model: every weight zero
-            for param in model.parameters():
-                param.zero_()
-        return tlkit.History([{"epoch": 0, "val_accuracy": finetune_val}])
+        with torch.no_grad():
+            if broken:  # every weight zero: one class for every image, 10 of 30 right
+                for param in model.parameters():
+                    param.zero_()
+            # a mark that changes no prediction: the same images right as the probe's
+            model.bn1.num_batches_tracked.fill_(777)
+        return tlkit.History([{"epoch": 0, "val_accuracy": 1.0}])
 
     monkeypatch.setattr(recipes, "_train_full", fine_tune)
-    result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="lp-ft",
-                            image_size=32, verbose=False)  # fmt: skip
+    result = tlkit.finetune(train, val=val, backbone_name="resnet18", weights=None,
+                            recipe="lp-ft", image_size=32, verbose=False)  # fmt: skip
     assert max(r["val_accuracy"] for r in result.history.records if r["stage"] == "probe") == 1.0
-    zero = all(not p.any() for p in result.model.parameters())
-    assert zero is not probe_kept  # a tie (1.0 against 1.0) goes to the fine-tuned model
+    tuned_kept = int(result.model.bn1.num_batches_tracked) == 777
+    assert tuned_kept is not broken  # equal predictions (a tie) go to the fine-tuned model
+    assert result.val_metrics["accuracy"] == (1.0 if broken else pytest.approx(1.0))
+    assert any("McNemar" in r or "beat fine-tuning" in r for r in result.recipe.reasons)
+
+
+def test_only_a_significant_validation_difference_keeps_the_probe() -> None:
+    right = torch.ones(75, dtype=torch.bool)
+
+    def tuned_wrong_on(count: int, also_probe_wrong: int = 0) -> tuple[bool, str]:
+        probe, tuned = right.clone(), right.clone()
+        tuned[:count] = False
+        probe[count : count + also_probe_wrong] = False  # right only when fine-tuned
+        return recipes._probe_is_better(probe, tuned)
+
+    # 4 of 4 discordant images for the probe: p = 1/16 > 0.05 is not enough
+    assert not tuned_wrong_on(4)[0]
+    assert "p=0.06" in tuned_wrong_on(4)[1]
+    assert tuned_wrong_on(5)[0]  # 5 of 5: p = 1/32
+    assert not tuned_wrong_on(9, 3)[0]  # 9 against 3: p = 0.073
+    assert tuned_wrong_on(10, 2)[0]  # 10 against 2: p = 0.019
+    assert not recipes._probe_is_better(right, right)[0]  # identical: fine-tuning

@@ -170,6 +170,7 @@ def rank_backbones(
     batch_size: int = 64,
     device: str | torch.device = "auto",
     keep_features: bool = False,
+    channels_last: bool = True,
     seed: int = 0,
     verbose: bool = True,
 ) -> list[BackboneScore]:
@@ -189,6 +190,9 @@ def rank_backbones(
         batch_size: Images per forward pass.
         device: ``"auto"`` (CUDA, else MPS, else CPU) or a device.
         keep_features: Keep each candidate's features in the result (for a linear probe).
+        channels_last: Run the bodies in the channels-last memory format (1.4x the inference
+            speed of channels-first for EfficientNet-Lite2 and ResNet-18 at 72 px on a 2-core
+            x86 CPU; the features are the same up to float rounding).
         seed: Seed of the sample.
         verbose: Show a progress bar (on a terminal) and print the ranking.
 
@@ -235,8 +239,10 @@ def rank_backbones(
         part = Subset(dataset, indices) if indices is not None else dataset
         loader = DataLoader(WithTransform(part, evaluation), batch_size=batch_size,
                             num_workers=min(4, os.cpu_count() or 1))  # fmt: skip
-        with headless(model.to(run_device)):
-            features = extract_features(model, loader, device=run_device)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        with headless(model.to(run_device, memory_format=layout)):
+            features = extract_features(model, loader, device=run_device,
+                                        batch_transform=_layout(layout))  # fmt: skip
         score = logme(features.tensors[0], features.tensors[1])
         results.append(BackboneScore(
             name, weights, score, len(features), time.perf_counter() - start,
@@ -253,6 +259,13 @@ def rank_backbones(
         for r in ranking:
             print(f"  {r.score:8.4f}  {r.name}  ({r.images} images, {r.seconds:.1f} s)")
     return ranking
+
+
+def _layout(layout: torch.memory_format) -> Any:
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=layout) if x.ndim == 4 else x
+
+    return convert
 
 
 def _sample(dataset: Any, max_images: int | None, seed: int) -> list[int] | None:
