@@ -18,8 +18,9 @@ Three recipes:
 ``recipe="auto"`` measures this machine's speed for the backbone, then chooses the recipe, the
 resolution, the memory format and the epochs from the images per class and the budget, and
 says why: the probe for fewer than 20 images per class (or no time for a fine-tuning epoch),
-else ``"full"`` with the probe run first as a fallback, kept only if it is significantly more
-accurate than fine-tuning on the validation images (McNemar's exact test). On Fashion-MNIST,
+else ``"full"`` with the probe run first; the fine-tuned model is kept only if it is more
+accurate on the validation images by more than one standard error (the one-standard-error
+rule: the probe is the simpler and steadier model). On Fashion-MNIST,
 fine-tuning from a new head beat fine-tuning from the probe's head at equal time
 (``benchmarks/auto_recipe.py``): the probe's head fits features computed with BatchNorm frozen
 at ImageNet statistics, which fine-tuning changes.
@@ -445,7 +446,7 @@ def _plan(
         reasons.append(layout_reason)
     if remaining is not None:
         reasons.append(f"{remaining:.0f} s of the budget left for training")
-    fallback = False  # auto: a probe first, kept only if significantly better than fine-tuning
+    fallback = False  # auto: a probe first, kept unless fine-tuning is clearly better
     if name == "auto":
         affordable = (
             _MAX_EPOCHS if remaining is None else int((remaining - feature_pass * 1.2) / epoch)
@@ -463,9 +464,10 @@ def _plan(
             name, fallback = "full", True
             reasons.append(
                 "full: everything fine-tuned from a new head at layer-wise rates, after a "
-                "linear probe that is kept only if it is significantly more accurate on the "
-                "validation images (fine-tuning from the probe's head, lp-ft, did worse in tlkit's "
-                "benchmarks: the head fits frozen-BatchNorm features that fine-tuning changes)"
+                "linear probe, which is kept unless fine-tuning is more accurate on the "
+                "validation images by more than one standard error (fine-tuning from the "
+                "probe's head, lp-ft, did worse in tlkit's benchmarks: the head fits "
+                "frozen-BatchNorm features that fine-tuning changes)"
             )
     recipe = Recipe(name=name, image_size=size, reasons=reasons, batch_size=batch_size,
                     channels_last=channels_last)  # fmt: skip
@@ -599,41 +601,43 @@ def _right(
     return probs.argmax(1) == data[3]
 
 
-def _probe_is_better(probe_right: torch.Tensor, tuned_right: torch.Tensor) -> tuple[bool, str]:
-    """Keep the probe instead of the fine-tuned model? Only when it is significantly more
-    accurate on the same validation images: McNemar's exact test, one-sided at 5%, on the
-    images that exactly one of the two classifies correctly.
+def _fine_tuning_wins(probe_right: torch.Tensor, tuned_right: torch.Tensor) -> tuple[bool, str]:
+    """Keep the fine-tuned model rather than the probe? Only when it is more accurate on the
+    same validation images by more than one standard error of the paired difference: the
+    one-standard-error rule (Breiman et al., "Classification and Regression Trees", 1984;
+    Hastie, Tibshirani and Friedman, "The Elements of Statistical Learning", section 7.10),
+    which keeps the simpler model unless the other is better beyond the noise of the estimate.
 
-    Fine-tuning is the default from 20 images per class because it was the more accurate on
-    the test images in tlkit's benchmarks; a validation set of a few dozen images moves by
-    whole points from one image to the next, and the model with the better validation score
-    was then often the worse on the test images. The probe stays a fallback for fine-tuning
-    that went wrong (too few epochs, a diverging run).
+    The probe is the simpler and the steadier of the two: on Fashion-MNIST at 50 images per
+    class, fine-tuning scored 75.9-79.5% on the test images in four runs of
+    ``benchmarks/auto_recipe.py`` against the probe's 78.7% in every run, and a fine-tuned
+    model's validation score is the best of up to 12 epochs. From hundreds of images per class
+    fine-tuning wins by points, which a validation set of that size resolves.
 
     Examples:
         >>> right = torch.tensor([True] * 70 + [False] * 5)
-        >>> _probe_is_better(right, right.roll(2))[0]  # 2 images each way: a tie
+        >>> _fine_tuning_wins(right, right.roll(2))[0]  # 2 images each way: a tie
         False
-        >>> _probe_is_better(right, torch.tensor([True] * 40 + [False] * 35))[0]
+        >>> _fine_tuning_wins(torch.tensor([True] * 40 + [False] * 35), right)[0]
         True
     """
+    n = len(probe_right)
     only_probe = int((probe_right & ~tuned_right).sum())
     only_tuned = int((tuned_right & ~probe_right).sum())
-    n = only_probe + only_tuned
-    # P(at least only_probe of the n discordant images go to the probe | no difference)
-    p_value = sum(math.comb(n, k) for k in range(only_probe, n + 1)) / 2**n if n else 1.0
+    gain = (only_tuned - only_probe) / n  # mean of the per-image differences (+1, 0 or -1)
+    # its standard error if the two were equally accurate (McNemar's), which stays sound when
+    # few images differ, unlike the sample estimate
+    error = math.sqrt(only_tuned + only_probe) / n
     probe, tuned = probe_right.float().mean().item(), tuned_right.float().mean().item()
     scores = (
-        f"validation accuracy {tuned:.4f} fine-tuned, {probe:.4f} probe; {only_tuned} images "
-        f"right only when fine-tuned, {only_probe} only by the probe"
+        f"validation accuracy {tuned:.4f} fine-tuned, {probe:.4f} probe: "
+        f"{only_tuned} images right only when fine-tuned, {only_probe} only by the probe"
     )
-    if p_value < 0.05:
-        return True, (
-            f"kept the probe: it beat fine-tuning on validation ({scores}, p={p_value:.3f})"
-        )
+    if gain > error:
+        return True, f"kept the fine-tuned model ({scores}; +{gain:.4f} > 1 s.e. {error:.4f})"
     return False, (
-        f"kept the fine-tuned model ({scores}): the probe is kept only when significantly "
-        f"better (McNemar's exact test, p={p_value:.2f} >= 0.05)"
+        f"kept the probe ({scores}; {gain:+.4f} <= 1 s.e. {error:.4f}): fine-tuning is kept "
+        "only when better by more than one standard error"
     )
 
 
@@ -800,7 +804,7 @@ def finetune(
     if plan.finetune_epochs:
         probe_best = max((r["val_accuracy"] for r in records), default=None)
         probe_state = {k: v.clone() for k, v in model.state_dict().items()}
-        if plan.name == "full" and plan.probe_epochs:  # the probe is a fallback: a new head
+        if plan.name == "full" and plan.probe_epochs:  # fine-tuning starts from a new head
             torch.manual_seed(seed)
             heads.replace_head(model, new_head)
         history = _train_full(model, split_data, augment, plan, deadline, log)
@@ -809,8 +813,8 @@ def finetune(
             tuned_state = {k: v.clone() for k, v in model.state_dict().items()}
             tuned_right = _right(model, augment, split_data)
             model.load_state_dict(probe_state)
-            keep_probe, why = _probe_is_better(_right(model, augment, split_data), tuned_right)
-            if not keep_probe:
+            keep_tuned, why = _fine_tuning_wins(_right(model, augment, split_data), tuned_right)
+            if keep_tuned:
                 model.load_state_dict(tuned_state)
             unfreeze(model)
             plan.reasons.append(why)
