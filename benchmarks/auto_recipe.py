@@ -9,6 +9,7 @@ with noise under the transparency, read by tlkit (composited onto white) and rea
 
     sudo apt-get install dataset-fashion-mnist
     python benchmarks/auto_recipe.py [--quick] [--test-images 10000] [--recipes auto]
+                                     [--sizes 50 --budgets 60 --seeds 0,1,2]
 
 Writes auto_recipe.json beside this script.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -105,6 +107,19 @@ def run(train: Path, test: ImageDataset, recipe: str, budget: float, **kw: Any) 
     }
 
 
+def summary(records: list[dict[str, Any]], sizes: list[int], recipes: list[str]) -> str:
+    """Mean test accuracy per size and recipe over the seeds, and auto against the best fixed."""
+    rows = []
+    for count in sizes:
+        cells = [(x["recipe"], x["test_accuracy"]) for x in records if x["per_class"] == count]
+        mean = {r: statistics.mean(a for name, a in cells if name == r) for r in recipes}
+        fixed = [r for r in recipes if r != "auto"]
+        gap = (mean["auto"] - max(mean[r] for r in fixed)) if "auto" in mean and fixed else None
+        rows.append([count, *(f"{100 * mean[r]:.2f}" for r in recipes),
+                     "" if gap is None else f"{100 * gap:+.2f}"])  # fmt: skip
+    return table(["per class", *(f"{r} %" for r in recipes), "auto - best fixed"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two sizes, 1,000 test images")
@@ -112,10 +127,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,50,500,1000")
     parser.add_argument("--budgets", default="45,60,150,210", help="seconds, one per size")
     parser.add_argument(
-        "--recipes", default="probe,lp-ft,full,auto", help="a subset prints its rows, no JSON"
+        "--recipes", default="probe,lp-ft,full,auto", help="a subset: no JSON unless --json"
     )
+    parser.add_argument(
+        "--seeds", default="0", help="finetune seeds (split, head, order); each cell their mean"
+    )
+    parser.add_argument("--json", help="with a subset: write its runs to this file's name")
     args = parser.parse_args()
     recipes = args.recipes.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
     complete = set(recipes) == {"probe", "lp-ft", "full", "auto"}
     sizes = [int(s) for s in args.sizes.split(",")]
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -133,15 +153,24 @@ def main() -> None:
         for count, budget in zip(sizes, budgets, strict=True):
             train = write_folder(work / f"train{count}", train_x, train_y,
                                  per_class(train_y, count, seed=0), False)  # fmt: skip
-            for recipe in recipes:
-                record = {"per_class": count, **run(train, test, recipe, budget)}
-                records.append(record)
-                rows.append([count, recipe, record["chosen"], record["image_size"],
-                             record["finetune_epochs"], budget, record["seconds"],
-                             100 * record["test_accuracy"]])  # fmt: skip
-                print(table(["per class", "recipe", "ran", "px", "ft epochs", "budget s",
-                             "seconds", "test %"], rows[-1:]), flush=True)  # fmt: skip
+            for seed in seeds:
+                for recipe in recipes:
+                    record = {"per_class": count, "seed": seed,
+                              **run(train, test, recipe, budget, seed=seed)}  # fmt: skip
+                    records.append(record)
+                    rows.append([count, recipe, seed, record["chosen"], record["image_size"],
+                                 record["finetune_epochs"], budget, record["seconds"],
+                                 100 * record["test_accuracy"]])  # fmt: skip
+                    headers = ["per class", "recipe", "seed", "ran", "px", "ft epochs",
+                               "budget s", "seconds", "test %"]  # fmt: skip
+                    print(table(headers, rows[-1:]), flush=True)
+        print(summary(records, sizes, recipes))
         if not complete:
+            if args.json:
+                name = str(Path(__file__).with_name(Path(args.json).name))
+                payload = {"backbone": BACKBONE, "test_images": len(test_idx), "seeds": seeds,
+                           "recipes": recipes, "runs": records}  # fmt: skip
+                print(f"wrote {write_json(name, payload).name}")
             return
         # transparency: composited (tlkit) against alpha dropped (the naive reading)
         count, budget = 50, 60.0
@@ -156,13 +185,15 @@ def main() -> None:
         naive_test.load = lambda i: Image.open(naive_test.files[i]).convert("RGB")  # type: ignore[method-assign]
         dropped = run(naive, naive_test, "probe", budget)
     transparency = {"per_class": count, "composited": composited, "alpha_dropped": dropped}
-    print(table(["per class", "recipe", "ran", "px", "ft epochs", "budget s", "seconds",
+    print(table(["per class", "recipe", "seed", "ran", "px", "ft epochs", "budget s", "seconds",
                  "test %"], rows))  # fmt: skip
+    print(summary(records, sizes, recipes))
     print(f"transparent PNGs, {count} per class, probe: composited "
           f"{100 * composited['test_accuracy']:.2f}% vs alpha dropped "
           f"{100 * dropped['test_accuracy']:.2f}%")  # fmt: skip
     path = write_json(__file__, {"backbone": BACKBONE, "test_images": len(test_idx),
-                                 "runs": records, "transparency": transparency})  # fmt: skip
+                                 "seeds": seeds, "runs": records,
+                                 "transparency": transparency})  # fmt: skip
     print(f"wrote {path.name}")
 
 

@@ -16,7 +16,7 @@ Datasets (real images, no network):
 - scikit-learn's bundled digits (1,797 scans of 8x8 pixels, 16 grey levels; with
   ``pip install scikit-learn``; skipped otherwise), a stratified half for training.
 
-    python benchmarks/backbone_ranking.py [--quick] [--seeds 3]
+    python benchmarks/backbone_ranking.py [--quick] [--seeds 3] [--datasets fm30,fm100,digits]
 
 Writes backbone_ranking.json beside this script.
 """
@@ -111,7 +111,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small dataset")
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning runs per backbone")
+    parser.add_argument(
+        "--datasets", default="fm30,fm100,digits", help="a subset of fm30, fm100, digits"
+    )
     args = parser.parse_args()
+    chosen = set(args.datasets.split(","))
+    if not chosen <= {"fm30", "fm100", "digits"}:
+        parser.error(f"--datasets takes fm30, fm100 and digits, got {args.datasets!r}")
     train_x, train_y = read_idx("train-images-idx3-ubyte"), read_idx("train-labels-idx1-ubyte")
     test_x, test_y = read_idx("t10k-images-idx3-ubyte"), read_idx("t10k-labels-idx1-ubyte")
     records = []
@@ -119,11 +125,11 @@ def main() -> None:
         work = Path(tmp)
         test_idx = per_class(test_y, 100 if args.quick else 500, seed=1)
         test = write_folder(work / "fm_test", test_x, test_y, test_idx, False)
-        for count in (30,) if args.quick else (30, 100):
+        for count in [c for c in ((30,) if args.quick else (30, 100)) if f"fm{c}" in chosen]:
             train = write_folder(work / f"fm{count}", train_x, train_y,
                                  per_class(train_y, count, seed=0), False)  # fmt: skip
             records.append(evaluate(f"Fashion-MNIST, {count} per class", train, test, args.seeds))
-        folders = None if args.quick else digits(work / "digits")
+        folders = None if args.quick or "digits" not in chosen else digits(work / "digits")
         if folders is not None:
             records.append(evaluate("scikit-learn digits", *folders, args.seeds))
     short = {b: b.removeprefix("timm/tf_efficientnet_") for b in BACKBONES}

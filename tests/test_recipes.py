@@ -42,6 +42,12 @@ def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
     assert plenty.name == "full" and 1 <= plenty.finetune_epochs <= 12
     assert plenty.probe_epochs > 0
     assert "kept unless fine-tuning is more accurate" in plenty.describe()
+    many = _plan("auto", n_train=800, remaining=600.0, **common)  # 200 per class: no probe
+    assert many.name == "full" and many.probe_epochs == 0 and "no probe first" in many.describe()
+    # no feature pass for a probe (10 s of 165): 4 epochs of 40 s fit instead of 3
+    with_probe = _plan("auto", n_train=796, remaining=165.0, **common)
+    without = _plan("auto", n_train=800, remaining=165.0, **common)
+    assert (with_probe.finetune_epochs, without.finetune_epochs) == (3, 4)
     assert _plan("full", n_train=400, remaining=600.0, **common).probe_epochs == 0  # forced
     assert _plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
 
