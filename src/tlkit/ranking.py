@@ -240,7 +240,7 @@ def rank_backbones(
         loader = DataLoader(WithTransform(part, evaluation), batch_size=batch_size,
                             num_workers=min(4, os.cpu_count() or 1))  # fmt: skip
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        with headless(model.to(run_device, memory_format=layout)):
+        with headless(model.to(run_device).to(memory_format=layout)):
             features = extract_features(model, loader, device=run_device,
                                         batch_transform=_layout(layout))  # fmt: skip
         score = logme(features.tensors[0], features.tensors[1])
