@@ -165,11 +165,11 @@ def main() -> None:
                                "budget s", "seconds", "test %"]  # fmt: skip
                     print(table(headers, rows[-1:]), flush=True)
         print(summary(records, sizes, recipes))
+        payload = {"backbone": BACKBONE, "test_images": len(test_idx), "seeds": seeds,
+                   "recipes": recipes, "runs": records}  # fmt: skip
         if not complete:
             if args.json:
                 name = str(Path(__file__).with_name(Path(args.json).name))
-                payload = {"backbone": BACKBONE, "test_images": len(test_idx), "seeds": seeds,
-                           "recipes": recipes, "runs": records}  # fmt: skip
                 print(f"wrote {write_json(name, payload).name}")
             return
         # transparency: composited (tlkit) against alpha dropped (the naive reading)
@@ -191,9 +191,7 @@ def main() -> None:
     print(f"transparent PNGs, {count} per class, probe: composited "
           f"{100 * composited['test_accuracy']:.2f}% vs alpha dropped "
           f"{100 * dropped['test_accuracy']:.2f}%")  # fmt: skip
-    path = write_json(__file__, {"backbone": BACKBONE, "test_images": len(test_idx),
-                                 "seeds": seeds, "runs": records,
-                                 "transparency": transparency})  # fmt: skip
+    path = write_json(__file__, {**payload, "transparency": transparency})
     print(f"wrote {path.name}")
 
 
