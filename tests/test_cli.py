@@ -41,6 +41,7 @@ def test_fit_writes_the_report_and_a_weights_only_model(run: dict[str, Path]) ->
     assert saved["classes"] == sorted(shapes.SHAPES)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recipe"]["name"] == "probe" and metrics["recipe"]["reasons"]
+    assert metrics["recipe"]["kept"] == "probe"
     assert set(metrics["per_class"]) == set(shapes.SHAPES)
     report = (out / "report.md").read_text()
     assert "recipe probe" in report and "![Confusion matrix" in report

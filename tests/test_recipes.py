@@ -185,6 +185,13 @@ def test_the_fine_tuned_model_is_kept_only_when_clearly_better_than_the_probe(
     zero = all(not p.any() for p in result.model.parameters())
     assert not zero and result.val_metrics["accuracy"] == 1.0
     assert any("kept the" in r or "fine-tuning won" in r for r in result.recipe.reasons)
+    # which model came back is stated, in the plan's first line too
+    assert result.recipe.kept == ("fine-tuned" if tuned_kept else "probe")
+    assert (
+        result.recipe.describe()
+        .splitlines()[0]
+        .endswith(f"returned the {result.recipe.kept} model")
+    )
 
 
 def test_fine_tuning_must_beat_the_probe_by_more_than_one_standard_error() -> None:

@@ -110,6 +110,9 @@ def parse_budget(text: str | float | int | None) -> float | None:
 class Recipe:
     """What [tlkit.finetune][] runs, with the reason for each choice.
 
+    Once [tlkit.finetune][] has returned, ``kept`` says which trained model it returned:
+    ``"probe"`` (the head on the frozen body) or ``"fine-tuned"``; ``None`` before training.
+
     Examples:
         >>> Recipe(name="probe", image_size=96).name
         'probe'
@@ -125,13 +128,15 @@ class Recipe:
     batch_size: int = 32
     channels_last: bool = False
     reasons: list[str] = field(default_factory=list)
+    kept: Literal["probe", "fine-tuned"] | None = None
 
     def describe(self) -> str:
-        """The recipe and its reasons, one line each."""
+        """The recipe and its reasons, one line each; once trained, which model was kept."""
         head = (
             f"recipe {self.name}: {self.image_size} px"
             + (f", {self.probe_epochs} head epochs on cached features" if self.probe_epochs else "")
             + (f", {self.finetune_epochs} fine-tuning epochs" if self.finetune_epochs else "")
+            + (f"; returned the {self.kept} model" if self.kept else "")
         )
         return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
 
@@ -824,9 +829,13 @@ def finetune(
             if keep_tuned:
                 model.load_state_dict(tuned_state)
                 val_probs = tuned_probs
+            else:
+                plan.kept = "probe"
             unfreeze(model)
             plan.reasons.append(why)
             log(why)
+    if plan.kept is None:
+        plan.kept = "fine-tuned" if plan.finetune_epochs else "probe"
     model.eval()
     evaluator = _evaluator(model, augment)
     if val_loader is None:

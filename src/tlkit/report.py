@@ -105,6 +105,7 @@ def write_report(result: FinetuneResult, out: str | Path) -> Path:
             "probe_epochs": result.recipe.probe_epochs,
             "finetune_epochs": result.recipe.finetune_epochs,
             "reasons": result.recipe.reasons,
+            "kept": result.recipe.kept,
         },
         "seconds": result.seconds,
         "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
