@@ -141,8 +141,9 @@ def main() -> None:
     chosen = set(args.datasets.split(","))
     if not chosen <= {"fm30", "fm100", "digits"}:
         parser.error(f"--datasets takes fm30, fm100 and digits, got {args.datasets!r}")
-    output = str(Path(__file__).with_name(f"backbone_ranking{OUTPUT_SUFFIX[args.recipe]}.py"))
-    path = Path(output).with_suffix(".json")
+    script = Path(__file__)
+    output = script.with_stem(script.stem + OUTPUT_SUFFIX[args.recipe])  # write_json's name
+    path = output.with_suffix(".json")
     earlier: list[dict[str, Any]] = []
     if args.update and path.exists():  # checked before anything runs
         previous = json.loads(path.read_text())
@@ -186,7 +187,7 @@ def main() -> None:
     print(table([*headers, "LogME pick", "best", "LogME s (all)", "one fine-tune s (fastest)",
                  "one LogME / its fine-tune (worst)"], rows))  # fmt: skip
     payload = {"backbones": BACKBONES, "seeds": args.seeds, "recipe": args.recipe}
-    write_json(output, {**payload, "datasets": records})
+    write_json(str(output), {**payload, "datasets": records})
     print(f"wrote {path.name}")
 
 

@@ -96,10 +96,6 @@ def lite_stages(model: nn.Module) -> list[str]:
     return ["conv_stem", "bn1", *blocks, "conv_head", "bn2", "classifier"]
 
 
-def trainable(module: nn.Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
-
-
 def loader(data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=0)
 
@@ -160,7 +156,11 @@ def row_c(train: Images, test: Images, args: argparse.Namespace) -> dict[str, An
         tlkit.FreezePolicy(up_to=args.c_freeze, bn=args.c_bn).apply(model)
     else:
         tlkit.unfreeze(model)
-    stages = [s for s in lite_stages(model) if trainable(model.get_submodule(s))]
+    stages = [
+        s
+        for s in lite_stages(model)
+        if any(p.requires_grad for p in model.get_submodule(s).parameters())
+    ]
     groups = tlkit.discriminative_param_groups(model, args.c_lr, decay=args.c_decay, stages=stages)
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     data = loader(Images(train.images, train.labels, train_tf), args.c_batch, True)

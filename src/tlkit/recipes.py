@@ -808,9 +808,11 @@ def finetune(
     log(plan.describe())
     augment = BatchAugment(size, scale=(plan.crop_scale, 1.0), info=info)
     records: list[dict[str, Any]] = []
+    val_loader = _loader(split_data[2], split_data[3], 256, False)
+    val_probs = None
     if plan.probe_epochs:
         records += _records(_train_probe(model, head_path, split_data, augment, plan, log), "probe")
-    val_loader, val_probs = None, None
+        plan.kept = "probe"
     if plan.finetune_epochs:
         probe_state = {k: v.clone() for k, v in model.state_dict().items()}
         if plan.name == "full" and plan.probe_epochs:  # fine-tuning starts from a new head
@@ -818,8 +820,8 @@ def finetune(
             heads.replace_head(model, new_head)
         history = _train_full(model, split_data, augment, plan, deadline, log)
         records += _records(history, "finetune")
+        plan.kept = "fine-tuned"
         if plan.probe_epochs:  # the probe ran: keep whichever of the two the rule prefers
-            val_loader = _loader(split_data[2], split_data[3], 256, False)
             tuned_state = {k: v.clone() for k, v in model.state_dict().items()}
             tuned_probs = _evaluator(model, augment).predict(val_loader)
             model.load_state_dict(probe_state)
@@ -830,16 +832,12 @@ def finetune(
                 model.load_state_dict(tuned_state)
                 val_probs = tuned_probs
             else:
-                plan.kept = "probe"
+                plan.kept = "probe"  # the probe's state is loaded back
             unfreeze(model)
             plan.reasons.append(why)
             log(why)
-    if plan.kept is None:
-        plan.kept = "fine-tuned" if plan.finetune_epochs else "probe"
     model.eval()
     evaluator = _evaluator(model, augment)
-    if val_loader is None:
-        val_loader = _loader(split_data[2], split_data[3], 256, False)
     val_metrics = evaluator.evaluate(val_loader)
     if val_probs is None:
         val_probs = evaluator.predict(val_loader)
