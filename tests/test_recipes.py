@@ -38,15 +38,15 @@ def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
     assert few.name == "probe" and "fewer than 20 images per class" in few.describe()
     short = _plan("auto", n_train=400, remaining=10.0, **common)  # an epoch takes 20 s
     assert short.name == "probe" and "budget does not allow" in short.describe()
-    plenty = _plan("auto", n_train=400, remaining=600.0, **common)
+    plenty = _plan("auto", n_train=200, remaining=600.0, **common)  # 50 per class: probe first
     assert plenty.name == "full" and 1 <= plenty.finetune_epochs <= 12
     assert plenty.probe_epochs > 0
     assert "kept unless fine-tuning is more accurate" in plenty.describe()
-    many = _plan("auto", n_train=800, remaining=600.0, **common)  # 200 per class: no probe
+    many = _plan("auto", n_train=240, remaining=600.0, **common)  # 60 per class: no probe
     assert many.name == "full" and many.probe_epochs == 0 and "no probe first" in many.describe()
-    # no feature pass for a probe (10 s of 165): 4 epochs of 40 s fit instead of 3
-    with_probe = _plan("auto", n_train=796, remaining=165.0, **common)
-    without = _plan("auto", n_train=800, remaining=165.0, **common)
+    # no feature pass for a probe (3 s of 50): 4 epochs of 12 s fit instead of 3
+    with_probe = _plan("auto", n_train=236, remaining=50.0, **common)
+    without = _plan("auto", n_train=240, remaining=50.0, **common)
     assert (with_probe.finetune_epochs, without.finetune_epochs) == (3, 4)
     assert _plan("full", n_train=400, remaining=600.0, **common).probe_epochs == 0  # forced
     assert _plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
@@ -192,6 +192,8 @@ def test_the_fine_tuned_model_is_kept_only_when_clearly_better_than_the_probe(
         .splitlines()[0]
         .endswith(f"returned the {result.recipe.kept} model")
     )
+    loaded = tlkit.load_model(result.save(tmp_path / "model.pt"))  # and it survives saving
+    assert loaded.recipe.kept == result.recipe.kept
 
 
 def test_fine_tuning_must_beat_the_probe_by_more_than_one_standard_error() -> None:
@@ -210,3 +212,14 @@ def test_fine_tuning_must_beat_the_probe_by_more_than_one_standard_error() -> No
     assert verdict(7, 3)[0]  # +0.0533 against sqrt(10) / 75 = 0.0422
     assert not recipes._fine_tuning_wins(right, right)[0]  # identical: the probe
     assert not verdict(0, 20)[0]  # the probe better
+
+
+def test_the_keep_margin_is_counted_in_standard_errors() -> None:
+    right = torch.ones(75, dtype=torch.bool)
+    probe, tuned = right.clone(), right.clone()
+    probe[:4] = False  # 4 images right only when fine-tuned, 1 only by the probe
+    tuned[4] = False  # +0.0400 against sqrt(5) / 75 = 0.0298
+    assert recipes._fine_tuning_wins(probe, tuned, margin=1.0)[0]
+    assert not recipes._fine_tuning_wins(probe, tuned, margin=1.5)[0]  # 0.0447 needed
+    keep, why = recipes._fine_tuning_wins(right, right, margin=0.0)
+    assert not keep and "0 s.e." in why  # a tie still goes to the probe
