@@ -70,13 +70,14 @@ def evaluate(name: str, train: Path, test: Path, seeds: int) -> dict[str, Any]:
     # one pass over the same images at the resolution the recipe chose (the same for all three)
     (size,) = {run["image_size"] for b in BACKBONES for run in runs[b]}
     start = time.perf_counter()
-    ranking = tlkit.rank_backbones(BACKBONES, ImageDataset.from_folder(train), image_size=size,
-                                   max_images=500, verbose=False)  # fmt: skip
+    train_data = ImageDataset.from_folder(train)
+    ranking = tlkit.rank_backbones(BACKBONES, train_data, image_size=size, max_images=500,
+                                   verbose=False)  # fmt: skip
     logme_seconds = time.perf_counter() - start
     logme = {r.name: r.score for r in ranking}
     record: dict[str, Any] = {
         "name": name,
-        "train_images": len(ImageDataset.from_folder(train)),
+        "train_images": len(train_data),
         "test_images": len(test_data),
         "image_size": size,
         "logme_images": ranking[0].images,

@@ -37,7 +37,7 @@ from PIL import Image
 
 import tlkit
 from tlkit.data import ImageDataset
-from tlkit.recipes import _FEW_PER_CLASS, _KEEP_MARGIN, _PROBE_FIRST_BELOW, _fine_tuning_wins
+from tlkit.recipes import _KEEP_MARGIN, _PROBE_FIRST_BELOW, _fine_tuning_wins, _plan
 
 MARGINS = (0.0, 0.5, 1.0)  # standard errors the fine-tuned model must win by
 DATASETS = ("fm30", "fm50", "fm100", "digits")
@@ -85,12 +85,17 @@ def candidates(train: Path, test: ImageDataset, backbone: str, seed: int) -> dic
     run["only_tuned"] = int((right["full"] & ~right["probe"]).sum())
     for k in MARGINS:
         run[f"keep_tuned_{k:g}"] = _fine_tuning_wins(right["probe"], right["full"], margin=k)[0]
-    # auto's choice: the fine-tuned model from _PROBE_FIRST_BELOW training images per class up
-    # (no probe is trained there), below that its keep rule
-    per_class = (len(ImageDataset.from_folder(train)) - run["val_images"]) / len(result.classes)
-    run["train_per_class"] = per_class
-    rule = _fine_tuning_wins(right["probe"], right["full"])[0]
-    keep = per_class >= _PROBE_FIRST_BELOW or (per_class >= _FEW_PER_CLASS and rule)
+    # auto's choice, from its own plan without a time limit: the probe alone, fine-tuning alone,
+    # or both and its keep rule
+    n_train = len(ImageDataset.from_folder(train)) - run["val_images"]
+    run["train_per_class"] = n_train / len(result.classes)
+    plan = _plan("auto", n_train=n_train, n_val=run["val_images"], classes=len(result.classes),
+                 size=result.image_size, size_reason="", infer_rate=1.0, train_rate=1.0,
+                 remaining=None)  # fmt: skip
+    if not plan.probe_epochs:
+        keep = bool(plan.finetune_epochs)
+    else:
+        keep = bool(plan.finetune_epochs) and _fine_tuning_wins(right["probe"], right["full"])[0]
     run["kept"], run["auto_test"] = (
         ("fine-tuned", run["full_test"]) if keep else ("probe", run["probe_test"])
     )
