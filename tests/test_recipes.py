@@ -42,6 +42,10 @@ def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
     assert plenty.name == "full" and 1 <= plenty.finetune_epochs <= 12
     assert plenty.probe_epochs > 0
     assert "kept unless fine-tuning is more accurate" in plenty.describe()
+    # just under the threshold: the count is not rounded up to it, and the probe still comes first
+    under = _plan("auto", n_train=238, remaining=600.0, **common)  # 59.5 per class
+    assert under.probe_epochs > 0 and "59.5 training images per class" in under.describe()
+    assert "(59.5 training images per class, below 60)" in under.describe()
     many = _plan("auto", n_train=240, remaining=600.0, **common)  # 60 per class: no probe
     assert many.name == "full" and many.probe_epochs == 0 and "no probe first" in many.describe()
     # no feature pass for a probe (3 s of 50): 4 epochs of 12 s fit instead of 3
@@ -223,3 +227,7 @@ def test_the_keep_margin_is_counted_in_standard_errors() -> None:
     assert not recipes._fine_tuning_wins(probe, tuned, margin=1.5)[0]  # 0.0447 needed
     keep, why = recipes._fine_tuning_wins(right, right, margin=0.0)
     assert not keep and "0 s.e." in why  # a tie still goes to the probe
+    probe_only, tuned_only = right.clone(), right.clone()
+    probe_only[0], tuned_only[1] = False, False  # one image each gets right alone
+    why = recipes._fine_tuning_wins(probe_only, tuned_only)[1]
+    assert "1 image right only when fine-tuned, 1 only by the probe" in why

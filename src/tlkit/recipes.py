@@ -447,9 +447,10 @@ def _plan(
     layout_reason: str = "",
 ) -> Recipe:
     per_class = n_train / classes
+    shown = f"{per_class:.1f}".removesuffix(".0")  # 59.5 is below 60: never show it rounded up
     feature_pass = (n_train + n_val) / infer_rate
     epoch = n_train / train_rate + n_val / infer_rate
-    reasons = [size_reason, f"{per_class:.0f} training images per class over {classes} classes"]
+    reasons = [size_reason, f"{shown} training images per class over {classes} classes"]
     reasons.append(
         f"this machine: {infer_rate:.0f} img/s through the frozen body, {train_rate:.0f} img/s "
         f"training everything ({epoch:.0f} s per fine-tuning epoch)"
@@ -484,7 +485,8 @@ def _plan(
             name, fallback = "full", True
             reasons.append(
                 "full: everything fine-tuned from a new head at layer-wise rates, after a "
-                "linear probe, which is kept unless fine-tuning is more accurate on the "
+                f"linear probe ({shown} training images per class, below {_PROBE_FIRST_BELOW}), "
+                "which is kept unless fine-tuning is more accurate on the "
                 "validation images by more than one standard error (fine-tuning from the "
                 "probe's head, lp-ft, did worse in tlkit's benchmarks: the head fits "
                 "frozen-BatchNorm features that fine-tuning changes)"
@@ -649,7 +651,8 @@ def _fine_tuning_wins(
     probe, tuned = probe_right.float().mean().item(), tuned_right.float().mean().item()
     scores = (
         f"validation accuracy {tuned:.4f} fine-tuned, {probe:.4f} probe: "
-        f"{only_tuned} images right only when fine-tuned, {only_probe} only by the probe"
+        f"{only_tuned} image{'s' * (only_tuned != 1)} right only when fine-tuned, "
+        f"{only_probe} only by the probe"
     )
     if gain > margin * error:
         return True, (
