@@ -125,7 +125,7 @@ def summarise(record: dict[str, Any]) -> None:
     # LogME's alternative at three times the cost: train every backbone, keep the one whose kept
     # model is best on the validation images (ties go to the smaller backbone, listed first)
     per_seed = [{b: runs[b][i] for b in BACKBONES} for i in range(len(runs[BACKBONES[0]]))]
-    picks = [max(BACKBONES, key=lambda b, s=seed: _kept_val(s[b])) for seed in per_seed]
+    picks = [max(s.items(), key=lambda item: _kept_val(item[1]))[0] for s in per_seed]
     record["validation_picks"] = picks
     record["pick_test"] = {
         "logme": record["auto"][record["logme_best"]],
@@ -168,6 +168,16 @@ def main() -> None:
     if not chosen <= set(DATASETS):
         parser.error(f"--datasets takes {', '.join(DATASETS)}, got {args.datasets!r}")
     path = Path(__file__).with_suffix(".json")
+    if args.report:  # the stored runs as they are: no seeds or datasets to compare
+        if not path.exists():
+            sys.exit(f"--report: {path.name} not found; run the benchmark first")
+        stored = json.loads(path.read_text())
+        for record in stored["datasets"]:
+            summarise(record)
+        report(stored["datasets"])
+        path.write_text(json.dumps(stored, indent=2))
+        print(f"rewrote the summaries in {path.name}")
+        return
     earlier: list[dict[str, Any]] = []
     if args.update and path.exists():  # checked before anything runs
         previous = json.loads(path.read_text())
@@ -175,14 +185,6 @@ def main() -> None:
         if same != (BACKBONES, args.seeds, _KEEP_MARGIN):
             sys.exit(f"--update: {path.name} has other backbones, seeds or keep rule than this run")
         earlier = previous["datasets"]
-    if args.report:
-        previous = json.loads(path.read_text())
-        for record in previous["datasets"]:
-            summarise(record)
-        report(previous["datasets"])
-        path.write_text(json.dumps(previous, indent=2))
-        print(f"rewrote the summaries in {path.name}")
-        return
     train_x, train_y = read_idx("train-images-idx3-ubyte"), read_idx("train-labels-idx1-ubyte")
     test_x, test_y = read_idx("t10k-images-idx3-ubyte"), read_idx("t10k-labels-idx1-ubyte")
     records = []
