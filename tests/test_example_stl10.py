@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,8 @@ def test_smoke_run_end_to_end(recipe: str, tmp_path: Path) -> None:
     out = tmp_path / recipe
     result = run(str(EXAMPLE / "train.py"), "--smoke", "--recipe", recipe, "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
+    generated = re.search(r"generated STL10-layout data in (\S+)", result.stdout)
+    assert generated and not Path(generated.group(1)).exists()  # nothing left behind
     if recipe == "seed":
         assert "frozen 61 parameter tensors (last: layer2.2.conv3.weight)" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())

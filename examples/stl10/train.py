@@ -298,14 +298,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     args.epochs = args.epochs or recipe_defaults[0]
     args.image_size = args.image_size or recipe_defaults[1]
     args.lr = args.lr or recipe_defaults[2]
-    verify = True
-    if args.smoke:
-        tmp = Path(tempfile.mkdtemp(prefix="tlkit-stl10-smoke-"))
+    if not args.smoke:
+        return run_recipe(args, verify=True)
+    # the generated data lives only as long as the run; the outputs stay in --out
+    with tempfile.TemporaryDirectory(prefix="tlkit-stl10-smoke-") as folder:
+        tmp = Path(folder)
         write_stl10_binary(tmp, n_train=200, n_test=100, seed=args.seed)
         args.data_root, args.download, args.weights, args.device = tmp, False, "none", "cpu"
         args.epochs, args.image_size, args.workers, args.batch_size = 2, 64, 0, 32
-        verify = False  # generated files cannot match the archive's MD5; the parsing is real
-        print(f"smoke run: generated STL10-layout data in {tmp}")
+        print(f"smoke run: generated STL10-layout data in {tmp} (removed at the end)")
+        # generated files cannot match the archive's MD5; the parsing is real
+        return run_recipe(args, verify=False)
+
+
+def run_recipe(args: argparse.Namespace, *, verify: bool) -> dict[str, Any]:
+    """Run ``args.recipe`` on the STL10 files under ``args.data_root``, writing to ``args.out``."""
     check_weights(args.weights)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
