@@ -89,7 +89,9 @@ def score(result: tlkit.FinetuneResult, test: ImageDataset) -> float:
     return float((predicted == truth).double().mean())
 
 
-def run(train: Path, test: ImageDataset, recipe: str, budget: float, **kw: Any) -> dict[str, Any]:
+def run(
+    train: Path | ImageDataset, test: ImageDataset, recipe: str, budget: float, **kw: Any
+) -> dict[str, Any]:
     start = time.perf_counter()
     result = tlkit.finetune(train, backbone_name=BACKBONE, budget=budget, recipe=recipe,  # type: ignore[arg-type]
                             verbose=False, started=start, **kw)  # fmt: skip
@@ -180,9 +182,9 @@ def main() -> None:
                                                            test_idx, True))  # fmt: skip
         composited = run(clear, clear_test, "probe", budget)
         naive = ImageDataset.from_folder(clear)
-        naive.load = lambda i: Image.open(naive.files[i]).convert("RGB")  # type: ignore[method-assign]
+        naive.load = lambda index: Image.open(naive.files[index]).convert("RGB")  # type: ignore[method-assign]
         naive_test = ImageDataset.from_folder(work / "clear_test")
-        naive_test.load = lambda i: Image.open(naive_test.files[i]).convert("RGB")  # type: ignore[method-assign]
+        naive_test.load = lambda index: Image.open(naive_test.files[index]).convert("RGB")  # type: ignore[method-assign]
         dropped = run(naive, naive_test, "probe", budget)
     transparency = {"per_class": count, "composited": composited, "alpha_dropped": dropped}
     print(table(["per class", "recipe", "seed", "ran", "px", "ft epochs", "budget s", "seconds",

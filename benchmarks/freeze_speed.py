@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import tlkit
+from tlkit.trainer import Precision
 
 POLICIES = {
     "all layers": None,
@@ -41,7 +42,7 @@ def build(policy: tlkit.FreezePolicy | None, device: torch.device) -> nn.Module:
 
 
 def plain_epoch(
-    model: nn.Module, loader: DataLoader, device: torch.device, precision: str
+    model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision
 ) -> float:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     criterion = nn.CrossEntropyLoss()
@@ -64,7 +65,7 @@ def plain_epoch(
 
 
 def trainer_epoch(
-    model: nn.Module, loader: DataLoader, device: torch.device, precision: str
+    model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision
 ) -> float:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     trainer = tlkit.Trainer(

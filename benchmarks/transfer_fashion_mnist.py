@@ -121,7 +121,9 @@ def row_b(train: Images, test: Images, args: argparse.Namespace) -> dict[str, An
     _, eval_tf = tlkit.augment.get("none", image_size=64, info=info, crop_pct=1.0)
     tlkit.FreezePolicy(train_only=["classifier"]).apply(model)
     tlkit.replace_head(model, 10)
-    optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=3e-3, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(
+        model.get_submodule("classifier").parameters(), lr=3e-3, weight_decay=1e-4
+    )
     trainer = tlkit.Trainer(model, optimizer=optimizer, device="cpu", verbose=False)
     trainer.fit(
         loader(Images(train.images, train.labels, eval_tf), 256, False),
@@ -143,7 +145,9 @@ def row_c(train: Images, test: Images, args: argparse.Namespace) -> dict[str, An
         # 1) head warm-up: one pass of the frozen body (eval view), then the head on features.
         #    This pass counts against the budget of 2 passes, so fine-tuning gets one epoch.
         tlkit.FreezePolicy(train_only=["classifier"]).apply(model)
-        head_opt = torch.optim.AdamW(model.classifier.parameters(), lr=3e-3, weight_decay=1e-4)
+        head_opt = torch.optim.AdamW(
+            model.get_submodule("classifier").parameters(), lr=3e-3, weight_decay=1e-4
+        )
         tlkit.Trainer(model, optimizer=head_opt, device="cpu", verbose=False).fit(
             loader(Images(train.images, train.labels, eval_tf), 256, False),
             epochs=10,
@@ -292,7 +296,7 @@ def main() -> None:
     train = Images(train_set.data[subset], train_set.targets[subset])
     test = Images(test_set.data[:n_test], test_set.targets[:n_test])
     torch.set_num_threads(torch.get_num_threads())
-    results = {}
+    results: dict[str, Any] = {}
     for key in args.rows.split(","):
         label, fn = ROWS[key]
         if key == "c":
