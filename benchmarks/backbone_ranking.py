@@ -66,11 +66,11 @@ MEASURES = ("auto", "probe", "full")  # what tlkit fit returns, and the two it c
 
 
 def evaluate(name: str, train: Path, test: Path, seeds: int) -> dict[str, Any]:
-    test_data = ImageDataset.from_folder(test)
+    train_data, test_data = ImageDataset.from_folder(train), ImageDataset.from_folder(test)
     runs: dict[str, list[dict[str, Any]]] = {b: [] for b in BACKBONES}
     for backbone in BACKBONES:
         for seed in range(seeds):  # the seed moves the validation split, the head and the order
-            run = candidates(train, test_data, backbone, seed)
+            run = candidates(train, len(train_data), test_data, backbone, seed)
             runs[backbone].append(run)
             print(f"{name}: {backbone} seed {seed}: probe {run['probe_test']:.4f} "
                   f"({run['probe_seconds']:.0f} s), fine-tuned {run['full_test']:.4f} "
@@ -79,7 +79,6 @@ def evaluate(name: str, train: Path, test: Path, seeds: int) -> dict[str, Any]:
     # one pass over the same images at the resolution the recipe chose (the same for all three)
     (size,) = {run["image_size"] for b in BACKBONES for run in runs[b]}
     start = time.perf_counter()
-    train_data = ImageDataset.from_folder(train)
     ranking = tlkit.rank_backbones(BACKBONES, train_data, image_size=size, max_images=500,
                                    verbose=False)  # fmt: skip
     logme_seconds = time.perf_counter() - start

@@ -61,8 +61,11 @@ def digits(root: Path) -> tuple[Path, Path] | None:
     return root / "train", root / "test"
 
 
-def candidates(train: Path, test: ImageDataset, backbone: str, seed: int) -> dict[str, Any]:
-    """The probe and the fine-tuned model auto would choose between, on one seed."""
+def candidates(
+    train: Path, n_images: int, test: ImageDataset, backbone: str, seed: int
+) -> dict[str, Any]:
+    """The probe and the fine-tuned model auto would choose between, on one seed (``n_images``:
+    how many images the ``train`` folder holds)."""
     run: dict[str, Any] = {"seed": seed}
     right, labels = {}, []
     for recipe in ("probe", "full"):
@@ -87,7 +90,7 @@ def candidates(train: Path, test: ImageDataset, backbone: str, seed: int) -> dic
         run[f"keep_tuned_{k:g}"] = _fine_tuning_wins(right["probe"], right["full"], margin=k)[0]
     # auto's choice, from its own plan without a time limit: the probe alone, fine-tuning alone,
     # or both and its keep rule
-    n_train = len(ImageDataset.from_folder(train)) - run["val_images"]
+    n_train = n_images - run["val_images"]
     run["train_per_class"] = n_train / len(result.classes)
     plan = _plan("auto", n_train=n_train, n_val=run["val_images"], classes=len(result.classes),
                  size=result.image_size, size_reason="", infer_rate=1.0, train_rate=1.0,
@@ -148,10 +151,13 @@ def main() -> None:
                 name, test = f"Fashion-MNIST, {count} per class", fm_test
                 train = write_folder(work / key, train_x, train_y,
                                      per_class(train_y, count, seed=0), False)  # fmt: skip
-            test_data = ImageDataset.from_folder(test)
+            test_data, n_images = (
+                ImageDataset.from_folder(test),
+                len(ImageDataset.from_folder(train)),
+            )
             runs = []
             for seed in range(args.seeds):
-                runs.append(candidates(train, test_data, args.backbone, seed))
+                runs.append(candidates(train, n_images, test_data, args.backbone, seed))
                 r = runs[-1]
                 print(f"{name} seed {seed}: probe {r['probe_test']:.4f} test / "
                       f"{r['probe_val']:.4f} val, fine-tuned {r['full_test']:.4f} / "
