@@ -52,6 +52,8 @@ def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
     with_probe = _plan("auto", n_train=236, remaining=50.0, **common)
     without = _plan("auto", n_train=240, remaining=50.0, **common)
     assert (with_probe.finetune_epochs, without.finetune_epochs) == (3, 4)
+    one = _plan("auto", n_train=240, remaining=20.0, **common).describe()  # 12.4 s per epoch
+    assert "96 px, 1 fine-tuning epoch\n" in one and "1 epoch fits the budget" in one
     assert _plan("full", n_train=400, remaining=600.0, **common).probe_epochs == 0  # forced
     assert _plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
 

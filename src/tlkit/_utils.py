@@ -76,6 +76,16 @@ def atomic_write_text(text: str, path: str | os.PathLike[str]) -> Path:
     return _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+def plural(count: int, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``: a count and its noun, for messages.
+
+    Examples:
+        >>> plural(1, "epoch"), plural(0, "image"), plural(12, "fine-tuning epoch")
+        ('1 epoch', '0 images', '12 fine-tuning epochs')
+    """
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
 def check_positive_int(name: str, value: Any) -> None:
     """Raise ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) of at least 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

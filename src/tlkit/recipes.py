@@ -47,7 +47,7 @@ from torchvision.transforms import v2
 
 from . import heads
 from ._steps import flip_average
-from ._utils import check_positive_int
+from ._utils import check_positive_int, plural
 from .augment import BatchAugment
 from .backbones import BackboneInfo, backbone, check_name
 from .callbacks import Callback, LRScheduler, ModelCheckpoint
@@ -136,8 +136,16 @@ class Recipe:
         """The recipe and its reasons, one line each; once trained, which model was kept."""
         head = (
             f"recipe {self.name}: {self.image_size} px"
-            + (f", {self.probe_epochs} head epochs on cached features" if self.probe_epochs else "")
-            + (f", {self.finetune_epochs} fine-tuning epochs" if self.finetune_epochs else "")
+            + (
+                f", {plural(self.probe_epochs, 'head epoch')} on cached features"
+                if self.probe_epochs
+                else ""
+            )
+            + (
+                f", {plural(self.finetune_epochs, 'fine-tuning epoch')}"
+                if self.finetune_epochs
+                else ""
+            )
             + (f"; returned the {self.kept} model" if self.kept else "")
         )
         return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
@@ -502,7 +510,8 @@ def _plan(
             why = "no budget given: epochs scaled to see about 30,000 images"
         else:
             epochs = max(1, min(_MAX_EPOCHS, int((remaining - cost) / epoch)))
-            why = f"{epochs} epochs fit the budget (at most {_MAX_EPOCHS})"
+            fits = "fits" if epochs == 1 else "fit"
+            why = f"{plural(epochs, 'epoch')} {fits} the budget (at most {_MAX_EPOCHS})"
         recipe.finetune_epochs = epochs
         recipe.lr = 2e-3
         # few passes over the data are better spent on the images than on hard crops of them
@@ -608,7 +617,7 @@ def _train_full(
         history = trainer.fit(train, _loader(val_x, val_y, 256, False),
                               epochs=recipe.finetune_epochs)  # fmt: skip
     model.to(memory_format=torch.contiguous_format)
-    log(f"fine-tuned {len(history)} epochs, best val {max(history['val_accuracy']):.4f}")
+    log(f"fine-tuned {plural(len(history), 'epoch')}, best val {max(history['val_accuracy']):.4f}")
     return history
 
 
@@ -651,7 +660,7 @@ def _fine_tuning_wins(
     probe, tuned = probe_right.float().mean().item(), tuned_right.float().mean().item()
     scores = (
         f"validation accuracy {tuned:.4f} fine-tuned, {probe:.4f} probe: "
-        f"{only_tuned} image{'s' * (only_tuned != 1)} right only when fine-tuned, "
+        f"{plural(only_tuned, 'image')} right only when fine-tuned, "
         f"{only_probe} only by the probe"
     )
     if gain > margin * error:
