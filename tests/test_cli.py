@@ -35,7 +35,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_fit_writes_the_report_and_a_weights_only_model(run: dict[str, Path]) -> None:
     out = run["out"]
     for name in ("model.pt", "metrics.json", "history.csv", "report.md", "curves.png",
-                 "confusion_matrix.png", "top_losses.png"):  # fmt: skip
+                 "confusion_matrix.png"):  # fmt: skip
         assert (out / name).is_file(), name
     saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["classes"] == sorted(shapes.SHAPES)
@@ -45,6 +45,10 @@ def test_fit_writes_the_report_and_a_weights_only_model(run: dict[str, Path]) ->
     assert set(metrics["per_class"]) == set(shapes.SHAPES)
     report = (out / "report.md").read_text()
     assert "recipe probe" in report and "![Confusion matrix" in report
+    # the mistakes are drawn when there are some, and the report says so when there are none
+    mistakes = metrics["accuracy"] < 1.0
+    assert (out / "top_losses.png").is_file() == mistakes
+    assert ("![Most confident mistakes" in report) == mistakes
 
 
 def test_evaluate_and_predict_json_on_unseen_images(

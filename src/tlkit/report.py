@@ -7,7 +7,8 @@
   the recipe and its reasons, timings, skipped files;
 - ``history.csv``: every epoch of every stage;
 - ``curves.png``, ``confusion_matrix.png``, ``top_losses.png`` (the most confident mistakes,
-  with true and predicted labels), when matplotlib is installed (``pip install tlkit[plot]``);
+  with true and predicted labels; only when there are some), when matplotlib is installed
+  (``pip install tlkit[plot]``);
 - ``report.md``: all of the above in one page.
 """
 
@@ -172,20 +173,25 @@ def _pictures(result: FinetuneResult, folder: Path) -> list[str]:
         plt.close(fig)
         written.append("confusion_matrix.png")
     if result.val_images is not None and result.val_probs is not None:
-        _top_losses(result, folder, plt)
-        written.append("top_losses.png")
+        if _top_losses(result, folder, plt):
+            written.append("top_losses.png")
+        else:  # none to show; an earlier run's picture in this folder would contradict the report
+            (folder / "top_losses.png").unlink(missing_ok=True)
     return written
 
 
-def _top_losses(result: FinetuneResult, folder: Path, plt: Any) -> None:
+def _top_losses(result: FinetuneResult, folder: Path, plt: Any) -> bool:
+    """Draw the (at most 12) most confident validation mistakes; False, drawing nothing, if none."""
     assert result.val_images is not None and result.val_probs is not None
     assert result.val_labels is not None
     probs, labels = result.val_probs, result.val_labels
     confidence, predicted = probs.max(1)
     wrong = (predicted != labels).nonzero().flatten()
     order = wrong[confidence[wrong].argsort(descending=True)][:12].tolist()
-    columns = max(1, min(6, len(order)))
-    rows = max(1, (len(order) + columns - 1) // columns)
+    if not order:
+        return False
+    columns = min(6, len(order))
+    rows = (len(order) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -196,11 +202,10 @@ def _top_losses(result: FinetuneResult, folder: Path, plt: Any) -> None:
             f"said {result.classes[int(predicted[index])]} {float(confidence[index]):.2f}",
             fontsize=8,
         )
-    if not order:
-        axes.flat[0].text(0.5, 0.5, "no mistakes on the validation images", ha="center")
     fig.tight_layout()
     fig.savefig(folder / "top_losses.png", dpi=100)
     plt.close(fig)
+    return True
 
 
 def _markdown(
@@ -234,6 +239,9 @@ def _markdown(
     }
     for name in pictures:
         lines += [f"## {titles[name]}", "", f"![{titles[name]}]({name})", ""]
+    if metrics.get("accuracy") == 1.0:
+        all_right = f"None: all {metrics['images']} validation images are classified right."
+        lines += [f"## {titles['top_losses.png']}", "", all_right, ""]
     if not pictures:
         lines += ["(pictures need matplotlib: `pip install tlkit[plot]`)", ""]
     if result.skipped:
