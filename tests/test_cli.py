@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import tlkit
 from tlkit import cli
 
 from . import shapes
@@ -93,6 +94,10 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
         ["fit", str(folder), "--out", str(tmp_path / "o"), "--backbone", "timm/nope_net"],
         ["fit", str(folder), "--out", str(tmp_path / "o")],  # the corrupt file
         ["predict", str(tmp_path / "o"), str(tmp_path / "x.png")],
+        [
+            *["fit", str(folder), "--out", str(tmp_path / "o"), "--backbone", "resnet18"],
+            *["--backbone", "resnet34", "--weights", str(tmp_path / "resnet18.pt")],
+        ],
     ]
     errors = []
     for argv in cases:
@@ -107,6 +112,28 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
     assert "did you mean" in errors[2] or "unknown timm model" in errors[2]
     assert "broken.png" in errors[3] and "--skip-errors" in errors[3]
     assert "does not exist" in errors[4]  # the run folder was never written
+    assert "holds the weights of one architecture" in errors[5] and "resnet18.pt" in errors[5]
+
+
+def test_a_checkpoint_of_another_implementation_loads_with_key_map_by_order(
+    tmp_path: Path,
+) -> None:
+    folder = shapes.write(tmp_path / "data", 6)
+    model, _ = tlkit.backbone("resnet18", weights=None)
+    renamed = {f"other.{i}": t for i, t in enumerate(model.state_dict().values())}
+    torch.save(renamed, tmp_path / "ported.pt")
+    fit = ["fit", str(folder), "--backbone", "resnet18", "--weights", str(tmp_path / "ported.pt"),
+           "--recipe", "probe", "--image-size", "32"]  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "tlkit", *fit, "--out", str(tmp_path / "a")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "--key-map by_order" in result.stderr, result.stderr
+    assert cli.main([*fit, "--out", str(tmp_path / "b"), "--key-map", "by_order"]) == 0
+    saved = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
+    # a probe trains the head only: the body is the file's, tensor by tensor in order
+    torch.testing.assert_close(saved["conv1.weight"], renamed["other.0"])
+    torch.testing.assert_close(
+        saved["layer4.1.bn2.running_var"], model.state_dict()["layer4.1.bn2.running_var"]
+    )
 
 
 def test_the_onnx_export_agrees_with_predict_for_every_channel_count(

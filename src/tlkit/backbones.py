@@ -342,8 +342,9 @@ def _offline_error(what: str, url: str, looked: str) -> ConnectionError:
     return ConnectionError(
         f"the ImageNet weights of {what} are not cached ({looked}) and {url} cannot be reached "
         "(no network?); download them once where there is internet, or pass a local file: "
-        "tlkit.backbone(name, weights=PATH) (with key_map='by_order' for a checkpoint saved by "
-        "another implementation)"
+        "tlkit.backbone(name, weights=PATH) or `tlkit fit --weights PATH` (with "
+        "key_map='by_order', `--key-map by_order`, for a checkpoint saved by another "
+        "implementation)"
     )
 
 
@@ -521,7 +522,7 @@ def load_weights(
                 f"{len(missing)} missing (first: {missing[:5]}), "
                 f"{len(unexpected)} unexpected (first: {unexpected[:5]}); "
                 "if the checkpoint comes from another implementation of the same "
-                "architecture, try key_map='by_order'"
+                "architecture, try key_map='by_order' (`tlkit fit --key-map by_order`)"
             )
         pairs = [(k, k) for k in target]
     else:

@@ -1,6 +1,7 @@
 """The ``tlkit`` command: fit, evaluate, predict and export, a thin layer over the Python API.
 
-    tlkit fit DATA --out RUN [--backbone NAME] [--weights W] [--budget 5m] [--recipe auto]
+    tlkit fit DATA --out RUN [--backbone NAME]... [--weights W [--key-map by_order]]
+              [--budget 5m] [--recipe auto]
     tlkit evaluate RUN DATA [--json] [--tta]
     tlkit predict RUN FILE... [--json] [--tta]
     tlkit export RUN --format torchscript|onnx --output FILE
@@ -62,7 +63,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("--backbone", action="append", default=None,
                      help="backbone name (default timm/efficientnet_lite0); give several to "
                           "rank them by LogME and train the best")  # fmt: skip
-    fit.add_argument("--weights", default="imagenet", help="'imagenet', 'none' or a file")
+    fit.add_argument("--weights", default="imagenet",
+                     help="'imagenet', 'none' or a checkpoint file (of one backbone)")  # fmt: skip
+    fit.add_argument("--key-map", default="strict", choices=["strict", "by_order"],
+                     help="match a checkpoint's tensors by name (strict) or by position, for one "
+                          "saved by another implementation (by_order)")  # fmt: skip
     fit.add_argument("--budget", default=None, help="time for the whole command: 90s, 5m, 1h")
     fit.add_argument("--recipe", default="auto", choices=["auto", "probe", "lp-ft", "full"])
     fit.add_argument("--val", type=Path, default=None, help="validation folder or CSV")
@@ -100,6 +105,7 @@ def fit(args: argparse.Namespace) -> int:
         args.data,
         backbone_name=names,
         weights=weights,
+        key_map=args.key_map,
         budget=args.budget,
         val=args.val,
         recipe=args.recipe,

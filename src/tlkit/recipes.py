@@ -49,7 +49,7 @@ from . import heads
 from ._steps import flip_average
 from ._utils import check_positive_int, plural
 from .augment import BatchAugment
-from .backbones import BackboneInfo, backbone, check_name
+from .backbones import BackboneInfo, KeyMap, backbone, check_name
 from .callbacks import Callback, LRScheduler, ModelCheckpoint
 from .data import ImageDataset, read_image, to_rgb
 from .features import FeatureBatches, extract_features
@@ -692,6 +692,7 @@ def finetune(
     *,
     backbone_name: str | Sequence[str] = "timm/efficientnet_lite0",
     weights: str | Path | None = "imagenet",
+    key_map: KeyMap = "strict",
     budget: float | str | None = None,
     val: ImageDataset | str | Path | None = None,
     recipe: RecipeName = "auto",
@@ -710,7 +711,9 @@ def finetune(
         backbone_name: A [tlkit.backbone][] name, or several: they are ranked by LogME
             ([tlkit.rank_backbones][]) on at most 500 of the training images at the size each
             would train at, within the budget, and the best is fine-tuned.
-        weights: ``"imagenet"``, a local checkpoint path, or ``None``.
+        weights: ``"imagenet"``, a local checkpoint path (of one backbone), or ``None``.
+        key_map: How a local checkpoint's keys meet the model's (see [tlkit.backbone][]):
+            ``"by_order"`` for one saved by another implementation of the architecture.
         budget: Time for the whole call (``"5m"``, seconds); ``None`` picks epochs from the data.
         val: Validation images; default a stratified 15% of ``train`` held out.
         recipe: ``"auto"``, ``"probe"``, ``"lp-ft"`` or ``"full"`` (see the module).
@@ -727,8 +730,8 @@ def finetune(
 
     Raises:
         ValueError: For a bad ``recipe``, ``budget``, ``image_size``, a dataset with fewer than
-            two classes or too few images to hold out a validation image per class, or
-            repeated backbone names.
+            two classes or too few images to hold out a validation image per class, repeated
+            backbone names, one checkpoint file for several backbones, or a bad ``key_map``.
         KeyError: For an unknown backbone name (before any image is read).
 
     Examples:
@@ -756,6 +759,14 @@ def finetune(
         raise ValueError(f"backbone_name must be one name or several different ones, got {names}")
     for name in names:
         check_name(name)  # a typo fails now, not after the images are checked
+    if len(names) > 1 and weights is not None and str(weights).lower() != "imagenet":
+        raise ValueError(
+            f"weights={str(weights)!r} with {len(names)} backbones: a checkpoint file holds the "
+            "weights of one architecture; rank several with weights='imagenet' (or None), or "
+            "pass one backbone_name with its file"
+        )
+    if key_map not in ("strict", "by_order"):
+        raise ValueError(f"key_map must be 'strict' or 'by_order', got {key_map!r}")
 
     def log(message: str) -> None:
         if verbose:
@@ -792,7 +803,7 @@ def finetune(
         )
         log(chosen[0])
     torch.manual_seed(seed)
-    model, info = backbone(names[0], weights)
+    model, info = backbone(names[0], weights, key_map=key_map)
     head_path, _ = heads.find_head(model)
 
     def new_head(features: int) -> nn.Module:
