@@ -174,3 +174,12 @@ def test_several_backbones_are_ranked_by_logme_and_the_best_is_trained(tmp_path:
     reason = metrics["recipe"]["reasons"][0]
     assert reason.startswith(f"backbone {metrics['backbone']}: best LogME score of 2")
     assert "resnet18" in reason and "mobilenet_v3_small" in reason
+
+
+def test_the_command_counts_its_budget_from_the_start_of_the_process() -> None:
+    # importing torch, torchvision and timm takes seconds before main() runs; they count
+    code = ("import time; time.sleep(1.5); from tlkit.cli import _seconds_since_start; "
+            "print(_seconds_since_start())")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True)  # fmt: skip
+    assert 1.5 <= float(result.stdout) < 120

@@ -171,3 +171,59 @@ def test_from_csv_paths_labels_and_mistakes(tmp_path) -> None:
         tlkit.ImageDataset.from_csv(tmp_path / "missing.csv", root=root)
     skipped = tlkit.ImageDataset.from_csv(tmp_path / "missing.csv", root=root, on_error="skip")
     assert len(skipped) == 1 and skipped.skipped[0][1] == "file does not exist"
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    """A smooth real-looking picture: scikit-image's coffee photo stretched to the size."""
+    from skimage import data
+
+    return Image.fromarray(data.coffee()).resize((width, height), Image.Resampling.BICUBIC)
+
+
+def test_min_side_decodes_a_jpeg_at_reduced_scale_to_the_same_picture(tmp_path) -> None:
+    from tlkit.recipes import _square
+
+    path = tmp_path / "photo.jpg"
+    _photo(3000, 2000).save(path, quality=92)
+    whole = tlkit.read_image(path)
+    reduced = tlkit.read_image(path, min_side=224)
+    assert whole.size == (3000, 2000) and reduced.size == (375, 250)  # 1/8: 250 >= 224
+    assert tlkit.read_image(path, min_side=600).size == (1500, 1000)  # 1/2: 1/4 gives 500
+    assert tlkit.read_image(path, min_side=5000).size == (3000, 2000)  # never upscaled
+    # what the model sees at 224 px barely moves (mean difference well under 1 of 255)
+    a, b = _square(whole, 224).float(), _square(reduced, 224).float()
+    assert (a - b).abs().mean() < 1.5
+    # EXIF orientation still applies: the photo is turned upright, its short side kept
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _photo(3000, 2000).save(tmp_path / "turned.jpg", exif=exif)
+    assert tlkit.read_image(tmp_path / "turned.jpg", min_side=224).size == (250, 375)
+    # other formats are decoded whole
+    _photo(1200, 800).save(tmp_path / "photo.png")
+    assert tlkit.read_image(tmp_path / "photo.png", min_side=224).size == (1200, 800)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="min_side"):
+            tlkit.read_image(path, min_side=bad)
+
+
+def test_the_recipes_decode_large_jpegs_reduced_and_ranking_at_its_resize_side(tmp_path) -> None:
+    from tlkit.ranking import _resize_side
+    from tlkit.recipes import _decode_dataset
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        _photo(1600, 1200).save(tmp_path / name / "1.jpg", quality=95)
+    ds = tlkit.ImageDataset.from_folder(tmp_path)
+    assert ds.min_side is None and ds.with_min_side(300).load(0).size == (400, 300)
+    decoded = _decode_dataset(ds, 96)
+    whole = torch.stack([augment_square(ds.load(i), 96) for i in range(2)])
+    assert decoded.shape == (2, 3, 96, 96) and (decoded.float() - whole.float()).abs().mean() < 1.5
+    _, evaluation = augment.get("none", image_size=224, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                crop_pct=0.875)  # fmt: skip
+    assert _resize_side(evaluation) == 256
+
+
+def augment_square(image: Image.Image, size: int) -> torch.Tensor:
+    from tlkit.recipes import _square
+
+    return _square(image, size)

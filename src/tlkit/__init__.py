@@ -27,7 +27,7 @@ from .callbacks import (
     LRScheduler,
     ModelCheckpoint,
 )
-from .data import ImageDataset, WithTransform, to_rgb
+from .data import ImageDataset, WithTransform, read_image, to_rgb
 from .features import extract_features
 from .freeze import FreezePolicy, FreezeReport, unfreeze
 from .heads import replace_head
@@ -84,6 +84,7 @@ __all__ = [
     "logme",
     "part_sizes",
     "rank_backbones",
+    "read_image",
     "replace_head",
     "report",
     "split",

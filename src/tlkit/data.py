@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
+
+from ._utils import check_positive_int
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "WithTransform", "read_image", "to_rgb"]
 
@@ -147,12 +150,23 @@ class WithTransform(Dataset[tuple[Any, Any]]):
 
 
 def read_image(
-    path: str | os.PathLike[str], *, background: Sequence[int] = (255, 255, 255)
+    path: str | os.PathLike[str],
+    *,
+    background: Sequence[int] = (255, 255, 255),
+    min_side: int | None = None,
 ) -> Image.Image:
     """Decode an image file to RGB with [tlkit.to_rgb][] (transparency onto ``background``).
 
+    Args:
+        path: The image file.
+        background: RGB colour under transparent pixels.
+        min_side: For a caller that resizes the short side to this anyway: a JPEG is decoded
+            at a reduced scale (libjpeg's DCT scaling, 1/2 to 1/8) where its short side stays at
+            least ``min_side``, several times faster on camera photos
+            (`benchmarks/decode_speed.py`). Other formats are decoded whole.
+
     Raises:
-        ValueError: If the file cannot be decoded (naming it).
+        ValueError: If the file cannot be decoded (naming it), or for a bad ``min_side``.
 
     Examples:
         >>> import tempfile
@@ -160,9 +174,19 @@ def read_image(
         >>> Image.new("LA", (2, 2), (0, 0)).save(path)
         >>> read_image(path, background=(9, 8, 7)).getpixel((0, 0))
         (9, 8, 7)
+        >>> photo = path.replace("a.png", "b.jpg")
+        >>> Image.new("RGB", (2000, 1000), (200, 30, 30)).save(photo)
+        >>> read_image(photo, min_side=224).size  # 1/4 scale: the short side stays >= 224
+        (500, 250)
     """
+    if min_side is not None:
+        check_positive_int("min_side", min_side)
     try:
         with Image.open(path) as image:
+            if min_side is not None and image.format == "JPEG" and min(image.size) > min_side:
+                scale = min_side / min(image.size)  # the same for either EXIF orientation
+                width, height = image.size
+                image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
             image.load()
             return to_rgb(image, background=background)
     except (OSError, SyntaxError) as exc:
@@ -231,6 +255,7 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         on_error: OnError = "raise",
     ) -> None:
         _check_arguments(background, on_error)
+        self.min_side: int | None = None
         if len(files) != len(targets):
             raise ValueError(f"{len(files)} files but {len(targets)} targets")
         bad = [t for t in targets if not 0 <= int(t) < len(classes)]
@@ -393,8 +418,9 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         return len(self.files)
 
     def load(self, index: int) -> Image.Image:
-        """The RGB PIL image of item ``index``, without the transform."""
-        return read_image(self.files[index], background=self.background)
+        """The RGB PIL image of item ``index``, without the transform (JPEGs at a reduced scale
+        when ``min_side`` is set: see [tlkit.ImageDataset.with_min_side][])."""
+        return read_image(self.files[index], background=self.background, min_side=self.min_side)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image: Any = self.load(index)
@@ -406,6 +432,28 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         """A copy sharing the file list, with another transform (no file is checked again)."""
         clone = copy.copy(self)
         clone.transform = transform
+        return clone
+
+    def with_min_side(self, min_side: int | None) -> ImageDataset:
+        """A copy that decodes JPEGs at a reduced scale, their short side at least ``min_side``
+        (see [tlkit.read_image][]): for a transform that resizes the short side to
+        ``min_side`` or less anyway. ``None`` decodes whole images again.
+
+        Examples:
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> root = Path(tempfile.mkdtemp())
+            >>> for name in ("a", "b"):
+            ...     (root / name).mkdir()
+            ...     Image.new("RGB", (1600, 1200), "red").save(root / name / "1.jpg")
+            >>> ds = ImageDataset.from_folder(root)
+            >>> ds[0][0].size, ds.with_min_side(256)[0][0].size
+            ((1600, 1200), (400, 300))
+        """
+        if min_side is not None:
+            check_positive_int("min_side", min_side)
+        clone = copy.copy(self)
+        clone.min_side = min_side
         return clone
 
     def __repr__(self) -> str:

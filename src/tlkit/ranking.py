@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torchvision.transforms import v2
 
 from ._steps import resolve_device
 from ._utils import check_positive_int
 from .augment import get
 from .backbones import backbone, check_name
-from .data import WithTransform
+from .data import ImageDataset, WithTransform
 from .features import extract_features
 from .heads import headless
 from .splits import split
@@ -236,7 +237,10 @@ def rank_backbones(
         start = time.perf_counter()
         model, info = backbone(name, weights)
         _, evaluation = get("none", info=info, image_size=image_size)
-        part = Subset(dataset, indices) if indices is not None else dataset
+        source = dataset
+        if isinstance(dataset, ImageDataset):  # JPEGs decoded no larger than the eval resize needs
+            source = dataset.with_min_side(_resize_side(evaluation))
+        part = Subset(source, indices) if indices is not None else source
         loader = DataLoader(WithTransform(part, evaluation), batch_size=batch_size,
                             num_workers=min(4, os.cpu_count() or 1))  # fmt: skip
         layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -259,6 +263,12 @@ def rank_backbones(
         for r in ranking:
             print(f"  {r.score:8.4f}  {r.name}  ({r.images} images, {r.seconds:.1f} s)")
     return ranking
+
+
+def _resize_side(evaluation: Any) -> int:
+    """The short side the evaluation transform resizes every image to."""
+    (resize,) = [op for op in evaluation.transforms if isinstance(op, v2.Resize)]
+    return int(resize.size[0])
 
 
 def _layout(layout: torch.memory_format) -> Any:

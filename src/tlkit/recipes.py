@@ -306,7 +306,7 @@ def _square(image: Image.Image, size: int) -> torch.Tensor:
 
 class _Decoded(Dataset[torch.Tensor]):
     def __init__(self, data: ImageDataset, size: int) -> None:
-        self.data, self.size = data, size
+        self.data, self.size = data.with_min_side(size), size  # JPEGs decoded at a reduced scale
 
     def __len__(self) -> int:
         return len(self.data)
@@ -328,7 +328,7 @@ def _decode(
     rgb = [
         to_rgb(item, background=background)
         if isinstance(item, Image.Image)
-        else read_image(item, background=background)
+        else read_image(item, background=background, min_side=size)
         for item in images
     ]
     return torch.stack([_square(image, size) for image in rgb])
