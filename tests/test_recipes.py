@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,41 @@ def test_several_backbones_are_ranked_and_only_the_best_is_trained(
     scores = dict(part.rsplit(" ", 1) for part in reason.split("(")[1].rstrip(")").split(", "))
     assert result.backbone == max(scores, key=lambda name: float(scores[name]))
     assert built == [result.backbone]  # rank_backbones loads the candidates; one is trained
+
+
+def test_ranking_takes_at_most_a_quarter_of_the_budget_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "data"
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (root / name).mkdir(parents=True)
+        for i in range(60):
+            Image.new("RGB", (24, 24), tuple(max(0, c - i) for c in colour)).save(
+                root / name / f"{i}.png"
+            )
+    data = tlkit.ImageDataset.from_folder(root)
+    names = ["resnet18", "mobilenet_v3_small"]
+    # each architecture "runs" at 10 img/s here: 0.2 s per image for the two, decoding aside
+    monkeypatch.setattr(recipes, "_time_batches", lambda *args, **kwargs: 10.0)
+
+    def rank(seconds: float | None) -> tuple[list, str]:
+        deadline = None if seconds is None else time.perf_counter() + seconds
+        return recipes._rank(names, None, data, 32, 24, 0, deadline)
+
+    everything, why = rank(None)
+    assert {r.images for r in everything} == {120} and "fewer" not in why
+    # a quarter of 60 s is 15 s: about 75 of the 120 images, the same sample for both
+    fewer, why = rank(60.0)
+    assert len({r.images for r in fewer}) == 1 and 60 <= fewer[0].images <= 75
+    assert "fewer to fit a quarter of the budget" in why
+    # a quarter of 32 s cannot score the least sample (50 images, 10 s): the first is taken
+    none, why = rank(32.0)
+    assert none == [] and why.startswith("backbone resnet18, the first given: ranking 2")
+    monkeypatch.undo()  # real speeds: a 1 s budget is spent before training
+    result = tlkit.finetune(root, backbone_name=names, weights=None, budget=1, image_size=32,
+                            recipe="probe", verbose=False)  # fmt: skip
+    assert result.backbone == "resnet18" and "the first given" in result.recipe.reasons[0]
+    assert any("the budget is spent" in reason for reason in result.recipe.reasons)
 
 
 def test_channels_last_training_gives_a_normal_model(

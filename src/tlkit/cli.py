@@ -95,7 +95,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def fit(args: argparse.Namespace) -> int:
-    from .recipes import finetune
+    from .recipes import finetune, parse_budget
     from .report import write_report
 
     names = args.backbone or ["timm/efficientnet_lite0"]
@@ -116,9 +116,12 @@ def fit(args: argparse.Namespace) -> int:
         started=args.started,
     )
     report = write_report(result, args.out)
+    took = time.perf_counter() - args.started
+    budget = parse_budget(args.budget)
+    over = f", {took - budget:.0f} s over the budget" if budget and took > budget + 1 else ""
     print(
         f"validation accuracy {result.val_metrics['accuracy']:.2%} "
-        f"({result.seconds:.0f} s); report: {report}"
+        f"({took:.0f} s{over}); report: {report}"
     )
     return 0
 

@@ -69,6 +69,9 @@ _FEW_PER_CLASS = 20  # below this many training images per class, fine-tuning ov
 _PROBE_FIRST_BELOW = 60  # below this, auto runs a probe first and keeps it unless beaten
 _MAX_EPOCHS = 12
 _KEEP_MARGIN = 1.0  # standard errors by which fine-tuning must beat the probe to be kept
+_RANK_IMAGES = 500  # LogME sample for several backbones (a stratified sample of the images)
+_RANK_SHARE = 0.25  # at most this share of the budget left goes to ranking them
+_RANK_LEAST_PER_CLASS = 5  # with fewer images than this per class (and 50), no ranking
 
 
 def parse_budget(text: str | float | int | None) -> float | None:
@@ -366,9 +369,16 @@ def _has_params(module: nn.Module) -> bool:
 
 
 def _time_batches(
-    model: nn.Module, size: int, batch: int, *, train: bool, channels_last: bool = False
+    model: nn.Module,
+    size: int,
+    batch: int,
+    *,
+    train: bool,
+    channels_last: bool = False,
+    timed: int = 2,
 ) -> float:
-    """Images per second of ``model`` at ``size`` px on random input (median of 2 timed).
+    """Images per second of ``model`` at ``size`` px on random input: one warm-up batch, then the
+    median of ``timed`` batches.
 
     The model's state (BatchNorm statistics included) and memory format are restored afterwards.
     """
@@ -379,7 +389,7 @@ def _time_batches(
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     rates = []
-    for i in range(3):
+    for i in range(1 + timed):
         start = time.perf_counter()
         if train:
             model.train()
@@ -407,11 +417,14 @@ def _measure(model: nn.Module, size: int, batch: int) -> tuple[float, float, boo
     """``(inference img/s, training img/s, channels_last, reason)`` on this machine, training
     timed at the batch size it will use: both memory formats are timed and the faster kept
     (channels-last convolutions are often much faster on CPUs, sometimes slower)."""
+    # one timed batch after the warm-up: these steps come out of the budget (about 4 s each for
+    # EfficientNet-Lite1 at 240 px on 2 cores), and the formats differ by far more than the noise
     rates = {
-        cl: _time_batches(model, size, batch, train=True, channels_last=cl) for cl in (False, True)
+        cl: _time_batches(model, size, batch, train=True, channels_last=cl, timed=1)
+        for cl in (False, True)
     }
     channels_last = rates[True] > 1.05 * rates[False]
-    infer = _time_batches(model, size, 64, train=False, channels_last=channels_last)
+    infer = _time_batches(model, size, 32, train=False, channels_last=channels_last, timed=1)
     layout = "channels-last" if channels_last else "channels-first"
     reason = (
         f"{layout} memory format: {max(rates.values()) / min(rates.values()):.1f}x the training "
@@ -465,8 +478,13 @@ def _plan(
     )
     if layout_reason:
         reasons.append(layout_reason)
-    if remaining is not None:
+    if remaining is not None and remaining > 0:
         reasons.append(f"{remaining:.0f} s of the budget left for training")
+    elif remaining is not None:
+        reasons.append(
+            f"the budget is spent ({-remaining:.0f} s over) before training: the probe, the least "
+            "that gives a model, runs anyway"
+        )
     fallback = False  # auto: a probe first, kept unless fine-tuning is clearly better
     if name == "auto":
         probe_first = per_class < _PROBE_FIRST_BELOW
@@ -793,15 +811,10 @@ def finetune(
     median_side = _median_side(data)
     chosen = []
     if len(names) > 1:
-        ranking = _rank(names, weights, data, image_size, median_side, seed)
-        names = [ranking[0].name]
-        chosen.append(
-            f"backbone {ranking[0].name}: best LogME score of {len(ranking)} candidates on "
-            f"{ranking[0].images} images ("
-            + ", ".join(f"{r.name} {r.score:.3f}" for r in ranking)
-            + ")"
-        )
-        log(chosen[0])
+        ranking, why = _rank(names, weights, data, image_size, median_side, seed, deadline)
+        names = [ranking[0].name] if ranking else names[:1]
+        chosen.append(why)
+        log(why)
     torch.manual_seed(seed)
     model, info = backbone(names[0], weights, key_map=key_map)
     head_path, _ = heads.find_head(model)
@@ -902,18 +915,53 @@ def _rank(
     image_size: int | None,
     median_side: int,
     seed: int,
-) -> list[BackboneScore]:
-    """LogME of each candidate at the size it would train at, best first."""
+    deadline: float | None,
+) -> tuple[list[BackboneScore], str]:
+    """LogME of each candidate at the size it would train at, best first, and the sample it
+    used; with a deadline, on as many images as fit in a quarter of the time left (each
+    architecture timed here first), or ``([], reason)`` when too few would."""
+    sizes, seconds_per_image = dict.fromkeys(names, image_size or 0), 0.0
+    for name in names:
+        if image_size is not None and deadline is None:
+            continue
+        model, info = backbone(name, None)  # the architecture alone: its size, its speed here
+        sizes[name] = image_size or _choose_size(info.input_size, median_side)[0]
+        if deadline is not None:
+            seconds_per_image += 1 / _time_batches(
+                model, sizes[name], 8, train=False, channels_last=True
+            )
+    sample, note = min(_RANK_IMAGES, len(data)), ""
+    if deadline is not None:
+        start = time.perf_counter()
+        probe = data.with_min_side(min(sizes.values()))
+        for index in range(min(4, len(data))):
+            probe.load(index)
+        decode = (time.perf_counter() - start) / min(4, len(data))
+        share = _RANK_SHARE * (deadline - time.perf_counter())
+        per_image = seconds_per_image + len(names) * decode
+        least = min(len(data), max(_RANK_LEAST_PER_CLASS * len(data.classes), 50))
+        if share < least * per_image:
+            return [], (
+                f"backbone {names[0]}, the first given: ranking {len(names)} backbones on "
+                f"{least} images would take about {least * per_image:.0f} s here, more than a "
+                f"quarter of the {share / _RANK_SHARE:.0f} s of budget left (a longer --budget "
+                "ranks them)"
+            )
+        if share < sample * per_image:
+            sample = int(share / per_image)
+            note = ", fewer to fit a quarter of the budget"
     scores = []
     for name in names:
-        size = image_size
-        if size is None:
-            _, info = backbone(name, None)  # the architecture alone: its pretraining size
-            size, _ = _choose_size(info.input_size, median_side)
         candidate = (name, None if weights is None else str(weights))
-        scores += rank_backbones([candidate], data, image_size=size, max_images=500, seed=seed,
-                                 verbose=False)  # fmt: skip
-    return sorted(scores, key=lambda score: score.score, reverse=True)
+        scores += rank_backbones([candidate], data, image_size=sizes[name], max_images=sample,
+                                 seed=seed, verbose=False)  # fmt: skip
+    ranking = sorted(scores, key=lambda score: score.score, reverse=True)
+    return ranking, (
+        f"backbone {ranking[0].name}: best LogME score of {len(ranking)} candidates on "
+        f"{ranking[0].images} images{note} ("
+        + ", ".join(f"{r.name} {r.score:.3f}" for r in ranking)
+        + ")"
+    )
 
 
 def _as_dataset(
