@@ -215,6 +215,9 @@ def test_the_recipes_decode_large_jpegs_reduced_and_ranking_at_its_resize_side(t
         _photo(1600, 1200).save(tmp_path / name / "1.jpg", quality=95)
     ds = tlkit.ImageDataset.from_folder(tmp_path)
     assert ds.min_side is None and ds.with_min_side(300).load(0).size == (400, 300)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="min_side must be a positive integer"):
+            ds.with_min_side(bad)  # type: ignore[arg-type]
     decoded = _decode_dataset(ds, 96)
     whole = torch.stack([augment_square(ds.load(i), 96) for i in range(2)])
     assert decoded.shape == (2, 3, 96, 96) and (decoded.float() - whole.float()).abs().mean() < 1.5
