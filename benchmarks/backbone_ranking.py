@@ -58,7 +58,7 @@ from keep_rule import candidates, digits
 
 import tlkit
 from tlkit.data import ImageDataset
-from tlkit.recipes import _KEEP_MARGIN
+from tlkit.recipes.settings import AUTO
 
 BACKBONES = [f"timm/tf_efficientnet_lite{n}" for n in (0, 1, 2)]
 DATASETS = ("fm30", "fm100", "fm300", "digits")
@@ -181,7 +181,7 @@ def main() -> None:
     if args.update and path.exists():  # checked before anything runs
         previous = json.loads(path.read_text())
         same = (previous["backbones"], previous["seeds"], previous.get("keep_margin"))
-        if same != (BACKBONES, args.seeds, _KEEP_MARGIN):
+        if same != (BACKBONES, args.seeds, AUTO.keep_margin):
             sys.exit(f"--update: {path.name} has other backbones, seeds or keep rule than this run")
         earlier = previous["datasets"]
     train_x, train_y = read_idx("train-images-idx3-ubyte"), read_idx("train-labels-idx1-ubyte")
@@ -204,7 +204,7 @@ def main() -> None:
     records = [r for r in earlier if r["name"] not in measured] + records
     records.sort(key=lambda r: r["train_images"] if r["name"].startswith("Fashion") else 1e9)
     report(records)
-    payload = {"backbones": BACKBONES, "seeds": args.seeds, "keep_margin": _KEEP_MARGIN}
+    payload = {"backbones": BACKBONES, "seeds": args.seeds, "keep_margin": AUTO.keep_margin}
     write_json(__file__, {**payload, "datasets": records})
     print(f"wrote {path.name}")
 

@@ -25,7 +25,7 @@ from PIL import Image
 from skimage import data as skdata
 
 import tlkit
-from tlkit.recipes import _square
+from tlkit.recipes.images import square
 
 SIZES = {"12 MP (4000x3000)": (4000, 3000), "6 MP (3000x2000)": (3000, 2000),
          "2 MP (1920x1080)": (1920, 1080), "0.3 MP (640x480)": (640, 480)}  # fmt: skip
@@ -35,7 +35,7 @@ PHOTOS = {"coffee": skdata.coffee(), "cat": skdata.chelsea()}
 def seconds_per_image(files: list[Path], min_side: int | None, size: int) -> float:
     start = time.perf_counter()
     for file in files:
-        _square(tlkit.read_image(file, min_side=min_side), size)
+        square(tlkit.read_image(file, min_side=min_side), size)
     return (time.perf_counter() - start) / len(files)
 
 
@@ -56,8 +56,8 @@ def main() -> None:
                 files.append(path)
             whole = [seconds_per_image(files, None, args.size) for _ in range(3)]
             reduced = [seconds_per_image(files, args.size, args.size) for _ in range(3)]
-            a = torch.stack([_square(tlkit.read_image(f), args.size) for f in files]).float()
-            b = torch.stack([_square(tlkit.read_image(f, min_side=args.size), args.size)
+            a = torch.stack([square(tlkit.read_image(f), args.size) for f in files]).float()
+            b = torch.stack([square(tlkit.read_image(f, min_side=args.size), args.size)
                              for f in files]).float()  # fmt: skip
             scale = tlkit.read_image(files[0], min_side=args.size).size[0] / width
             record = {

@@ -37,7 +37,9 @@ from PIL import Image
 
 import tlkit
 from tlkit.data import ImageDataset
-from tlkit.recipes import _KEEP_MARGIN, _PROBE_FIRST_BELOW, _fine_tuning_wins, _plan
+from tlkit.recipes.keep import fine_tuning_wins
+from tlkit.recipes.plan import make_plan
+from tlkit.recipes.settings import AUTO
 
 MARGINS = (0.0, 0.5, 1.0)  # standard errors the fine-tuned model must win by
 DATASETS = ("fm30", "fm50", "fm100", "digits")
@@ -87,18 +89,18 @@ def candidates(
     run["only_probe"] = int((right["probe"] & ~right["full"]).sum())
     run["only_tuned"] = int((right["full"] & ~right["probe"]).sum())
     for k in MARGINS:
-        run[f"keep_tuned_{k:g}"] = _fine_tuning_wins(right["probe"], right["full"], margin=k)[0]
+        run[f"keep_tuned_{k:g}"] = fine_tuning_wins(right["probe"], right["full"], margin=k)[0]
     # auto's choice, from its own plan without a time limit: the probe alone, fine-tuning alone,
     # or both and its keep rule
     n_train = n_images - run["val_images"]
     run["train_per_class"] = n_train / len(result.classes)
-    plan = _plan("auto", n_train=n_train, n_val=run["val_images"], classes=len(result.classes),
+    plan = make_plan("auto", n_train=n_train, n_val=run["val_images"], classes=len(result.classes),
                  size=result.image_size, size_reason="", infer_rate=1.0, train_rate=1.0,
                  remaining=None)  # fmt: skip
     if not plan.probe_epochs:
         keep = bool(plan.finetune_epochs)
     else:
-        keep = bool(plan.finetune_epochs) and _fine_tuning_wins(right["probe"], right["full"])[0]
+        keep = bool(plan.finetune_epochs) and fine_tuning_wins(right["probe"], right["full"])[0]
     run["kept"], run["auto_test"] = (
         ("fine-tuned", run["full_test"]) if keep else ("probe", run["probe_test"])
     )
@@ -171,8 +173,13 @@ def main() -> None:
     rows.append(["mean", *(f"{100 * means[k]:.2f}" for k in rules),
                  f"{100 * statistics.mean(r['oracle'] for r in records):.2f}"])  # fmt: skip
     print(table(["dataset", *(f"{k} %" for k in rules), "better of the two %"], rows))
-    settings = {"backbone": args.backbone, "seeds": args.seeds, "margins": list(MARGINS),
-                "keep_margin": _KEEP_MARGIN, "probe_first_below": _PROBE_FIRST_BELOW}  # fmt: skip
+    settings = {
+        "backbone": args.backbone,
+        "seeds": args.seeds,
+        "margins": list(MARGINS),
+        "keep_margin": AUTO.keep_margin,
+        "probe_first_below": AUTO.probe_first_below,
+    }
     path = write_json(__file__, {**settings, "datasets": records})
     print(f"wrote {path.name}")
 

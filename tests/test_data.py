@@ -181,7 +181,7 @@ def _photo(width: int, height: int) -> Image.Image:
 
 
 def test_min_side_decodes_a_jpeg_at_reduced_scale_to_the_same_picture(tmp_path) -> None:
-    from tlkit.recipes import _square
+    from tlkit.recipes.images import square
 
     path = tmp_path / "photo.jpg"
     _photo(3000, 2000).save(path, quality=92)
@@ -191,7 +191,7 @@ def test_min_side_decodes_a_jpeg_at_reduced_scale_to_the_same_picture(tmp_path) 
     assert tlkit.read_image(path, min_side=600).size == (1500, 1000)  # 1/2: 1/4 gives 500
     assert tlkit.read_image(path, min_side=5000).size == (3000, 2000)  # never upscaled
     # what the model sees at 224 px barely moves (mean difference well under 1 of 255)
-    a, b = _square(whole, 224).float(), _square(reduced, 224).float()
+    a, b = square(whole, 224).float(), square(reduced, 224).float()
     assert (a - b).abs().mean() < 1.5
     # EXIF orientation still applies: the photo is turned upright, its short side kept
     exif = Image.Exif()
@@ -208,7 +208,7 @@ def test_min_side_decodes_a_jpeg_at_reduced_scale_to_the_same_picture(tmp_path) 
 
 def test_the_recipes_decode_large_jpegs_reduced_and_ranking_at_its_resize_side(tmp_path) -> None:
     from tlkit.ranking import _resize_side
-    from tlkit.recipes import _decode_dataset
+    from tlkit.recipes.images import decode_dataset
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -218,7 +218,7 @@ def test_the_recipes_decode_large_jpegs_reduced_and_ranking_at_its_resize_side(t
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="min_side must be a positive integer"):
             ds.with_min_side(bad)  # type: ignore[arg-type]
-    decoded = _decode_dataset(ds, 96)
+    decoded = decode_dataset(ds, 96)
     whole = torch.stack([augment_square(ds.load(i), 96) for i in range(2)])
     assert decoded.shape == (2, 3, 96, 96) and (decoded.float() - whole.float()).abs().mean() < 1.5
     _, evaluation = augment.get("none", image_size=224, mean=(0.5,) * 3, std=(0.5,) * 3,
@@ -227,6 +227,6 @@ def test_the_recipes_decode_large_jpegs_reduced_and_ranking_at_its_resize_side(t
 
 
 def augment_square(image: Image.Image, size: int) -> torch.Tensor:
-    from tlkit.recipes import _square
+    from tlkit.recipes.images import square
 
-    return _square(image, size)
+    return square(image, size)

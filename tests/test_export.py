@@ -9,7 +9,7 @@ from torch import nn
 
 from tlkit import to_rgb
 from tlkit.export import Deployable
-from tlkit.recipes import _normalise, _square
+from tlkit.recipes.images import normalise, square
 
 
 def identity_net() -> nn.Module:
@@ -25,7 +25,7 @@ def test_preprocessing_inside_matches_the_python_path_on_rgba_grey_and_odd_sizes
     pixels = rng.integers(0, 256, (13, 21, 4), dtype=np.uint8)
     pixels[..., 3] = np.where(rng.random((13, 21)) < 0.5, 0, 255)
     image = Image.fromarray(pixels, "RGBA")
-    expected = net(_normalise(_square(to_rgb(image, background=(10, 200, 30)), 8)[None], mean, std))
+    expected = net(normalise(square(to_rgb(image, background=(10, 200, 30)), 8)[None], mean, std))
     got = deployable(torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous())
     torch.testing.assert_close(got, expected.softmax(1), atol=0.02, rtol=0)
     grey = torch.full((3, 1, 30, 9), 77, dtype=torch.uint8)

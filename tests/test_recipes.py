@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import tlkit
-from tlkit import recipes
-from tlkit.recipes import _choose_size, _plan, parse_budget
+from tlkit.recipes import keep, parse_budget, run, select
+from tlkit.recipes.plan import choose_size, make_plan
 
 
 def colours(root: Path, per_class: int = 6) -> Path:
@@ -35,47 +35,47 @@ def test_budget_strings() -> None:
 def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
     common = dict(n_val=40, classes=4, size=96, size_reason="96 px", infer_rate=100.0,
                   train_rate=20.0)  # fmt: skip
-    few = _plan("auto", n_train=20, remaining=600.0, **common)  # 5 per class
+    few = make_plan("auto", n_train=20, remaining=600.0, **common)  # 5 per class
     assert few.name == "probe" and "fewer than 20 images per class" in few.describe()
-    short = _plan("auto", n_train=400, remaining=10.0, **common)  # an epoch takes 20 s
+    short = make_plan("auto", n_train=400, remaining=10.0, **common)  # an epoch takes 20 s
     assert short.name == "probe" and "budget does not allow" in short.describe()
-    plenty = _plan("auto", n_train=200, remaining=600.0, **common)  # 50 per class: probe first
+    plenty = make_plan("auto", n_train=200, remaining=600.0, **common)  # 50 per class: probe first
     assert plenty.name == "full" and 1 <= plenty.finetune_epochs <= 12
     assert plenty.probe_epochs > 0
     assert "kept unless fine-tuning is more accurate" in plenty.describe()
     # just under the threshold: the count is not rounded up to it, and the probe still comes first
-    under = _plan("auto", n_train=238, remaining=600.0, **common)  # 59.5 per class
+    under = make_plan("auto", n_train=238, remaining=600.0, **common)  # 59.5 per class
     assert under.probe_epochs > 0 and "59.5 training images per class" in under.describe()
     assert "(59.5 training images per class, below 60)" in under.describe()
-    many = _plan("auto", n_train=240, remaining=600.0, **common)  # 60 per class: no probe
+    many = make_plan("auto", n_train=240, remaining=600.0, **common)  # 60 per class: no probe
     assert many.name == "full" and many.probe_epochs == 0 and "no probe first" in many.describe()
     # no feature pass for a probe (3 s of 50): 4 epochs of 12 s fit instead of 3
-    with_probe = _plan("auto", n_train=236, remaining=50.0, **common)
-    without = _plan("auto", n_train=240, remaining=50.0, **common)
+    with_probe = make_plan("auto", n_train=236, remaining=50.0, **common)
+    without = make_plan("auto", n_train=240, remaining=50.0, **common)
     assert (with_probe.finetune_epochs, without.finetune_epochs) == (3, 4)
-    one = _plan("auto", n_train=240, remaining=20.0, **common).describe()  # 12.4 s per epoch
+    one = make_plan("auto", n_train=240, remaining=20.0, **common).describe()  # 12.4 s per epoch
     assert "96 px, 1 fine-tuning epoch\n" in one and "1 epoch fits the budget" in one
-    assert _plan("full", n_train=400, remaining=600.0, **common).probe_epochs == 0  # forced
-    assert _plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
+    assert make_plan("full", n_train=400, remaining=600.0, **common).probe_epochs == 0  # forced
+    assert make_plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
 
 
 def test_few_epochs_get_milder_crops_and_the_memory_format_is_explained() -> None:
     common = dict(n_val=40, classes=4, size=96, size_reason="96 px", infer_rate=100.0,
                   train_rate=20.0)  # fmt: skip
-    two = _plan("full", n_train=400, remaining=50.0, **common)  # 20 s per epoch
-    many = _plan("full", n_train=400, remaining=600.0, **common)
+    two = make_plan("full", n_train=400, remaining=50.0, **common)  # 20 s per epoch
+    many = make_plan("full", n_train=400, remaining=600.0, **common)
     assert (two.finetune_epochs, many.finetune_epochs) == (2, 12)
     assert two.crop_scale > many.crop_scale
     assert f"at least {two.crop_scale:.0%} of the image" in two.describe()
-    fast = _plan("full", n_train=400, remaining=None, channels_last=True,
+    fast = make_plan("full", n_train=400, remaining=None, channels_last=True,
                  layout_reason="channels-last memory format: 1.8x", **common)  # fmt: skip
     assert fast.channels_last and "channels-last memory format: 1.8x" in fast.describe()
 
 
 def test_small_images_are_upscaled_to_a_multiple_of_8_not_to_the_pretraining_size() -> None:
-    assert _choose_size(224, 28)[0] == 72  # 2.5 x 28 = 70, rounded up to a multiple of 8
-    assert _choose_size(224, 8)[0] == 64  # never below 64 px
-    assert _choose_size(240, 500) == (240, "240 px: the backbone's pretraining size")
+    assert choose_size(224, 28)[0] == 72  # 2.5 x 28 = 70, rounded up to a multiple of 8
+    assert choose_size(224, 8)[0] == 64  # never below 64 px
+    assert choose_size(240, 500) == (240, "240 px: the backbone's pretraining size")
 
 
 def test_several_backbones_are_ranked_and_only_the_best_is_trained(
@@ -87,13 +87,13 @@ def test_several_backbones_are_ranked_and_only_the_best_is_trained(
     with pytest.raises(KeyError, match="unknown timm model"):  # before any image is read
         tlkit.finetune(tmp_path / "missing", backbone_name=["resnet18", "timm/nope_net"])
     built = []
-    real_backbone = recipes.backbone
+    real_backbone = run.backbone
 
     def counted(name: str, *args: object, **kwargs: object) -> object:
         built.append(name)
         return real_backbone(name, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(recipes, "backbone", counted)
+    monkeypatch.setattr(run, "backbone", counted)
     result = tlkit.finetune(root, backbone_name=["resnet18", "mobilenet_v3_small"], weights=None,
                             recipe="probe", image_size=32, verbose=False)  # fmt: skip
     reason = result.recipe.reasons[0]
@@ -116,11 +116,11 @@ def test_ranking_takes_at_most_a_quarter_of_the_budget_left(
     data = tlkit.ImageDataset.from_folder(root)
     names = ["resnet18", "mobilenet_v3_small"]
     # each architecture "runs" at 10 img/s here: 0.2 s per image for the two, decoding aside
-    monkeypatch.setattr(recipes, "_time_batches", lambda *args, **kwargs: 10.0)
+    monkeypatch.setattr(select, "time_batches", lambda *args, **kwargs: 10.0)
 
     def rank(seconds: float | None) -> tuple[list, str]:
         deadline = None if seconds is None else time.perf_counter() + seconds
-        return recipes._rank(names, None, data, 32, 24, 0, deadline)
+        return select.rank_within_budget(names, None, data, 32, 24, 0, deadline)
 
     everything, why = rank(None)
     assert {r.images for r in everything} == {120} and "fewer" not in why
@@ -142,9 +142,7 @@ def test_channels_last_training_gives_a_normal_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = colours(tmp_path / "data", 8)
-    monkeypatch.setattr(
-        recipes, "_measure", lambda model, size, batch: (50.0, 50.0, True, "forced")
-    )
+    monkeypatch.setattr(run, "measure", lambda model, size, batch: (50.0, 50.0, True, "forced"))
     result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="lp-ft",
                             image_size=32, verbose=False)  # fmt: skip
     assert result.recipe.channels_last and "forced" in result.recipe.describe()
@@ -222,9 +220,9 @@ def test_the_fine_tuned_model_is_kept_only_when_clearly_better_than_the_probe(
             model.bn1.num_batches_tracked.fill_(777)
         return tlkit.History([{"epoch": 0, "val_accuracy": 1.0}])
 
-    monkeypatch.setattr(recipes, "_train_full", fine_tune)
+    monkeypatch.setattr(run, "train_full", fine_tune)
     if fine_tuned == "better":  # the rule's verdict (tested below) decides which model is kept
-        monkeypatch.setattr(recipes, "_fine_tuning_wins", lambda *a: (True, "fine-tuning won"))
+        monkeypatch.setattr(run, "fine_tuning_wins", lambda *a: (True, "fine-tuning won"))
     result = tlkit.finetune(train, val=val, backbone_name="resnet18", weights=None,
                             recipe="lp-ft", image_size=32, verbose=False)  # fmt: skip
     assert max(r["val_accuracy"] for r in result.history.records if r["stage"] == "probe") == 1.0
@@ -251,14 +249,14 @@ def test_fine_tuning_must_beat_the_probe_by_more_than_one_standard_error() -> No
         probe, tuned = right.clone(), right.clone()
         probe[:only_tuned] = False
         tuned[only_tuned : only_tuned + only_probe] = False
-        return recipes._fine_tuning_wins(probe, tuned)
+        return keep.fine_tuning_wins(probe, tuned)
 
     # one image more: +0.0133 against a standard error of sqrt(1) / 75 = 0.0133
     assert not verdict(1)[0] and "1 s.e. 0.0133" in verdict(1)[1]
     assert verdict(2)[0]  # +0.0267 against sqrt(2) / 75 = 0.0189
     assert not verdict(6, 3)[0]  # +0.0400 against sqrt(9) / 75 = 0.0400: not more than one s.e.
     assert verdict(7, 3)[0]  # +0.0533 against sqrt(10) / 75 = 0.0422
-    assert not recipes._fine_tuning_wins(right, right)[0]  # identical: the probe
+    assert not keep.fine_tuning_wins(right, right)[0]  # identical: the probe
     assert not verdict(0, 20)[0]  # the probe better
 
 
@@ -267,11 +265,11 @@ def test_the_keep_margin_is_counted_in_standard_errors() -> None:
     probe, tuned = right.clone(), right.clone()
     probe[:4] = False  # 4 images right only when fine-tuned, 1 only by the probe
     tuned[4] = False  # +0.0400 against sqrt(5) / 75 = 0.0298
-    assert recipes._fine_tuning_wins(probe, tuned, margin=1.0)[0]
-    assert not recipes._fine_tuning_wins(probe, tuned, margin=1.5)[0]  # 0.0447 needed
-    keep, why = recipes._fine_tuning_wins(right, right, margin=0.0)
-    assert not keep and "0 s.e." in why  # a tie still goes to the probe
+    assert keep.fine_tuning_wins(probe, tuned, margin=1.0)[0]
+    assert not keep.fine_tuning_wins(probe, tuned, margin=1.5)[0]  # 0.0447 needed
+    kept, why = keep.fine_tuning_wins(right, right, margin=0.0)
+    assert not kept and "0 s.e." in why  # a tie still goes to the probe
     probe_only, tuned_only = right.clone(), right.clone()
     probe_only[0], tuned_only[1] = False, False  # one image each gets right alone
-    why = recipes._fine_tuning_wins(probe_only, tuned_only)[1]
+    why = keep.fine_tuning_wins(probe_only, tuned_only)[1]
     assert "1 image right only when fine-tuned, 1 only by the probe" in why

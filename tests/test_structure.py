@@ -14,12 +14,13 @@ def _tree(name: str) -> ast.Module:
 
 def test_no_module_imports_private_names_of_another() -> None:
     offenders = []
-    for path in SRC.glob("*.py"):
+    for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level and node.module:
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 if private:
-                    offenders.append(f"{path.name}: from .{node.module} import {private}")
+                    where = path.relative_to(SRC)
+                    offenders.append(f"{where}: from {node.module} import {private}")
     assert offenders == []
 
 

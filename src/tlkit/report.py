@@ -1,6 +1,6 @@
 """A run folder a person can read: metrics, history, pictures and ``report.md`` tying them up.
 
-[tlkit.report.write_report][] writes, for a [tlkit.recipes.FinetuneResult][]:
+[tlkit.report.write_report][] writes, for a [tlkit.FinetuneResult][]:
 
 - ``model.pt``: weights and preprocessing, loadable with ``torch.load(weights_only=True)``;
 - ``metrics.json``: validation accuracy, per-class precision and recall, confusion matrix,

@@ -1,0 +1,59 @@
+"""Every number of the auto recipe, in one table that the stages read and the plan's text is
+written from (a number restated by hand in an explanation drifts from the code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["AUTO", "Settings"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """The auto recipe's numbers; [tlkit.finetune][] reads ``AUTO``.
+
+    Examples:
+        >>> from dataclasses import replace
+        >>> replace(AUTO, max_epochs=4).max_epochs, AUTO.max_epochs
+        (4, 12)
+    """
+
+    # which recipe
+    few_per_class: int = 20  # below this many training images per class: the probe only
+    probe_first_below: int = 60  # below this, a probe first, kept unless fine-tuning is better
+    keep_margin: float = 1.0  # standard errors by which fine-tuning must beat the probe
+    # validation
+    val_fraction: float = 0.15  # held out of the training images when no val= is given
+    # the probe
+    probe_epochs: int = 40
+    probe_lr: float = 3e-3
+    probe_weight_decay: float = 1e-4
+    probe_cost: float = 1.2  # a probe costs this many feature passes over the images
+    head_dropout: float = 0.1
+    # fine-tuning
+    max_epochs: int = 12
+    images_without_budget: int = 30_000  # without a budget, epochs see about this many images
+    lr: float = 2e-3  # the head's; each stage towards the input gets layer_decay times more
+    layer_decay: float = 0.9
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    warmup: float = 0.15  # share of the one-cycle schedule spent rising
+    crop_scale: float = 0.35  # random crops cover at least this share of the image ...
+    mild_crop_scale: float = 0.8  # ... or this much with fewer than crop_epochs epochs
+    crop_epochs: int = 8
+    batch_size: int = 32
+    large_batch_size: int = 64  # from large_from training images (CPUs run it faster per image)
+    large_from: int = 4000
+    # several backbones
+    rank_images: int = 500  # LogME sample (stratified)
+    rank_share: float = 0.25  # at most this share of the budget left goes to ranking
+    rank_least_per_class: int = 5  # fewer than this per class (and 50): no ranking
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "rank_share", "warmup", "crop_scale", "mild_crop_scale"):
+            value = getattr(self, name)
+            if not 0 < value < 1 and not (value == 1 and "crop" in name):
+                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+
+
+AUTO = Settings()
