@@ -38,7 +38,8 @@ from PIL import Image
 import tlkit
 from tlkit.data import ImageDataset
 from tlkit.recipes.keep import fine_tuning_wins
-from tlkit.recipes.plan import make_plan
+from tlkit.recipes.plan import plan_finetune
+from tlkit.recipes.result import Recipe
 from tlkit.recipes.settings import AUTO
 
 MARGINS = (0.0, 0.5, 1.0)  # standard errors the fine-tuned model must win by
@@ -94,13 +95,11 @@ def candidates(
     # or both and its keep rule
     n_train = n_images - run["val_images"]
     run["train_per_class"] = n_train / len(result.classes)
-    plan = make_plan("auto", n_train=n_train, n_val=run["val_images"], classes=len(result.classes),
-                 size=result.image_size, size_reason="", infer_rate=1.0, train_rate=1.0,
-                 remaining=None)  # fmt: skip
-    if not plan.probe_epochs:
-        keep = bool(plan.finetune_epochs)
-    else:
-        keep = bool(plan.finetune_epochs) and fine_tuning_wins(right["probe"], right["full"])[0]
+    plan = Recipe(name="probe", image_size=result.image_size)
+    plan_finetune("auto", plan, n_train=n_train, n_val=run["val_images"],
+                  classes=len(result.classes), infer_rate=1.0, train_rate=1.0,
+                  remaining=None)  # fmt: skip
+    keep = bool(plan.finetune_epochs) and fine_tuning_wins(right["probe"], right["full"])[0]
     run["kept"], run["auto_test"] = (
         ("fine-tuned", run["full_test"]) if keep else ("probe", run["probe_test"])
     )
@@ -178,7 +177,7 @@ def main() -> None:
         "seeds": args.seeds,
         "margins": list(MARGINS),
         "keep_margin": AUTO.keep_margin,
-        "probe_first_below": AUTO.probe_first_below,
+        "few_per_class": AUTO.few_per_class,
     }
     path = write_json(__file__, {**settings, "datasets": records})
     print(f"wrote {path.name}")

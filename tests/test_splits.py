@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch.utils.data import Subset, TensorDataset
 
 from tlkit import part_sizes, split
+from tlkit.splits import kfold, near_duplicate_groups
 
 
 @st.composite
@@ -149,3 +150,44 @@ def test_stratify_must_be_one_label_per_sample_and_parts_must_not_be_empty() -> 
         split(10, (10, 0), seed=0)
     with pytest.raises(ValueError, match="part 0 would be empty"):
         part_sizes(5, (0, 5))
+
+
+def test_kfold_is_disjoint_complete_stratified_and_seeded() -> None:
+    labels = [0] * 23 + [1] * 11 + [2] * 6
+    folds = kfold(labels, 5, seed=4)
+    everything = torch.cat(folds).sort().values
+    assert torch.equal(everything, torch.arange(40))  # complete and disjoint
+    for c, total in ((0, 23), (1, 11), (2, 6)):
+        counts = [sum(labels[i] == c for i in f.tolist()) for f in folds]
+        assert max(counts) - min(counts) <= 1 and sum(counts) == total
+    again = kfold(labels, 5, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(folds, again, strict=True))
+
+
+def test_kfold_keeps_groups_whole_and_lowers_k_to_the_number_of_groups() -> None:
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    groups = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    folds = kfold(labels, 5, groups=groups)
+    assert len(folds) == 4
+    for fold in folds:
+        assert len({groups[i] for i in fold.tolist()}) == 1
+    with pytest.raises(ValueError, match="at least 2 groups, got 1"):
+        kfold([0, 1], 2, groups=["x", "x"])
+    with pytest.raises(ValueError, match="k must be an integer of at least 2, got 1"):
+        kfold([0, 1], 1)
+
+
+def test_near_duplicates_are_grouped_transitively_and_distinct_images_are_not() -> None:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(5, 64, generator=g)
+    frames = base[:, None] + 0.05 * torch.randn(5, 4, 64, generator=g)  # 4 frames each
+    groups = near_duplicate_groups(frames.reshape(20, 64))
+    assert groups.tolist() == [i // 4 for i in range(20)]
+    # a ~ b and b ~ c (cosine 0.966), a and c not (0.866): one group all the same
+    angles = torch.tensor([0.0, 15.0, 30.0]).deg2rad()
+    chain = torch.stack([angles.cos(), angles.sin(), torch.zeros(3)], 1)
+    mirrored = torch.cat([chain, -chain]) + 7.0  # mean 7: centring brings it back to 0
+    assert near_duplicate_groups(mirrored, threshold=0.95).tolist() == [0, 0, 0, 1, 1, 1]
+    assert near_duplicate_groups(mirrored, threshold=0.99).tolist() == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="threshold must be in"):
+        near_duplicate_groups(base, threshold=0)

@@ -34,11 +34,12 @@ from .heads import replace_head
 from .history import History
 from .metrics import ClassificationMeter
 from .optim import discriminative_param_groups
+from .probe import LinearProbe
 from .progress import ProgressBar
 from .ranking import BackboneScore, logme, rank_backbones
 from .recipes import FinetuneResult, Recipe, finetune, load_model
 from .registry import Registry
-from .splits import part_sizes, split
+from .splits import kfold, near_duplicate_groups, part_sizes, split
 from .trainer import NonFiniteLossError, Trainer
 
 __version__ = "0.1.0"
@@ -58,6 +59,7 @@ __all__ = [
     "HistoryLogger",
     "ImageDataset",
     "LRScheduler",
+    "LinearProbe",
     "ModelCheckpoint",
     "NonFiniteLossError",
     "ProgressBar",
@@ -79,9 +81,11 @@ __all__ = [
     "finetune",
     "heads",
     "imagenet_classes",
+    "kfold",
     "load_model",
     "load_weights",
     "logme",
+    "near_duplicate_groups",
     "part_sizes",
     "rank_backbones",
     "read_image",

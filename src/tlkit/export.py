@@ -2,8 +2,10 @@
 
 [tlkit.export.Deployable] takes what a camera or a file decoder gives: a uint8 batch
 ``(N, C, H, W)`` with 1 (grey), 3 (RGB) or 4 (RGBA) channels and any height and width. It
-composites alpha onto the run's background, resizes the short side to the model's size
-(antialiased), centre-crops, normalises, runs the network and returns probabilities ``(N, K)``.
+composites alpha onto the run's background, makes the image square as the model was trained
+(letterboxed: the long side resized to the model's size and the rest filled with the background;
+or the short side resized and the centre cropped), normalises, runs the network (on the image and
+its mirror image, averaged, when the model was trained so) and returns probabilities ``(N, K)``.
 """
 
 import copy
@@ -14,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .recipes import FinetuneResult
+from .recipes.result import FinetuneResult
 
 __all__ = ["Deployable", "export"]
 
@@ -39,11 +41,16 @@ class Deployable(nn.Module):
         mean: tuple[float, ...],
         std: tuple[float, ...],
         background: tuple[int, ...],
+        *,
+        pad: bool = False,
+        mirror: bool = False,
     ) -> None:
         super().__init__()
         self.network = network
         self.classes = list(classes)
         self.image_size = image_size
+        self.pad = pad
+        self.mirror = mirror
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1))
         self.register_buffer("background", torch.tensor(list(background)).float().view(1, 3, 1, 1))
@@ -64,6 +71,37 @@ class Deployable(nn.Module):
         background = self.background
         assert isinstance(background, torch.Tensor)
         x = rgb * alpha + (background / 255.0) * (1.0 - alpha)
+        x = self._letterbox(x, background / 255.0) if self.pad else self._centre_crop(x)
+        mean, std = self.mean, self.std
+        assert isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)
+        x = (x - mean) / std
+        probs = self.network(x).softmax(1)
+        if self.mirror:
+            probs = (probs + self.network(x.flip(3)).softmax(1)) / 2
+        return probs
+
+    def _letterbox(self, x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        """Long side to the model's size, the rest filled with ``fill``, image centred."""
+        height, width = x.shape[2], x.shape[3]
+        size = self.image_size
+        if torch.jit.is_scripting():
+            long = max(height, width)
+            new_h = max(1, height * size // long)
+            new_w = max(1, width * size // long)
+        else:  # symbolic sizes under torch.export
+            long = torch.sym_max(height, width)  # type: ignore[assignment]
+            new_h = torch.sym_max(1, height * size // long)  # type: ignore[assignment]
+            new_w = torch.sym_max(1, width * size // long)  # type: ignore[assignment]
+        x = nn.functional.interpolate(
+            x, size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True
+        )
+        top = (size - new_h) // 2
+        left = (size - new_w) // 2
+        padding = [left, size - new_w - left, top, size - new_h - top]
+        return nn.functional.pad(x - fill, padding) + fill
+
+    def _centre_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Short side to the model's size, the centre cut out."""
         height, width = x.shape[2], x.shape[3]
         size = self.image_size
         if torch.jit.is_scripting():
@@ -79,10 +117,7 @@ class Deployable(nn.Module):
         )
         top = (new_h - size) // 2
         left = (new_w - size) // 2
-        x = x[:, :, top : top + size, left : left + size]
-        mean, std = self.mean, self.std
-        assert isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)
-        return self.network((x - mean) / std).softmax(1)
+        return x[:, :, top : top + size, left : left + size]
 
 
 class _Exportable(Deployable):
@@ -134,17 +169,18 @@ def export(
     network = copy.deepcopy(result.model).eval().requires_grad_(False)
     example = torch.zeros(1, 3, result.image_size, result.image_size)
     args = (result.classes, result.image_size, result.mean, result.std, result.background)
+    pad, mirror = result.geometry == "pad", result.tta
     if format == "torchscript":
         with torch.no_grad():
             traced = torch.jit.trace(network, example, check_trace=False)
-        scripted = torch.jit.script(Deployable(traced, *args))
+        scripted = torch.jit.script(Deployable(traced, *args, pad=pad, mirror=mirror))
         scripted.save(str(target))
         return target
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as exc:
         raise ImportError("ONNX export needs: pip install 'tlkit[onnx]'") from exc
-    module = _Exportable(network, *args).eval()
+    module = _Exportable(network, *args, pad=pad, mirror=mirror).eval()
     example = torch.randint(0, 256, (2, 4, result.image_size + 9, result.image_size + 21),
                             dtype=torch.uint8)  # fmt: skip
     dims = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,21 @@ from typing import Any
 import torch
 
 from ._utils import atomic_write_text
-from .recipes import FinetuneResult
+from .recipes.result import FinetuneResult
 
 __all__ = ["class_table", "per_class_metrics", "write_report"]
 
 
-def per_class_metrics(matrix: torch.Tensor) -> list[dict[str, float | int]]:
-    """Precision, recall and support of each class from a confusion matrix (rows: true).
+def per_class_metrics(matrix: torch.Tensor) -> list[dict[str, float | int | None]]:
+    """Precision, recall and support of each class from a confusion matrix (rows: true);
+    ``None`` where undefined (precision of a class never predicted, recall of one never seen),
+    which JSON writes as ``null``.
 
     Examples:
         >>> per_class_metrics(torch.tensor([[3, 1], [0, 2]]))[0]
         {'precision': 1.0, 'recall': 0.75, 'support': 4}
+        >>> per_class_metrics(torch.tensor([[2, 0], [1, 0]]))[1]
+        {'precision': None, 'recall': 0.0, 'support': 1}
     """
     cm = matrix.double()
     predicted, support = cm.sum(0), cm.sum(1)
@@ -43,8 +48,8 @@ def per_class_metrics(matrix: torch.Tensor) -> list[dict[str, float | int]]:
         tp = float(cm[c, c])
         out.append(
             {
-                "precision": tp / float(predicted[c]) if predicted[c] > 0 else float("nan"),
-                "recall": tp / float(support[c]) if support[c] > 0 else float("nan"),
+                "precision": tp / float(predicted[c]) if predicted[c] > 0 else None,
+                "recall": tp / float(support[c]) if support[c] > 0 else None,
                 "support": int(support[c]),
             }
         )
@@ -52,18 +57,24 @@ def per_class_metrics(matrix: torch.Tensor) -> list[dict[str, float | int]]:
 
 
 def class_table(classes: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of per-class precision, recall and support.
+    """A Markdown table of per-class precision, recall and support; ``-`` where undefined.
 
     Examples:
-        >>> print(class_table(["a"], [{"precision": 1.0, "recall": 0.5, "support": 2}]))
+        >>> print(class_table(["a", "b"], [{"precision": 1.0, "recall": 0.5, "support": 2},
+        ...                                {"precision": None, "recall": 0.0, "support": 1}]))
         | class | precision | recall | images |
         |---|---|---|---|
         | a | 1.000 | 0.500 | 2 |
+        | b | - | 0.000 | 1 |
     """
+
+    def shown(value: float | None) -> str:
+        return "-" if value is None or math.isnan(value) else f"{value:.3f}"
+
     lines = ["| class | precision | recall | images |", "|---|---|---|---|"]
     for name, row in zip(classes, rows, strict=True):
         lines.append(
-            f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['support']} |"
+            f"| {name} | {shown(row['precision'])} | {shown(row['recall'])} | {row['support']} |"
         )
     return "\n".join(lines)
 
@@ -84,7 +95,7 @@ def write_report(result: FinetuneResult, out: str | Path) -> Path:
         >>> result = finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
         ...                   image_size=32, verbose=False)
         >>> sorted(p.name for p in write_report(result, root / "run").parent.iterdir())[:4]
-        ['confusion_matrix.png', 'curves.png', 'history.csv', 'metrics.json']
+        ['confusion_matrix.png', 'history.csv', 'metrics.json', 'model.pt']
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,6 +106,7 @@ def write_report(result: FinetuneResult, out: str | Path) -> Path:
         "accuracy": result.val_metrics.get("accuracy"),
         "loss": result.val_metrics.get("loss"),
         "images": result.val_metrics.get("count"),
+        "method": result.val_metrics.get("method"),
         "classes": result.classes,
         "per_class": dict(zip(result.classes, per_class, strict=False)),
         "confusion_matrix": matrix.tolist() if matrix is not None else None,
@@ -103,7 +115,7 @@ def write_report(result: FinetuneResult, out: str | Path) -> Path:
         "recipe": {
             "name": result.recipe.name,
             "image_size": result.recipe.image_size,
-            "probe_epochs": result.recipe.probe_epochs,
+            "probe": result.recipe.probe,
             "finetune_epochs": result.recipe.finetune_epochs,
             "reasons": result.recipe.reasons,
             "kept": result.recipe.kept,
@@ -217,7 +229,9 @@ def _markdown(
     lines = [
         "# tlkit run report",
         "",
-        f"Validation accuracy **{metrics['accuracy']:.2%}** on {metrics['images']} images, "
+        f"Validation accuracy **{metrics['accuracy']:.2%}** on {metrics['images']} images"
+        + (f" ({result.val_metrics['method']})" if result.val_metrics.get("method") else "")
+        + ", "
         f"{len(result.classes)} classes; backbone `{result.backbone}` ({result.info.weights}); "
         f"{result.seconds:.0f} s in all.",
         "",

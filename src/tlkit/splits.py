@@ -19,7 +19,7 @@ from typing import Any, TypeVar, overload
 import torch
 from torch.utils.data import Dataset, Subset
 
-__all__ = ["part_sizes", "split"]
+__all__ = ["kfold", "near_duplicate_groups", "part_sizes", "split"]
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -285,3 +285,119 @@ def split(
     if isinstance(data, int):
         return index_tensors
     return [Subset(data, t.tolist()) for t in index_tensors]
+
+
+def kfold(
+    labels: Sequence[Hashable] | torch.Tensor,
+    k: int = 5,
+    *,
+    groups: Sequence[Hashable] | torch.Tensor | None = None,
+    seed: int = 0,
+) -> list[torch.Tensor]:
+    """Stratified k-fold cross-validation that keeps each group in one fold.
+
+    Groups (near-duplicate images, frames of one video, photos of one object) are dealt to the
+    folds whole, largest first, each to the fold where its classes are scarcest so far (the
+    greedy method of scikit-learn's ``StratifiedGroupKFold``); without groups every sample is
+    its own and each class is spread evenly. ``k`` is lowered to the number of groups when there
+    are fewer.
+
+    Args:
+        labels: One label per sample.
+        k: Number of folds, at least 2.
+        groups: Optional group id per sample.
+        seed: Seed of the order in which groups of equal size are dealt.
+
+    Returns:
+        ``k`` sorted ``int64`` tensors of held-out indices: disjoint, together complete.
+
+    Raises:
+        ValueError: For ``k < 2``, groups of another length than the labels, or fewer than
+            two groups.
+
+    Examples:
+        >>> folds = kfold([0] * 6 + [1] * 4, 2)
+        >>> [len(f) for f in folds], sorted(torch.cat(folds).tolist()) == list(range(10))
+        ([5, 5], True)
+        >>> [f.tolist() for f in kfold([0, 0, 0, 1, 1, 1], 3, groups=[7, 7, 8, 9, 9, 5])]
+        [[3, 4], [0, 1], [2, 5]]
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"k must be an integer of at least 2, got {k!r}")
+    label_list = _labels_list(labels, len(labels))
+    group_list = (
+        list(range(len(label_list))) if groups is None else _labels_list(groups, len(label_list))
+    )
+    members: dict[Hashable, list[int]] = defaultdict(list)
+    for index, group in enumerate(group_list):
+        members[group].append(index)
+    if len(members) < 2:
+        raise ValueError(f"cross-validation needs at least 2 groups, got {len(members)}")
+    k = min(k, len(members))
+    class_index = {c: i for i, c in enumerate(dict.fromkeys(label_list))}
+    totals = [0] * len(class_index)
+    for label in label_list:
+        totals[class_index[label]] += 1
+    order = list(members)
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the shuffled order
+    counts = [[0] * len(class_index) for _ in range(k)]
+    sizes = [0] * k
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for group in order:
+        present = [class_index[label_list[i]] for i in members[group]]
+
+        def load(f: int, present: list[int] = present) -> tuple[float, int]:
+            return sum(counts[f][c] / totals[c] for c in present), sizes[f]
+
+        best = min(range(k), key=load)
+        folds[best] += members[group]
+        sizes[best] += len(members[group])
+        for c in present:
+            counts[best][c] += 1
+    return [torch.tensor(sorted(f), dtype=torch.int64) for f in folds]
+
+
+def near_duplicate_groups(features: torch.Tensor, *, threshold: float = 0.95) -> torch.Tensor:
+    """Group ids joining samples whose features are nearly the same (cosine similarity of the
+    centred features at least ``threshold``), transitively: frames of one animation, crops and
+    re-saves of one picture. Give them to [kfold][tlkit.splits.kfold] so that no near-copy of a
+    held-out image is trained on.
+
+    Args:
+        features: ``(N, D)`` features of the images (a pretrained body's pooled output).
+        threshold: Cosine similarity from which two images count as near-duplicates.
+
+    Returns:
+        ``(N,)`` int64 group ids, numbered in order of first appearance.
+
+    Raises:
+        ValueError: For features that are not ``(N, D)`` or a threshold outside (0, 1].
+
+    Examples:
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [-1.0, 0.0]])
+        >>> near_duplicate_groups(x).tolist()
+        [0, 1, 0, 2]
+    """
+    if features.dim() != 2:
+        raise ValueError(f"features must be (N, D), got shape {tuple(features.shape)}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    x = features.float() - features.float().mean(0)
+    x = torch.nn.functional.normalize(x, dim=1)
+    parent = list(range(len(x)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, len(x), 1024):  # blocks keep memory at 1024 x N similarities
+        similar = (x[start : start + 1024] @ x.T >= threshold).nonzero().tolist()
+        for a, b in similar:
+            ra, rb = root(start + a), root(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    ids: dict[int, int] = {}
+    return torch.tensor([ids.setdefault(root(i), len(ids)) for i in range(len(x))])

@@ -23,6 +23,7 @@ __all__ = [
     "decode",
     "decode_dataset",
     "normalise",
+    "resize_square",
     "square",
 ]
 
@@ -57,8 +58,8 @@ def square(
         tensor = v2.functional.resize(tensor, size, antialias=True)
         return v2.functional.center_crop(tensor, size).as_subclass(torch.Tensor)
     height, width = tensor.shape[-2:]
-    scale = size / max(height, width)
-    new = (max(1, round(height * scale)), max(1, round(width * scale)))
+    long = max(height, width)  # the exported models size it the same way
+    new = (max(1, height * size // long), max(1, width * size // long))
     tensor = v2.functional.resize(tensor, list(new), antialias=True).as_subclass(torch.Tensor)
     canvas = torch.tensor(list(background), dtype=torch.uint8).view(3, 1, 1).repeat(1, size, size)
     top, left = (size - new[0]) // 2, (size - new[1]) // 2
@@ -102,6 +103,13 @@ def decode(
         for item in images
     ]
     return torch.stack([square(image, size, geometry, background) for image in rgb])
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``(N, 3, size, size)`` from square uint8 images of another size (antialiased)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return v2.functional.resize(images, [size, size], antialias=True)
 
 
 def normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

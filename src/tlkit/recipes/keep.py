@@ -10,7 +10,27 @@ import torch
 from .._utils import plural
 from .settings import AUTO
 
-__all__ = ["fine_tuning_wins"]
+__all__ = ["clearly_better", "fine_tuning_wins"]
+
+
+def clearly_better(
+    default_right: torch.Tensor, other_right: torch.Tensor, margin: float = AUTO.keep_margin
+) -> tuple[bool, float, float]:
+    """``(other is better by more than margin standard errors, gain, standard error)`` from
+    which images each of two models gets right: the mean paired difference and its standard
+    error were the two equally accurate (McNemar's), sound even when few images differ.
+
+    Examples:
+        >>> right = torch.tensor([True] * 70 + [False] * 5)
+        >>> clearly_better(right, right.roll(2))[0], clearly_better(~right, right)[0]
+        (False, True)
+    """
+    n = len(default_right)
+    only_default = int((default_right & ~other_right).sum())
+    only_other = int((other_right & ~default_right).sum())
+    gain = (only_other - only_default) / n
+    error = math.sqrt(only_other + only_default) / n
+    return gain > margin * error, gain, error
 
 
 def fine_tuning_wins(
@@ -37,20 +57,16 @@ def fine_tuning_wins(
         >>> fine_tuning_wins(torch.tensor([True] * 40 + [False] * 35), right)[0]
         True
     """
-    n = len(probe_right)
     only_probe = int((probe_right & ~tuned_right).sum())
     only_tuned = int((tuned_right & ~probe_right).sum())
-    gain = (only_tuned - only_probe) / n  # mean of the per-image differences (+1, 0 or -1)
-    # its standard error if the two were equally accurate (McNemar's), which stays sound when
-    # few images differ, unlike the sample estimate
-    error = math.sqrt(only_tuned + only_probe) / n
+    wins, gain, error = clearly_better(probe_right, tuned_right, margin)
     probe, tuned = probe_right.float().mean().item(), tuned_right.float().mean().item()
     scores = (
         f"validation accuracy {tuned:.4f} fine-tuned, {probe:.4f} probe: "
         f"{plural(only_tuned, 'image')} right only when fine-tuned, "
         f"{only_probe} only by the probe"
     )
-    if gain > margin * error:
+    if wins:
         return True, (
             f"kept the fine-tuned model ({scores}; +{gain:.4f} > {margin:g} s.e. {error:.4f})"
         )

@@ -11,7 +11,14 @@ from .._utils import plural
 from .result import Recipe
 from .settings import AUTO
 
-__all__ = ["RECIPES", "RecipeName", "choose_size", "make_plan"]
+__all__ = [
+    "RECIPES",
+    "RecipeName",
+    "choose_size",
+    "describe_images",
+    "plan_candidates",
+    "plan_finetune",
+]
 
 RecipeName = Literal["auto", "probe", "lp-ft", "full"]
 RECIPES = ("auto", "probe", "lp-ft", "full")
@@ -27,97 +34,98 @@ def choose_size(native: int, median_side: int) -> tuple[int, str]:
     )
 
 
-def make_plan(
+def describe_images(n_train: int, classes: int, where: str) -> str:
+    """``"59.5 training images per class over 4 classes"``: never rounded up to a threshold."""
+    shown = f"{n_train / classes:.1f}".removesuffix(".0")
+    return f"{shown} training images per class over {classes} classes; {where}"
+
+
+def plan_candidates(
+    seconds: dict[str, float], remaining: float | None
+) -> tuple[list[str], str | None]:
+    """Which candidate backbones the probe stage computes features for: each costs
+    ``seconds[name]`` (a pass over every image and its mirror image, measured here). All of
+    them when they fit ``AUTO.probe_share`` of the time left, else the first ones that do
+    (always the first).
+
+    Examples:
+        >>> kept, why = plan_candidates({"a": 10.0, "b": 30.0, "c": 50.0}, 100.0)
+        >>> kept, why.split(";")[0]
+        (['a', 'b'], 'probe features of a, b (about 40 s here)')
+    """
+    names = list(seconds)
+    if remaining is None or len(names) == 1:
+        return names, None
+    share = AUTO.probe_share * max(remaining, 0.0)
+    kept, total = [names[0]], seconds[names[0]]
+    for name in names[1:]:
+        if total + seconds[name] <= share:
+            kept.append(name)
+            total += seconds[name]
+    left_out = [n for n in names if n not in kept]
+    if not left_out:
+        return kept, None
+    return kept, (
+        f"probe features of {', '.join(kept)} (about {total:.0f} s here); "
+        f"{', '.join(left_out)} left out: more than {AUTO.probe_share:.0%} of the "
+        f"{max(remaining, 0):.0f} s left (a longer budget uses them)"
+    )
+
+
+def plan_finetune(
     name: RecipeName,
+    recipe: Recipe,
     *,
     n_train: int,
     n_val: int,
     classes: int,
-    size: int,
-    size_reason: str,
     infer_rate: float,
     train_rate: float,
     remaining: float | None,
-    batch_size: int = AUTO.batch_size,
-    channels_last: bool = False,
-    layout_reason: str = "",
-) -> Recipe:
+) -> None:
+    """Whether and how long to fine-tune, into ``recipe`` (its epochs, rates, crops and the
+    reasons). ``"auto"`` fine-tunes from ``AUTO.few_per_class`` training images per class
+    when ``AUTO.min_finetune_epochs`` fit the time left (after the probe); the keep rule then
+    decides between the two models."""
     per_class = n_train / classes
-    shown = f"{per_class:.1f}".removesuffix(".0")  # 59.5 is below 60: never show it rounded up
-    feature_pass = (n_train + n_val) / infer_rate
     epoch = n_train / train_rate + n_val / infer_rate
-    reasons = [size_reason, f"{shown} training images per class over {classes} classes"]
-    reasons.append(
-        f"this machine: {infer_rate:.0f} img/s through the frozen body, {train_rate:.0f} img/s "
-        f"training everything ({epoch:.0f} s per fine-tuning epoch)"
+    speed = (
+        f"this machine: {train_rate:.0f} img/s training everything, {infer_rate:.0f} img/s "
+        f"scoring ({epoch:.0f} s per fine-tuning epoch)"
     )
-    if layout_reason:
-        reasons.append(layout_reason)
-    if remaining is not None and remaining > 0:
-        reasons.append(f"{remaining:.0f} s of the budget left for training")
-    elif remaining is not None:
-        reasons.append(
-            f"the budget is spent ({-remaining:.0f} s over) before training: the probe, the least "
-            "that gives a model, runs anyway"
-        )
-    fallback = False  # auto: a probe first, kept unless fine-tuning is clearly better
+    affordable = AUTO.max_epochs if remaining is None else int(max(remaining, 0) / epoch)
+    if name == "probe":
+        return
     if name == "auto":
-        probe_first = per_class < AUTO.probe_first_below
-        probe_cost = feature_pass * AUTO.probe_cost if probe_first else 0.0
-        affordable = AUTO.max_epochs if remaining is None else int((remaining - probe_cost) / epoch)
         if per_class < AUTO.few_per_class:
-            name = "probe"
-            reasons.append(
-                f"probe: fewer than {AUTO.few_per_class} images per class; fine-tuning millions of "
-                "weights on so few overfits, a linear head on pretrained features does not"
+            recipe.reasons.append(
+                f"no fine-tuning: fewer than {AUTO.few_per_class} images per class; "
+                "fine-tuning millions of weights on so few overfits, a linear head on "
+                "pretrained features does not"
             )
-        elif affordable < 1:
-            name = "probe"
-            reasons.append("probe: the budget does not allow one fine-tuning epoch")
-        elif not probe_first:
-            name = "full"
-            reasons.append(
-                f"full: everything fine-tuned from a new head at layer-wise rates, the whole "
-                f"budget on it: from {AUTO.probe_first_below} training images per class up, "
-                "no probe first (in tlkit's benchmarks fine-tuning beat the linear probe in 17 "
-                "of 18 paired runs at 76-85 per class, by 2.6 points on average, and tied it at 43)"
+            return
+        if affordable < AUTO.min_finetune_epochs:
+            recipe.reasons.append(
+                f"no fine-tuning: {speed}; {max(remaining or 0, 0):.0f} s left allow "
+                f"{plural(affordable, 'epoch')}, fewer than {AUTO.min_finetune_epochs}"
             )
-        else:
-            name, fallback = "full", True
-            reasons.append(
-                "full: everything fine-tuned from a new head at layer-wise rates, after a "
-                f"linear probe ({shown} training images per class, below "
-                f"{AUTO.probe_first_below}), "
-                "which is kept unless fine-tuning is more accurate on the "
-                "validation images by more than one standard error (fine-tuning from the "
-                "probe's head, lp-ft, did worse in tlkit's benchmarks: the head fits "
-                "frozen-BatchNorm features that fine-tuning changes)"
-            )
-    recipe = Recipe(name=name, image_size=size, reasons=reasons, batch_size=batch_size,
-                    channels_last=channels_last)  # fmt: skip
-    if name in ("probe", "lp-ft") or fallback:
-        recipe.probe_epochs = AUTO.probe_epochs
-    if name in ("lp-ft", "full"):
-        cost = feature_pass * AUTO.probe_cost if recipe.probe_epochs else 0.0
-        if remaining is None:
-            epochs = max(
-                2, min(AUTO.max_epochs, math.ceil(AUTO.images_without_budget / max(n_train, 1)))
-            )
-            why = (
-                f"no budget given: epochs scaled to see about {AUTO.images_without_budget:,} images"
-            )
-        else:
-            epochs = max(1, min(AUTO.max_epochs, int((remaining - cost) / epoch)))
-            fits = "fits" if epochs == 1 else "fit"
-            why = f"{plural(epochs, 'epoch')} {fits} the budget (at most {AUTO.max_epochs})"
-        recipe.finetune_epochs = epochs
-        recipe.lr = AUTO.lr
-        # few passes over the data are better spent on the images than on hard crops of them
-        recipe.crop_scale = AUTO.crop_scale if epochs >= AUTO.crop_epochs else AUTO.mild_crop_scale
-        recipe.reasons.append(
-            f"{why}; AdamW at {recipe.lr:g} for the head, x{recipe.layer_decay:g} per stage "
-            "towards the input, one-cycle schedule, label smoothing "
-            f"{AUTO.label_smoothing:g}, flips and random crops of at least "
-            f"{recipe.crop_scale:.0%} of the image"
-        )
-    return recipe
+            return
+    if remaining is None:
+        seen = AUTO.images_without_budget
+        epochs = max(2, min(AUTO.max_epochs, math.ceil(seen / max(n_train, 1))))
+        why = f"no budget given: epochs scaled to see about {seen:,} images"
+    else:
+        epochs = max(1, min(AUTO.max_epochs, affordable))
+        fits = "fits" if epochs == 1 else "fit"
+        why = f"{plural(epochs, 'epoch')} {fits} the time left (at most {AUTO.max_epochs})"
+    recipe.finetune_epochs = epochs
+    recipe.lr = AUTO.lr
+    # few passes over the data are better spent on the images than on hard crops of them
+    recipe.crop_scale = AUTO.crop_scale if epochs >= AUTO.crop_epochs else AUTO.mild_crop_scale
+    start = "from the probe's head" if name == "lp-ft" else "from a new head"
+    recipe.reasons.append(
+        f"fine-tuning everything {start}: {speed}; {why}; AdamW at {recipe.lr:g} for the "
+        f"head, x{recipe.layer_decay:g} per stage towards the input, one-cycle schedule, "
+        f"label smoothing {AUTO.label_smoothing:g}, flips and random crops of at least "
+        f"{recipe.crop_scale:.0%} of the image"
+    )

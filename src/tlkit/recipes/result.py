@@ -21,10 +21,19 @@ from .._steps import flip_average
 from .._utils import atomic_save, plural
 from ..backbones import BackboneInfo, backbone
 from ..history import History
-from .images import decode, normalise
+from .images import Geometry, decode, normalise
 from .settings import AUTO
 
-__all__ = ["FinetuneResult", "Recipe", "build_head", "load_model"]
+__all__ = [
+    "FinetuneResult",
+    "Recipe",
+    "StackedBackbones",
+    "build_head",
+    "build_network",
+    "final_linear",
+    "load_model",
+    "stack",
+]
 
 
 def build_head(features: int, classes: int) -> nn.Module:
@@ -33,12 +42,97 @@ def build_head(features: int, classes: int) -> nn.Module:
     return heads.linear(features, classes, dropout=AUTO.head_dropout)
 
 
+class StackedBackbones(nn.Module):
+    """Several pretrained bodies side by side, their pooled features concatenated into one head.
+
+    The input is a normalised ``(N, 3, S, S)`` batch; each body sees it resized to its own
+    size (``sizes``), as when its features were computed for the probe.
+
+    Examples:
+        >>> bodies = [nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()) for _ in range(2)]
+        >>> model = StackedBackbones(bodies, [8, 4], nn.Linear(6, 2))
+        >>> x = torch.zeros(1, 3, 8, 8)
+        >>> [f.shape[1] for f in model.features(x)], model(x).shape
+        ([3, 3], torch.Size([1, 2]))
+    """
+
+    def __init__(self, bodies: Sequence[nn.Module], sizes: Sequence[int], head: nn.Module) -> None:
+        super().__init__()
+        if len(bodies) != len(sizes) or not bodies:
+            raise ValueError(f"one size per body, got {len(bodies)} bodies, sizes {list(sizes)}")
+        self.bodies = nn.ModuleList(bodies)
+        self.sizes = [int(s) for s in sizes]
+        self.head = head
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each body's pooled features ``(N, D_i)``."""
+        out = []
+        for body, size in zip(self.bodies, self.sizes, strict=True):
+            resized = x
+            if x.shape[-1] != size or x.shape[-2] != size:
+                resized = nn.functional.interpolate(
+                    x, size=[size, size], mode="bilinear", align_corners=False, antialias=True
+                )
+            out.append(body(resized).flatten(1))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat(self.features(x), 1))
+
+
+def build_network(
+    names: Sequence[str],
+    sizes: Sequence[int],
+    classes: int,
+    *,
+    weights: str | Path | None = None,
+    key_map: Any = "strict",
+) -> tuple[nn.Module, BackboneInfo]:
+    """The network of a result: one backbone with [build_head][tlkit.recipes.result.build_head]
+    on it, or several stacked ([StackedBackbones][tlkit.recipes.result.StackedBackbones]).
+    [tlkit.finetune][] and [tlkit.load_model][] both build it here."""
+    models, infos = [], []
+    for name in names:
+        model, info = backbone(name, weights, key_map=key_map)
+        heads.replace_head(model, lambda n: build_head(n, classes))
+        models.append(model)
+        infos.append(info)
+    if len(models) == 1:
+        return models[0], infos[0]
+    return stack(models, sizes, classes), infos[0]
+
+
+def stack(models: Sequence[nn.Module], sizes: Sequence[int], classes: int) -> StackedBackbones:
+    """Networks built by [build_network][tlkit.recipes.result.build_network] for one backbone
+    each, their heads removed, side by side under one new head."""
+    bodies, width = [], 0
+    for model in models:
+        width += heads.find_head(model)[1]
+        heads.replace_head(model, lambda n: nn.Identity())
+        bodies.append(model)
+    return StackedBackbones(bodies, sizes, build_head(width, classes))
+
+
+def final_linear(model: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` of a network's head: where a fitted probe's weights go."""
+    if isinstance(model, StackedBackbones):
+        head = model.head
+    else:
+        head = model.get_submodule(heads.find_head(model)[0])
+    layers = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ValueError(f"the head {type(head).__name__} has no nn.Linear")
+    return layers[-1]
+
+
 @dataclass
 class Recipe:
     """What [tlkit.finetune][] runs, with the reason for each choice.
 
-    Once [tlkit.finetune][] has returned, ``kept`` says which trained model it returned:
-    ``"probe"`` (the head on the frozen body) or ``"fine-tuned"``; ``None`` before training.
+    ``probe`` says whether a linear probe ([tlkit.LinearProbe][]) is fitted on the frozen
+    bodies' features, ``finetune_epochs`` how many epochs fine-tune everything. Once
+    [tlkit.finetune][] has returned, ``kept`` says which trained model it returned: ``"probe"``
+    (the head on the frozen bodies) or ``"fine-tuned"``; ``None`` before training.
 
     Examples:
         >>> Recipe(name="probe", image_size=96).name
@@ -47,7 +141,7 @@ class Recipe:
 
     name: Literal["probe", "lp-ft", "full"]
     image_size: int
-    probe_epochs: int = 0
+    probe: bool = False
     finetune_epochs: int = 0
     lr: float = AUTO.lr
     layer_decay: float = AUTO.layer_decay
@@ -61,11 +155,7 @@ class Recipe:
         """The recipe and its reasons, one line each; once trained, which model was kept."""
         head = (
             f"recipe {self.name}: {self.image_size} px"
-            + (
-                f", {plural(self.probe_epochs, 'head epoch')} on cached features"
-                if self.probe_epochs
-                else ""
-            )
+            + (", linear probe on cached features" if self.probe else "")
             + (
                 f", {plural(self.finetune_epochs, 'fine-tuning epoch')}"
                 if self.finetune_epochs
@@ -84,11 +174,15 @@ class FinetuneResult:
         model: The network (eval mode, CPU), taking normalised ``(N, 3, S, S)`` batches.
         classes: Class names, in output order.
         info: The backbone's [tlkit.BackboneInfo][].
-        backbone: The backbone's name.
-        image_size: ``S``: images are resized (short side) and centre-cropped to this.
+        backbone: The backbone's name (several joined by ``+`` when stacked).
+        image_size: ``S``: images are made ``S`` x ``S`` pixels (see ``geometry``).
         mean: Normalisation mean.
         std: Normalisation std.
-        background: RGB colour under transparent pixels.
+        background: RGB colour under transparent pixels (and around letterboxed images).
+        geometry: ``"pad"``: letterboxed (long side to ``S``, nothing cut off), or
+            ``"crop"``: short side to ``S``, centre crop.
+        tta: Whether predictions average each image with its mirror image (the probe is
+            trained on both).
         recipe: The [tlkit.Recipe][] that ran, with its reasons.
         history: Every epoch of every stage (``stage`` column: ``probe`` or ``finetune``).
         val_metrics: Metrics of the kept model on the validation images.
@@ -110,8 +204,8 @@ class FinetuneResult:
         >>> from tlkit import finetune
         >>> result = finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
         ...                   image_size=32, verbose=False)
-        >>> result.save(root / "model.pt").name, result.val_metrics["count"]
-        ('model.pt', 2)
+        >>> result.save(root / "model.pt").name, result.val_metrics["count"]  # cross-validated
+        ('model.pt', 12)
     """
 
     model: nn.Module
@@ -127,23 +221,29 @@ class FinetuneResult:
     val_metrics: dict[str, Any]
     seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    geometry: Geometry = "crop"
+    tta: bool = False
+    backbones: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
     val_images: torch.Tensor | None = field(default=None, repr=False)
     val_labels: torch.Tensor | None = field(default=None, repr=False)
     val_probs: torch.Tensor | None = field(default=None, repr=False)
 
     def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
         """Normalised ``(N, 3, S, S)`` float batch from PIL images or paths."""
-        return normalise(decode(images, self.image_size, self.background), self.mean, self.std)
+        pixels = decode(images, self.image_size, self.background, self.geometry)
+        return normalise(pixels, self.mean, self.std)
 
     @torch.no_grad()
     def predict(
-        self, images: Sequence[Image.Image | str | Path], *, tta: bool = False
+        self, images: Sequence[Image.Image | str | Path], *, tta: bool | None = None
     ) -> torch.Tensor:
         """Class probabilities ``(N, K)`` for PIL images or image paths; ``tta=True`` averages
-        them with the mirror images' (flip test-time augmentation, twice the compute)."""
+        them with the mirror images' (flip test-time augmentation, twice the compute); default
+        as the model was trained (``self.tta``)."""
         self.model.eval()
         x = self.preprocess(images)
-        if tta:
+        if self.tta if tta is None else tta:
             return flip_average(self.model, x, log_probs=False).exp()
         return self.model(x).softmax(1)
 
@@ -160,6 +260,10 @@ class FinetuneResult:
                 "background": list(self.background),
                 "recipe": self.recipe.name,
                 "kept": self.recipe.kept,
+                "geometry": self.geometry,
+                "tta": self.tta,
+                "backbones": list(self.backbones) or [self.backbone],
+                "sizes": list(self.sizes) or [self.image_size],
                 "state_dict": self.model.state_dict(),
             },
             path,
@@ -199,8 +303,9 @@ def load_model(path: str | Path) -> FinetuneResult:
     state = load_file(file, what="model")
     if not isinstance(state, dict) or state.get("tlkit_model") != 1:
         raise ValueError(f"{str(file)!r} is not a model written by tlkit fit / finetune")
-    model, info = backbone(state["backbone"], None)
-    heads.replace_head(model, lambda n: build_head(n, len(state["classes"])))
+    names = [str(n) for n in state.get("backbones", [state["backbone"]])]
+    sizes = [int(s) for s in state.get("sizes", [state["image_size"]])]
+    model, info = build_network(names, sizes, len(state["classes"]))
     model.load_state_dict(state["state_dict"])
     background = tuple(int(v) for v in state["background"])
     return FinetuneResult(
@@ -218,4 +323,8 @@ def load_model(path: str | Path) -> FinetuneResult:
         history=History(),
         val_metrics={},
         seconds=0.0,
+        geometry="pad" if state.get("geometry") == "pad" else "crop",
+        tta=bool(state.get("tta", False)),
+        backbones=names,
+        sizes=sizes,
     )

@@ -20,17 +20,18 @@ class Settings:
 
     # which recipe
     few_per_class: int = 20  # below this many training images per class: the probe only
-    probe_first_below: int = 60  # below this, a probe first, kept unless fine-tuning is better
     keep_margin: float = 1.0  # standard errors by which fine-tuning must beat the probe
     # validation
     val_fraction: float = 0.15  # held out of the training images when no val= is given
     # the probe
-    probe_epochs: int = 40
-    probe_lr: float = 3e-3
-    probe_weight_decay: float = 1e-4
-    probe_cost: float = 1.2  # a probe costs this many feature passes over the images
+    probe_C: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # L2 strengths tried
+    probe_folds: int = 5  # cross-validation folds choosing C, the backbones and the model
+    probe_views: int = 2  # each image and its mirror image
+    duplicate_similarity: float = 0.95  # cosine similarity joining near-duplicate images
     head_dropout: float = 0.1
+    probe_share: float = 0.5  # at most this share of the time left goes to probe features
     # fine-tuning
+    min_finetune_epochs: int = 3  # auto fine-tunes only when this many epochs fit
     max_epochs: int = 12
     images_without_budget: int = 30_000  # without a budget, epochs see about this many images
     lr: float = 2e-3  # the head's; each stage towards the input gets layer_decay times more
@@ -50,7 +51,14 @@ class Settings:
     rank_least_per_class: int = 5  # fewer than this per class (and 50): no ranking
 
     def __post_init__(self) -> None:
-        for name in ("val_fraction", "rank_share", "warmup", "crop_scale", "mild_crop_scale"):
+        for name in (
+            "val_fraction",
+            "rank_share",
+            "probe_share",
+            "warmup",
+            "crop_scale",
+            "mild_crop_scale",
+        ):
             value = getattr(self, name)
             if not 0 < value < 1 and not (value == 1 and "crop" in name):
                 raise ValueError(f"{name} must be in (0, 1), got {value!r}")

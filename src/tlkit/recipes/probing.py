@@ -1,0 +1,321 @@
+"""The probe stage: features of each candidate backbone (each image and its mirror image), a
+[tlkit.LinearProbe][] on each and on their concatenation, and the one cross-validation prefers.
+
+Features are computed once per backbone from the images decoded at the largest size, resized
+for each backbone, so several backbones cost one decoding. Near-duplicate images (animation
+frames, crops, re-saves) are grouped from the same features and kept in one fold.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from .. import heads
+from ..backbones import BackboneInfo
+from ..metrics import ClassificationMeter
+from ..probe import LinearProbe
+from ..splits import near_duplicate_groups
+from .images import normalise
+from .keep import clearly_better
+from .measure import time_batches
+from .result import build_network, final_linear, stack
+from .settings import AUTO
+
+__all__ = [
+    "Candidate",
+    "ProbeChoice",
+    "ProbeStage",
+    "choose_probe",
+    "features",
+    "load_candidates",
+    "metrics_from_probs",
+    "probe_network",
+    "run_probe",
+    "usable_groups",
+]
+
+
+@dataclass
+class Candidate:
+    """A backbone considered for the probe: its network (with a head), size and features."""
+
+    name: str
+    model: nn.Module
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channels_last: bool = False
+    info: BackboneInfo | None = None
+    seconds: float = 0.0  # a feature pass over every image and its mirror image, here
+    features: torch.Tensor | None = field(default=None, repr=False)  # (views, N, D)
+
+
+@dataclass
+class ProbeChoice:
+    """The probe cross-validation preferred, and what it was preferred to."""
+
+    names: list[str]
+    probe: LinearProbe
+    scores: dict[str, float]
+    groups: torch.Tensor
+    reasons: list[str]
+    probes: dict[str, LinearProbe]
+    mirror: bool = True
+
+
+@torch.no_grad()
+def features(
+    candidate: Candidate, images: torch.Tensor, *, batch: int = 64, mirror: bool = True
+) -> torch.Tensor:
+    """Pooled features ``(V, N, D)`` of uint8 images ``(N, 3, S, S)``, resized to the
+    candidate's size: the image, and its mirror image when ``mirror``."""
+    model = candidate.model.eval()
+    layout = torch.channels_last if candidate.channels_last else torch.contiguous_format
+    views: list[list[torch.Tensor]] = [[], []] if mirror else [[]]
+    with heads.headless(model) as (_, _head):
+        model.to(memory_format=layout)
+        for start in range(0, len(images), batch):
+            x = images[start : start + batch]
+            if x.shape[-1] != candidate.size:
+                x = v2.functional.resize(x, [candidate.size, candidate.size], antialias=True)
+            x = normalise(x, candidate.mean, candidate.std).contiguous(memory_format=layout)
+            for view, out in enumerate(views):
+                out.append(model(x.flip(-1) if view else x).float().flatten(1))
+        model.to(memory_format=torch.contiguous_format)
+    return torch.stack([torch.cat(out) for out in views])
+
+
+def choose_probe(
+    candidates: list[Candidate],
+    labels: torch.Tensor,
+    classes: int,
+    *,
+    seed: int,
+    log: Callable[[str], None],
+    n: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ProbeChoice:
+    """Fit a cross-validated [tlkit.LinearProbe][] on each candidate's features and, with
+    several, on all of them concatenated. The concatenation (the most the backbones know) is
+    kept unless one backbone alone is more accurate out of fold by more than one standard error
+    of the paired difference (the one-standard-error rule: on a few hundred images one image
+    moves accuracy by half a point, and a choice made on such noise does not carry to new
+    images). The mirror images train too unless leaving them out is better (classes told apart
+    by left and right). Only the first ``n`` images' features train (the rest are validation
+    images)."""
+    n = len(labels) if n is None else n
+    y = labels[:n]
+    joined = torch.cat([c.features[:, :n] for c in candidates if c.features is not None], -1)
+    found = near_duplicate_groups(joined[0], threshold=AUTO.duplicate_similarity)
+    groups = usable_groups(found, y)
+    options = [[c] for c in candidates] + ([candidates] if len(candidates) > 1 else [])
+    probes: dict[str, LinearProbe] = {}
+    for option in options:
+        start = clock()
+        probes[_label(option)] = probe = _cross_validated(option, y, classes, groups, seed, n)
+        log(
+            f"probe on {_label(option)}: cross-validated accuracy {_score(probe):.4f} "
+            f"(C={probe.C_:g}, {clock() - start:.1f} s)"
+        )
+    best = _preferred(options, probes, y)
+    scores = {label: _score(probe) for label, probe in probes.items()}
+    unmirrored = _cross_validated(best, y, classes, groups, seed, n, views=1)
+    mirror = not clearly_better(_right(probes[_label(best)], y), _right(unmirrored, y))[0]
+    probe = probes[_label(best)] if mirror else unmirrored
+    listed = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    what = f"{scores[_label(best)]:.4f}"
+    if len(options) > 1:
+        what += (
+            f" ({listed}; all together unless one alone is better by more than one standard error)"
+        )
+    reasons = [
+        f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation accuracy "
+        f"{what}; {_grouping(n, found, groups)}",
+        f"{'with' if mirror else 'without'} mirror images: {_score(unmirrored):.4f} without "
+        "them"
+        + (
+            " (left out only when better by more than one standard error)"
+            if mirror
+            else ", better by more than one standard error: left and right tell the classes apart"
+        ),
+    ]
+    return ProbeChoice([c.name for c in best], probe, scores, groups, reasons, probes, mirror)
+
+
+def _preferred(
+    options: list[list[Candidate]], probes: dict[str, LinearProbe], y: torch.Tensor
+) -> list[Candidate]:
+    """The last option (all backbones together), unless the most accurate single backbone is
+    clearly better out of fold."""
+    default = options[-1]
+    single = max(options[:-1] or options, key=lambda o: _score(probes[_label(o)]))
+
+    better = clearly_better(_right(probes[_label(default)], y), _right(probes[_label(single)], y))
+    return single if better[0] else default
+
+
+def _right(probe: LinearProbe, y: torch.Tensor) -> torch.Tensor:
+    """Which images the probe's out-of-fold predictions get right."""
+    assert probe.cv_probs_ is not None
+    return probe.cv_probs_.argmax(1) == y
+
+
+def _cross_validated(
+    option: list[Candidate],
+    y: torch.Tensor,
+    classes: int,
+    groups: torch.Tensor,
+    seed: int,
+    n: int,
+    views: int | None = None,
+) -> LinearProbe:
+    x = torch.cat([c.features[:views, :n] for c in option if c.features is not None], -1)
+    probe = LinearProbe(C=AUTO.probe_C, folds=AUTO.probe_folds, seed=seed)
+    return probe.fit(x, y, groups=groups, classes=classes, cv=True)
+
+
+def _score(probe: LinearProbe) -> float:
+    assert probe.C_ is not None
+    return probe.cv_accuracy_[probe.C_]
+
+
+def _grouping(n: int, found: torch.Tensor, groups: torch.Tensor) -> str:
+    similar = f"features' cosine similarity >= {AUTO.duplicate_similarity:g}"
+    if len(groups.unique()) < n:
+        return (
+            f"near-duplicate images ({similar}) kept in one fold: {n} images in "
+            f"{len(groups.unique())} groups"
+        )
+    if len(found.unique()) < n:
+        return (
+            f"near-duplicate images found ({similar}), but grouping them would leave a class "
+            "in one group: folds split image by image"
+        )
+    return f"no near-duplicate images found ({similar})"
+
+
+def probe_network(choice: ProbeChoice, candidates: list[Candidate], classes: int) -> nn.Module:
+    """The chosen candidates' network with the fitted probe as its head's last layer."""
+    chosen = [c for c in candidates if c.name in choice.names]
+    if len(chosen) == 1:
+        model = chosen[0].model
+    else:
+        model = stack([c.model for c in chosen], [c.size for c in chosen], classes)
+    linear = final_linear(model)
+    with torch.no_grad():
+        fitted = choice.probe.to_linear()
+        linear.weight.copy_(fitted.weight)
+        linear.bias.copy_(fitted.bias)
+    return model.eval()
+
+
+def metrics_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Accuracy, loss, per-class accuracy and confusion matrix of probabilities ``(N, K)``."""
+    meter = ClassificationMeter(confusion=True)
+    log_probs = probs.clamp_min(1e-12).log()
+    meter.update(nn.functional.nll_loss(log_probs, labels), log_probs, labels)
+    return meter.compute()
+
+
+def usable_groups(groups: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``groups``, except that the images of a class held in fewer than 2 groups become groups
+    of their own: a class in one group would be missing from the training part of the fold
+    that holds it out, and every image of it predicted wrong.
+
+    Examples:
+        >>> usable_groups(torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 0, 1, 1, 1])).tolist()
+        [3, 4, 1, 1, 2]
+    """
+    out, fresh = groups.clone(), int(groups.max()) + 1
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        if len(groups[members].unique()) < 2:
+            out[members] = torch.arange(fresh, fresh + len(members))
+            fresh += len(members)
+    return out
+
+
+def _label(option: list[Candidate]) -> str:
+    return "+".join(c.name for c in option)
+
+
+@dataclass
+class ProbeStage:
+    """What the probe stage produced: the choice, its network, and what judged it."""
+
+    choice: ProbeChoice
+    model: nn.Module
+    size: int
+    val_probs: torch.Tensor  # out-of-fold on the training images, or on val= images
+    tuning_start: nn.Module  # the best single backbone, untouched, for fine-tuning
+    best_name: str
+    sizes: dict[str, int]
+    infos: dict[str, BackboneInfo]
+
+
+def load_candidates(
+    names: list[str],
+    weights: Any,
+    key_map: Any,
+    image_size: int | None,
+    classes: int,
+    n_images: int,
+    *,
+    rate: Callable[[nn.Module, int], float] | None = None,
+) -> list[Candidate]:
+    """Each backbone with its ImageNet weights and a new head, at its pretraining size (or
+    ``image_size``), and the seconds its probe features would take here (``rate`` measures
+    images per second; default the frozen body timed on random input)."""
+    rate = rate or (lambda m, s: time_batches(m, s, 16, train=False, channels_last=True, timed=1))
+    candidates = []
+    for name in names:
+        model, info = build_network([name], [0], classes, weights=weights, key_map=key_map)
+        size = image_size or info.input_size
+        per_second = rate(model, size)
+        candidates.append(
+            Candidate(name, model, size, tuple(info.mean), tuple(info.std), channels_last=True,
+                      info=info, seconds=AUTO.probe_views * n_images / per_second)
+        )  # fmt: skip
+    return candidates
+
+
+def run_probe(
+    candidates: list[Candidate],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    val_images: torch.Tensor | None,
+    classes: int,
+    seed: int,
+    log: Callable[[str], None],
+) -> ProbeStage:
+    """Features of every candidate, the cross-validated choice, and its network."""
+    both = images if val_images is None else torch.cat([images, val_images])
+    for candidate in candidates:
+        candidate.features = features(candidate, both)
+    choice = choose_probe(candidates, labels, classes, seed=seed, log=log, n=len(images))
+    singles = {c.name: choice.scores[c.name] for c in candidates}
+    best = next(c for c in candidates if c.name == max(singles, key=lambda n: singles[n]))
+    tuning_start = copy.deepcopy(best.model)
+    model = probe_network(choice, candidates, classes)
+    chosen = [c for c in candidates if c.name in choice.names]
+    if val_images is None:
+        assert choice.probe.cv_probs_ is not None
+        probs = choice.probe.cv_probs_
+    else:
+        views = None if choice.mirror else 1
+        x = torch.cat(
+            [c.features[:views, len(images) :] for c in chosen if c.features is not None], -1
+        )
+        probs = choice.probe.predict_proba(x)
+    size = max(c.size for c in chosen)
+    sizes = {c.name: c.size for c in candidates}
+    infos = {c.name: c.info for c in candidates if c.info is not None}
+    return ProbeStage(choice, model, size, probs, tuning_start, best.name, sizes, infos)

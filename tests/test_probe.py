@@ -1,0 +1,98 @@
+"""tlkit.LinearProbe: a converged, cross-validated multinomial logistic regression."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tlkit.probe import LinearProbe
+from tlkit.splits import kfold
+
+
+def clouds(n: int = 40, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(3).repeat(n // 3 + 1)[:n]
+    x = torch.randn(n, d, generator=g) * 2 + 1.5 * torch.nn.functional.one_hot(y, d).float()
+    return x * 10 + 3, y  # far from standardised: the probe standardises
+
+
+def test_the_fit_reaches_the_minimum_of_the_regularised_loss() -> None:
+    x, y = clouds()
+    probe = LinearProbe(C=0.3).fit(x, y)
+    assert probe.C_ == 0.3 and probe.cv_accuracy_ == {}  # one C: nothing to cross-validate
+    w = probe.weight_.clone().requires_grad_(True)
+    b = probe.bias_.clone().requires_grad_(True)
+    z = (x - probe.mean_) / probe.std_
+    loss = torch.nn.functional.cross_entropy(z @ w.T + b, y) + (w**2).sum() / (2 * 0.3 * len(y))
+    loss.backward()
+    assert w.grad is not None and b.grad is not None
+    assert float(w.grad.abs().max()) < 1e-4 and float(b.grad.abs().max()) < 1e-4
+
+
+def test_c_is_chosen_by_cross_validated_accuracy_and_the_model_refit_on_everything() -> None:
+    x, y = clouds(60)
+    probe = LinearProbe(C=(0.001, 1.0), folds=3).fit(x, y)
+    assert set(probe.cv_accuracy_) == {0.001, 1.0}
+    assert max(probe.cv_accuracy_, key=lambda c: (probe.cv_accuracy_[c], c)) == probe.C_
+    assert probe.cv_probs_ is not None and probe.cv_probs_.shape == (60, 3)
+    refit = LinearProbe(C=probe.C_).fit(x, y)
+    torch.testing.assert_close(probe.weight_, refit.weight_, atol=1e-4, rtol=1e-3)
+
+
+def test_out_of_fold_probabilities_come_from_models_that_did_not_see_the_image() -> None:
+    x, y = clouds(60)
+    wrong = y.clone()
+    wrong[:6] = (y[:6] + 1) % 3  # six mislabelled images, far from their label's cloud
+    probe = LinearProbe(C=3.0, folds=3).fit(x, wrong, cv=True)
+    assert probe.cv_probs_ is not None
+    seen = probe.predict_proba(x[:6]).gather(1, wrong[:6, None])
+    unseen = probe.cv_probs_[:6].gather(1, wrong[:6, None])
+    assert bool((unseen < seen).all())  # the model that saw a wrong label believes it more
+
+
+def test_views_train_as_rows_and_are_averaged_at_prediction() -> None:
+    x, y = clouds()
+    mirror = x + torch.randn_like(x)
+    probe = LinearProbe(C=1.0).fit(torch.stack([x, mirror]), y)
+    both = probe.predict_proba(torch.stack([x, mirror]))
+    one, other = probe.predict_proba(x), probe.predict_proba(mirror)
+    torch.testing.assert_close(both, (one + other) / 2)
+    # the same as fitting on the rows stacked by hand
+    rows = LinearProbe(C=1.0).fit(torch.cat([x, mirror]), torch.cat([y, y]))
+    torch.testing.assert_close(probe.weight_, rows.weight_, atol=1e-4, rtol=1e-3)
+
+
+def test_to_linear_folds_the_standardisation_into_a_layer() -> None:
+    x, y = clouds()
+    probe = LinearProbe(C=1.0).fit(x, y)
+    layer = probe.to_linear()
+    torch.testing.assert_close(layer(x).softmax(1), probe.predict_proba(x), atol=1e-5, rtol=0)
+
+
+def test_groups_are_held_out_whole() -> None:
+    x, y = clouds(60)
+    groups = torch.arange(60) // 4  # 15 groups of 4 neighbours (classes cycle 0, 1, 2)
+    for held in kfold(y, 5, groups=groups, seed=3):
+        inside = set(groups[held].tolist())
+        outside = set(groups.tolist()) - inside
+        assert not any(g in outside for g in inside)
+    probe = LinearProbe(folds=5).fit(x, y, groups=groups)
+    assert probe.cv_probs_ is not None
+
+
+def test_bad_input_is_refused_with_the_value() -> None:
+    x, y = clouds()
+    with pytest.raises(ValueError, match="C must be a positive number"):
+        LinearProbe(C=0)
+    with pytest.raises(ValueError, match="folds must be an integer of at least 2, got 1"):
+        LinearProbe(folds=1)
+    with pytest.raises(ValueError, match="labels must be 40 class indices"):
+        LinearProbe().fit(x, y[:-1])
+    with pytest.raises(ValueError, match="labels must be 40 class indices"):
+        LinearProbe().fit(x, y.float())
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        LinearProbe().fit(x.masked_fill(x > 5, float("nan")), y)
+    with pytest.raises(ValueError, match="more than classes=2 allow"):
+        LinearProbe().fit(x, y, classes=2)
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        LinearProbe().predict_proba(x)
