@@ -1,7 +1,7 @@
 """`tlkit fit` on real image folders against a well-made linear probe written by hand.
 
     python benchmarks/real_folders.py [--folders emoji,wesnoth,fmnist20,fmnist100]
-                                      [--budgets 2m,5m] [--work DIR]
+                                      [--budgets 2m,5m] [--work DIR] [--reuse-floor]
 
 Folders, built here from Debian packages (``apt-get install fonts-noto-color-emoji unicode-data
 wesnoth-1.16-data dataset-fashion-mnist``), each ``train/<class>/*.png`` and ``test/...``:
@@ -284,6 +284,9 @@ def main() -> None:
     parser.add_argument("--folders", default="emoji,wesnoth,fmnist20,fmnist100")
     parser.add_argument("--budgets", default="2m,5m")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tlkit-real-folders"))
+    parser.add_argument("--reuse-floor", action="store_true",
+                        help="keep the floor rows of real_folders.json (same folders, same "
+                             "code) and run only tlkit fit")  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     output = Path(__file__).with_suffix(".json")
@@ -293,7 +296,10 @@ def main() -> None:
         if not (root / "test").is_dir():
             BUILDERS[name](root)
         print(f"{name}:", flush=True)
-        record = floor_rows(root)
+        if args.reuse_floor and name in records:
+            record = {k: v for k, v in records[name].items() if not k.startswith("tlkit fit")}
+        else:
+            record = floor_rows(root)
         for budget in args.budgets.split(","):
             record[f"tlkit fit {budget}"] = result = fit(
                 root, args.work / f"run-{name}-{budget}", budget

@@ -63,14 +63,16 @@ def test_few_epochs_get_milder_crops() -> None:
     assert f"at least {two.crop_scale:.0%} of the image" in two.describe()
 
 
-def test_the_probe_computes_features_of_the_backbones_that_fit_half_the_time_left() -> None:
+def test_the_probe_computes_features_of_the_backbones_that_fit_its_share_of_the_time() -> None:
     seconds = {"a": 10.0, "b": 30.0, "c": 50.0}
     assert plan_candidates(seconds, None) == (["a", "b", "c"], None)  # no budget: all
     assert plan_candidates(seconds, 200.0) == (["a", "b", "c"], None)  # 90 s of 100
-    kept, why = plan_candidates(seconds, 100.0)  # 50 s: a and b (40 s), not c
-    assert kept == ["a", "b"] and why is not None and "c left out" in why
-    assert plan_candidates(seconds, 10.0)[0] == ["a"]  # the first always
-    assert plan_candidates({"b": 30.0, "a": 10.0}, 50.0)[0] == ["b"]  # the given order
+    kept, why = plan_candidates(seconds, 100.0)  # 50 s: the costliest first, then what fits
+    assert kept == ["c"] and why is not None and "a, b left out" in why
+    assert plan_candidates(seconds, 100.0, share=0.8)[0] == ["b", "c"]  # 80 s: c, b, not a
+    assert plan_candidates(seconds, 10.0)[0] == ["a"]  # none fits: the cheapest
+    ranked = plan_candidates(seconds, 100.0, priority=["a", "b", "c"])[0]  # LogME's order
+    assert ranked == ["a", "b"]
 
 
 def test_small_images_are_upscaled_to_a_multiple_of_8_not_to_the_pretraining_size() -> None:

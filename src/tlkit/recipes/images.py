@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ from ..data import ImageDataset, read_image, to_rgb
 
 __all__ = [
     "GEOMETRIES",
+    "Decoded",
     "DecodedImages",
     "Geometry",
     "cores",
@@ -103,6 +105,29 @@ def decode(
         for item in images
     ]
     return torch.stack([square(image, size, geometry, background) for image in rgb])
+
+
+@dataclass
+class Decoded:
+    """The training images (and the given validation images) decoded once, uint8
+    ``(N, 3, S, S)``, with their labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+
+    @classmethod
+    def read(
+        cls, data: ImageDataset, val: ImageDataset | None, size: int, geometry: Geometry
+    ) -> Decoded:
+        """Decode ``data`` and ``val`` at ``size``."""
+        return cls(
+            decode_dataset(data, size, geometry),
+            torch.tensor(data.targets),
+            decode_dataset(val, size, geometry) if val is not None else None,
+            torch.tensor(val.targets) if val is not None else None,
+        )
 
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:

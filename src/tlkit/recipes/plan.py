@@ -41,33 +41,36 @@ def describe_images(n_train: int, classes: int, where: str) -> str:
 
 
 def plan_candidates(
-    seconds: dict[str, float], remaining: float | None
+    seconds: dict[str, float],
+    remaining: float | None,
+    share: float = AUTO.probe_share,
+    priority: list[str] | None = None,
 ) -> tuple[list[str], str | None]:
     """Which candidate backbones the probe stage computes features for: each costs
     ``seconds[name]`` (a pass over every image and its mirror image, measured here). All of
-    them when they fit ``AUTO.probe_share`` of the time left, else the first ones that do
-    (always the first).
+    them when they fit ``share`` of the time left; else, going through them by ``priority``
+    (default: the costliest first, as larger ImageNet models tend to transfer better), those
+    that still fit; the cheapest alone when none does. Kept in the given order.
 
     Examples:
-        >>> kept, why = plan_candidates({"a": 10.0, "b": 30.0, "c": 50.0}, 100.0)
-        >>> kept, why.split(";")[0]
-        (['a', 'b'], 'probe features of a, b (about 40 s here)')
+        >>> seconds = {"a": 10.0, "b": 30.0, "c": 50.0}
+        >>> plan_candidates(seconds, 100.0)[0], plan_candidates(seconds, 100.0, 0.8)[0]
+        (['c'], ['b', 'c'])
     """
     names = list(seconds)
-    if remaining is None or len(names) == 1:
+    if remaining is None or sum(seconds.values()) <= share * max(remaining, 0.0):
         return names, None
-    share = AUTO.probe_share * max(remaining, 0.0)
-    kept, total = [names[0]], seconds[names[0]]
-    for name in names[1:]:
-        if total + seconds[name] <= share:
-            kept.append(name)
-            total += seconds[name]
-    left_out = [n for n in names if n not in kept]
-    if not left_out:
-        return kept, None
+    order = priority or sorted(names, key=lambda n: -seconds[n])
+    chosen: set[str] = set()
+    for name in order:
+        if sum(seconds[n] for n in chosen) + seconds[name] <= share * max(remaining, 0.0):
+            chosen.add(name)
+    chosen = chosen or {min(names, key=lambda n: seconds[n])}
+    kept = [n for n in names if n in chosen]
+    left_out = [n for n in names if n not in chosen]
     return kept, (
-        f"probe features of {', '.join(kept)} (about {total:.0f} s here); "
-        f"{', '.join(left_out)} left out: more than {AUTO.probe_share:.0%} of the "
+        f"probe features of {', '.join(kept)} (about {sum(seconds[n] for n in kept):.0f} s "
+        f"here); {', '.join(left_out)} left out: more than {share:.0%} of the "
         f"{max(remaining, 0):.0f} s left (a longer budget uses them)"
     )
 

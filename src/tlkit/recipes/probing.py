@@ -23,7 +23,7 @@ from ..backbones import BackboneInfo
 from ..metrics import ClassificationMeter
 from ..probe import LinearProbe
 from ..splits import near_duplicate_groups
-from .images import normalise
+from .images import Decoded, normalise
 from .keep import clearly_better
 from .measure import time_batches
 from .result import build_network, final_linear, stack
@@ -289,16 +289,19 @@ def load_candidates(
 
 def run_probe(
     candidates: list[Candidate],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    val_images: torch.Tensor | None,
+    sets: Decoded,
     classes: int,
     seed: int,
     log: Callable[[str], None],
 ) -> ProbeStage:
     """Features of every candidate, the cross-validated choice, and its network."""
+    images, labels, val_images = sets.images, sets.labels, sets.val_images
     both = images if val_images is None else torch.cat([images, val_images])
     for candidate in candidates:
+        log(
+            f"features of {candidate.name} at {candidate.size} px: {len(both)} images and their "
+            f"mirror images (about {candidate.seconds:.0f} s here)"
+        )
         candidate.features = features(candidate, both)
     choice = choose_probe(candidates, labels, classes, seed=seed, log=log, n=len(images))
     singles = {c.name: choice.scores[c.name] for c in candidates}

@@ -12,13 +12,14 @@ import torch
 from ..backbones import KeyMap
 from ..data import ImageDataset
 from ..history import History
-from .images import Geometry, decode_dataset, resize_square
+from .images import Decoded, Geometry, resize_square
 from .inputs import check_arguments, read_datasets
 from .measure import sample_median_side
 from .plan import RecipeName, describe_images, plan_candidates
 from .probing import Candidate, ProbeStage, load_candidates, metrics_from_probs, run_probe
 from .result import FinetuneResult, Recipe
 from .select import rank_within_budget
+from .settings import AUTO
 from .tuning import TunedStage, run_finetune
 
 __all__ = ["finetune"]
@@ -107,10 +108,43 @@ def finetune(
         return None if deadline is None else deadline - time.perf_counter()
 
     data, held_out = read_datasets(train, val, background, on_error)
-    classes = len(data.classes)
-    labels = torch.tensor(data.targets)
-    val_labels = torch.tensor(held_out.targets) if held_out is not None else None
+    plan = start_plan(recipe, geometry, data, held_out)
+    torch.manual_seed(seed)
     n_images = len(data) + (len(held_out) if held_out is not None else 0)
+    candidates = load_candidates(names, weights, key_map, image_size, len(data.classes), n_images)
+    median_side = sample_median_side(data)
+    if recipe == "full":
+        candidates = candidates[:1]
+    else:
+        candidates = choose_candidates(
+            candidates, plan, recipe, data, weights, image_size, median_side, seed, deadline
+        )
+    sets = Decoded.read(data, held_out, max(c.size for c in candidates), geometry)
+    probe, tuned = None, None
+    if recipe != "full":
+        probe = run_probe(candidates, sets, len(data.classes), seed, log)
+        plan.probe, plan.kept, plan.image_size = True, "probe", probe.size
+        plan.reasons += probe.choice.reasons
+    if recipe != "probe":
+        best = next(c for c in candidates if probe is None or c.name == probe.best_name)
+        tuned = run_finetune(
+            recipe, plan, best, probe, sets, median_side=median_side, image_size=image_size,
+            classes=len(data.classes), seed=seed, deadline=deadline, log=log,
+        )  # fmt: skip
+    over = time.perf_counter() - deadline if deadline is not None else 0.0
+    if over > 0:
+        plan.reasons.append(f"the budget is spent ({over:.0f} s over)")
+    log(plan.describe())
+    result = build_result(plan, probe, tuned, sets, data.classes, geometry)
+    result.background, result.seconds = data.background, time.perf_counter() - start
+    result.skipped = list(data.skipped) + (list(held_out.skipped) if held_out else [])
+    return result
+
+
+def start_plan(
+    recipe: str, geometry: Geometry, data: ImageDataset, held_out: ImageDataset | None
+) -> Recipe:
+    """The recipe before training, with the reasons that do not depend on it."""
     plan = Recipe(name="full" if recipe == "full" else "probe", image_size=0)
     plan.reasons.append(
         "letterboxed: each image fitted whole into the square, the rest filled with the "
@@ -119,44 +153,14 @@ def finetune(
         else "centre-cropped: short side resized"
     )
     where = "validated on val" if held_out is not None else "judged by cross-validation"
-    plan.reasons.append(describe_images(len(data), classes, where))
-    torch.manual_seed(seed)
-    candidates = load_candidates(names, weights, key_map, image_size, classes, n_images)
-    median_side = sample_median_side(data)
-    if recipe != "full":
-        candidates = choose_candidates(
-            candidates, plan, data, weights, image_size, median_side, seed, deadline
-        )
-    else:
-        candidates = candidates[:1]
-    size = max(c.size for c in candidates)
-    images = decode_dataset(data, size, geometry)
-    val_images = decode_dataset(held_out, size, geometry) if held_out is not None else None
-    probe = None
-    if recipe != "full":
-        probe = run_probe(candidates, images, labels, val_images, classes, seed, log)
-        plan.probe, plan.kept, plan.image_size = True, "probe", probe.size
-        plan.reasons += probe.choice.reasons
-    tuned = None
-    best = next(c for c in candidates if probe is None or c.name == probe.best_name)
-    if recipe != "probe":
-        tuned = run_finetune(
-            recipe, plan, best, probe, images, labels, val_images, val_labels,
-            median_side=median_side, image_size=image_size, classes=classes,
-            seed=seed, deadline=deadline, log=log, remaining=left,
-        )  # fmt: skip
-    if left() is not None and (left() or 0.0) < 0:
-        plan.reasons.append(f"the budget is spent ({-(left() or 0.0):.0f} s over)")
-    log(plan.describe())
-    return build_result(
-        plan, probe, tuned, data, held_out, labels, val_labels, images, val_images,
-        seconds=time.perf_counter() - start, geometry=geometry,
-    )  # fmt: skip
+    plan.reasons.append(describe_images(len(data), len(data.classes), where))
+    return plan
 
 
 def choose_candidates(
     candidates: list[Candidate],
     plan: Recipe,
+    recipe: str,
     data: ImageDataset,
     weights: str | Path | None,
     image_size: int | None,
@@ -164,23 +168,27 @@ def choose_candidates(
     seed: int,
     deadline: float | None,
 ) -> list[Candidate]:
-    """The candidates whose probe features fit the budget; when not all do, ordered first by
-    LogME on a sample ([tlkit.rank_backbones][], itself within a share of the budget)."""
+    """The candidates whose probe features fit the budget: ``AUTO.probe_share`` of the time
+    left when fine-tuning may follow, ``AUTO.probe_share_alone`` when the probe is all there
+    will be. When not all fit and the folder is larger than LogME's sample, they are taken in
+    the order LogME ranks them ([tlkit.rank_backbones][], itself within a share of the budget);
+    on smaller folders LogME would cost as much as the features, and the larger ones go first."""
 
     def left() -> float | None:
         return None if deadline is None else deadline - time.perf_counter()
 
-    kept, why = plan_candidates({c.name: c.seconds for c in candidates}, left())
-    if len(kept) < len(candidates):
+    alone = recipe == "probe" or len(data) / len(data.classes) < AUTO.few_per_class
+    share = AUTO.probe_share_alone if alone else AUTO.probe_share
+    seconds = {c.name: c.seconds for c in candidates}
+    kept, why = plan_candidates(seconds, left(), share)
+    if len(kept) < len(candidates) and len(data) > AUTO.rank_images:
         names = [c.name for c in candidates]
         ranking, ranked = rank_within_budget(
             names, weights, data, image_size, median_side, seed, deadline
         )
         plan.reasons.append(ranked)
         if ranking:
-            order = [r.name for r in ranking]
-            candidates = sorted(candidates, key=lambda c: order.index(c.name))
-            kept, why = plan_candidates({c.name: c.seconds for c in candidates}, left())
+            kept, why = plan_candidates(seconds, left(), share, [r.name for r in ranking])
     if why:
         plan.reasons.append(why)
     return [c for c in candidates if c.name in kept]
@@ -190,57 +198,42 @@ def build_result(
     plan: Recipe,
     probe: ProbeStage | None,
     tuned: TunedStage | None,
-    data: ImageDataset,
-    held_out: ImageDataset | None,
-    labels: torch.Tensor,
-    val_labels: torch.Tensor | None,
-    images: torch.Tensor,
-    val_images: torch.Tensor | None,
-    *,
-    seconds: float,
+    sets: Decoded,
+    classes: list[str],
     geometry: Geometry,
 ) -> FinetuneResult:
     """The kept model with its preprocessing, and how it did on the images that judged it."""
     history = History([{"stage": "finetune", **r} for r in tuned.history.records] if tuned else [])
-    skipped = list(data.skipped) + (list(held_out.skipped) if held_out else [])
     if plan.kept == "fine-tuned" or probe is None:
         assert tuned is not None
-        plan.image_size = tuned.size
-        names, sizes, model = [tuned.name], [tuned.size], tuned.model
+        plan.image_size, info, model = tuned.size, tuned.info, tuned.model
+        names, sizes = [tuned.name], [tuned.size]
         judged, judged_labels, probs = tuned.images, tuned.labels, tuned.probs
-        method = "held-out images" if held_out is None else "val images"
+        method = "held-out images" if sets.val_images is None else "val images"
     else:
-        names = probe.choice.names
-        sizes = [probe.sizes[n] for n in names]
-        model, probs = probe.model, probe.val_probs
-        judged = images if val_images is None else val_images
-        judged_labels = labels if val_labels is None else val_labels
+        names, model, probs = probe.choice.names, probe.model, probe.val_probs
+        sizes, info = [probe.sizes[n] for n in names], probe.infos[probe.choice.names[0]]
+        judged = sets.images if sets.val_images is None else sets.val_images
         judged = resize_square(judged, probe.size)
+        judged_labels = sets.labels if sets.val_labels is None else sets.val_labels
         method = (
             f"out-of-fold predictions of {probe.choice.probe.folds}-fold cross-validation"
-            if held_out is None
+            if sets.val_images is None
             else "val images"
         )
-    if tuned is not None and model is tuned.model:
-        info = tuned.info
-    else:
-        assert probe is not None
-        info = probe.infos[names[0]]
-    metrics = {**metrics_from_probs(probs, judged_labels), "method": method}
     return FinetuneResult(
         model=model.eval(),
-        classes=list(data.classes),
+        classes=list(classes),
         info=info,
         backbone="+".join(names),
         image_size=plan.image_size,
         mean=tuple(info.mean),
         std=tuple(info.std),
-        background=data.background,
+        background=(255, 255, 255),
         recipe=plan,
         history=history,
-        val_metrics=metrics,
-        seconds=seconds,
-        skipped=skipped,
+        val_metrics={**metrics_from_probs(probs, judged_labels), "method": method},
+        seconds=0.0,
         geometry=geometry,
         tta=plan.kept == "fine-tuned" or (probe is not None and probe.choice.mirror),
         backbones=names,

@@ -29,7 +29,8 @@ class Settings:
     probe_views: int = 2  # each image and its mirror image
     duplicate_similarity: float = 0.95  # cosine similarity joining near-duplicate images
     head_dropout: float = 0.1
-    probe_share: float = 0.5  # at most this share of the time left goes to probe features
+    probe_share: float = 0.5  # at most this share of the time left goes to probe features ...
+    probe_share_alone: float = 0.85  # ... or this much when no fine-tuning will follow
     # fine-tuning
     min_finetune_epochs: int = 3  # auto fine-tunes only when this many epochs fit
     max_epochs: int = 12
@@ -55,6 +56,7 @@ class Settings:
             "val_fraction",
             "rank_share",
             "probe_share",
+            "probe_share_alone",
             "warmup",
             "crop_scale",
             "mild_crop_scale",

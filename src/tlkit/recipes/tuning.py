@@ -4,6 +4,7 @@ held-out fold, then judged against the probe on that fold (the keep rule)."""
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from ..augment import BatchAugment
 from ..backbones import BackboneInfo
 from ..history import History
 from ..splits import kfold
-from .images import normalise, resize_square
+from .images import Decoded, normalise, resize_square
 from .keep import fine_tuning_wins
 from .measure import choose_batch_size, measure
 from .plan import choose_size, plan_finetune
@@ -66,10 +67,7 @@ def run_finetune(
     plan: Recipe,
     best: Candidate,
     probe: ProbeStage | None,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    val_images: torch.Tensor | None,
-    val_labels: torch.Tensor | None,
+    sets: Decoded,
     *,
     median_side: int,
     image_size: int | None,
@@ -77,57 +75,72 @@ def run_finetune(
     seed: int,
     deadline: float | None,
     log: Callable[[str], None],
-    remaining: Callable[[], float | None],
 ) -> TunedStage | None:
     """Fine-tune ``best`` when the plan says so (``None`` when it does not), and keep it over
     the probe only when the keep rule says it is better on the same held-out images."""
     assert best.info is not None
     model = copy.deepcopy(probe.tuning_start if probe is not None else best.model)
-    if image_size is not None:
-        size, why = image_size, f"{image_size} px: given"
-    else:
-        size, why = choose_size(best.info.input_size, median_side)
-    if val_images is None:
-        groups = probe.choice.groups if probe is not None else None
-        held = kfold(labels, round(1 / AUTO.val_fraction), groups=groups, seed=seed)[0]
-        rest = torch.ones(len(labels), dtype=torch.bool)
-        rest[held] = False
-        train_at = rest.nonzero().flatten()
-    else:
-        held, train_at = torch.arange(0), torch.arange(len(labels))
+    size, why = (
+        (image_size, f"{image_size} px: given")
+        if image_size is not None
+        else choose_size(best.info.input_size, median_side)
+    )
+    train_at, held = _held_out_fold(sets, probe, seed)
     plan.batch_size = choose_batch_size(len(train_at))
     infer, train_rate, plan.channels_last, layout = measure(model, size, plan.batch_size)
-    n_val = len(held) if val_images is None else len(val_images)
+    n_val = len(held) if sets.val_images is None else len(sets.val_images)
+    remaining = None if deadline is None else deadline - time.perf_counter()
     plan_finetune(name, plan, n_train=len(train_at), n_val=n_val, classes=classes,  # type: ignore[arg-type]
-                  infer_rate=infer, train_rate=train_rate, remaining=remaining())  # fmt: skip
+                  infer_rate=infer, train_rate=train_rate, remaining=remaining)  # fmt: skip
     if not plan.finetune_epochs:
         return None
     plan.name = "lp-ft" if name == "lp-ft" else "full"
     plan.reasons += [f"fine-tuning {best.name} at {why}", layout]
-    x = resize_square(images, size)
-    if val_images is None:
-        judge_x, judge_y = x[held], labels[held]
-    else:
-        assert val_labels is not None
-        judge_x, judge_y = resize_square(val_images, size), val_labels
-    if name == "lp-ft" and probe is not None:
-        fitted = probe.choice.probes[best.name].to_linear()
-        with torch.no_grad():
-            final_linear(model).weight.copy_(fitted.weight)
-            final_linear(model).bias.copy_(fitted.bias)
-    else:
-        torch.manual_seed(seed)
-        heads.replace_head(model, lambda n: build_head(n, classes))
+    x = resize_square(sets.images, size)
+    judge_x, judge_y = x[held], sets.labels[held]
+    if sets.val_images is not None and sets.val_labels is not None:
+        judge_x, judge_y = resize_square(sets.val_images, size), sets.val_labels
+    _start_head(model, name, probe, best.name, classes, seed)
     augment = BatchAugment(size, scale=(plan.crop_scale, 1.0), info=best.info)
-    split = (x[train_at], labels[train_at], judge_x, judge_y)
+    split = (x[train_at], sets.labels[train_at], judge_x, judge_y)
     history = train_full(model, split, augment, plan, deadline, log)
     probs = predict_probs(model, judge_x, best.mean, best.std)
     plan.kept = "fine-tuned"
     if probe is not None:
-        probe_probs = probe.val_probs if val_images is not None else probe.val_probs[held]
+        probe_probs = probe.val_probs if sets.val_images is not None else probe.val_probs[held]
         keep, verdict = fine_tuning_wins(
             probe_probs.argmax(1) == judge_y, probs.argmax(1) == judge_y
         )
         plan.kept = "fine-tuned" if keep else "probe"
         plan.reasons.append(verdict)
     return TunedStage(best.name, best.info, model.eval(), size, history, judge_x, judge_y, probs)
+
+
+def _held_out_fold(
+    sets: Decoded, probe: ProbeStage | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(training indices, held-out indices)``: one fold of about ``AUTO.val_fraction`` of
+    the images (near-duplicates kept together), or none when validation images are given."""
+    labels = sets.labels
+    if sets.val_images is not None:
+        return torch.arange(len(labels)), torch.arange(0)
+    groups = probe.choice.groups if probe is not None else None
+    held = kfold(labels, round(1 / AUTO.val_fraction), groups=groups, seed=seed)[0]
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[held] = False
+    return rest.nonzero().flatten(), held
+
+
+def _start_head(
+    model: nn.Module, name: str, probe: ProbeStage | None, backbone: str, classes: int, seed: int
+) -> None:
+    """``lp-ft`` starts from the probe's head (of this backbone alone); the others from a new
+    one."""
+    if name == "lp-ft" and probe is not None:
+        fitted = probe.choice.probes[backbone].to_linear()
+        with torch.no_grad():
+            final_linear(model).weight.copy_(fitted.weight)
+            final_linear(model).bias.copy_(fitted.bias)
+    else:
+        torch.manual_seed(seed)
+        heads.replace_head(model, lambda n: build_head(n, classes))
