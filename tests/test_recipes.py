@@ -43,7 +43,7 @@ def planned(name: str, n_train: int, remaining: float | None) -> Recipe:
 
 def test_auto_fine_tunes_from_20_images_per_class_when_three_epochs_fit() -> None:
     few = planned("auto", 76, 600.0)  # 19 per class
-    assert few.finetune_epochs == 0 and "fewer than 20 images per class" in few.describe()
+    assert few.finetune_epochs == 0 and "19.0 images per class to fine-tune on" in few.describe()
     short = planned("auto", 400, 60.0)  # an epoch takes 20.4 s: two fit, not three
     assert short.finetune_epochs == 0 and "allow 2 epochs, fewer than 3" in short.describe()
     plenty = planned("auto", 80, 600.0)  # 20 per class, 4.4 s per epoch

@@ -102,7 +102,8 @@ def plan_finetune(
     if name == "auto":
         if per_class < AUTO.few_per_class:
             recipe.reasons.append(
-                f"no fine-tuning: fewer than {AUTO.few_per_class} images per class; "
+                f"no fine-tuning: {per_class:.1f} images per class to fine-tune on (less any "
+                f"held-out fold), fewer than {AUTO.few_per_class}; "
                 "fine-tuning millions of weights on so few overfits, a linear head on "
                 "pretrained features does not"
             )
