@@ -16,17 +16,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 from .. import heads
 from ..backbones import BackboneInfo
 from ..metrics import ClassificationMeter
 from ..probe import LinearProbe
 from ..splits import near_duplicate_groups
-from .images import Decoded, normalise
+from .images import Decoded, normalise, resize_square
 from .keep import clearly_better
 from .measure import time_batches
-from .result import build_network, final_linear, stack
+from .result import build_network, load_head, stack
 from .settings import AUTO
 
 __all__ = [
@@ -83,9 +82,7 @@ def features(
     with heads.headless(model) as (_, _head):
         model.to(memory_format=layout)
         for start in range(0, len(images), batch):
-            x = images[start : start + batch]
-            if x.shape[-1] != candidate.size:
-                x = v2.functional.resize(x, [candidate.size, candidate.size], antialias=True)
+            x = resize_square(images[start : start + batch], candidate.size)
             x = normalise(x, candidate.mean, candidate.std).contiguous(memory_format=layout)
             for view, out in enumerate(views):
                 out.append(model(x.flip(-1) if view else x).float().flatten(1))
@@ -209,11 +206,7 @@ def probe_network(choice: ProbeChoice, candidates: list[Candidate], classes: int
         model = chosen[0].model
     else:
         model = stack([c.model for c in chosen], [c.size for c in chosen], classes)
-    linear = final_linear(model)
-    with torch.no_grad():
-        fitted = choice.probe.to_linear()
-        linear.weight.copy_(fitted.weight)
-        linear.bias.copy_(fitted.bias)
+    load_head(model, choice.probe.to_linear())
     return model.eval()
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "build_head",
     "build_network",
     "final_linear",
+    "load_head",
     "load_model",
     "stack",
 ]
@@ -111,6 +112,15 @@ def stack(models: Sequence[nn.Module], sizes: Sequence[int], classes: int) -> St
         heads.replace_head(model, lambda n: nn.Identity())
         bodies.append(model)
     return StackedBackbones(bodies, sizes, build_head(width, classes))
+
+
+def load_head(model: nn.Module, layer: nn.Linear) -> None:
+    """Copy ``layer``'s weights (a fitted probe's, [tlkit.LinearProbe.to_linear][]) into the
+    last ``nn.Linear`` of ``model``'s head."""
+    linear = final_linear(model)
+    with torch.no_grad():
+        linear.weight.copy_(layer.weight)
+        linear.bias.copy_(layer.bias)
 
 
 def final_linear(model: nn.Module) -> nn.Linear:

@@ -20,6 +20,7 @@ from .probing import Candidate, ProbeStage, load_candidates, metrics_from_probs,
 from .result import FinetuneResult, Recipe
 from .select import rank_within_budget
 from .settings import AUTO
+from .stages import stage_records
 from .tuning import TunedStage, run_finetune
 
 __all__ = ["finetune"]
@@ -203,7 +204,7 @@ def build_result(
     geometry: Geometry,
 ) -> FinetuneResult:
     """The kept model with its preprocessing, and how it did on the images that judged it."""
-    history = History([{"stage": "finetune", **r} for r in tuned.history.records] if tuned else [])
+    history = History(stage_records(tuned.history, "finetune") if tuned else [])
     if plan.kept == "fine-tuned" or probe is None:
         assert tuned is not None
         plan.image_size, info, model = tuned.size, tuned.info, tuned.model

@@ -3,7 +3,6 @@ held-out fold, then judged against the probe on that fold (the keep rule)."""
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from .keep import fine_tuning_wins
 from .measure import choose_batch_size, measure
 from .plan import choose_size, plan_finetune
 from .probing import Candidate, ProbeStage
-from .result import Recipe, build_head, final_linear
+from .result import Recipe, build_head, load_head
 from .settings import AUTO
 from .stages import train_full
 
@@ -79,7 +78,9 @@ def run_finetune(
     """Fine-tune ``best`` when the plan says so (``None`` when it does not), and keep it over
     the probe only when the keep rule says it is better on the same held-out images."""
     assert best.info is not None
-    model = copy.deepcopy(probe.tuning_start if probe is not None else best.model)
+    # the probe stage's untouched copy, or (no probe) the candidate's own network: both are
+    # this stage's alone to train
+    model = probe.tuning_start if probe is not None else best.model
     size, why = (
         (image_size, f"{image_size} px: given")
         if image_size is not None
@@ -137,10 +138,7 @@ def _start_head(
     """``lp-ft`` starts from the probe's head (of this backbone alone); the others from a new
     one."""
     if name == "lp-ft" and probe is not None:
-        fitted = probe.choice.probes[backbone].to_linear()
-        with torch.no_grad():
-            final_linear(model).weight.copy_(fitted.weight)
-            final_linear(model).bias.copy_(fitted.bias)
+        load_head(model, probe.choice.probes[backbone].to_linear())
     else:
         torch.manual_seed(seed)
         heads.replace_head(model, lambda n: build_head(n, classes))
