@@ -321,6 +321,77 @@ def test_resume_is_bit_identical_with_a_loader_generator_and_a_stateful_sampler(
             assert torch.equal(a, b), (kind, name)
 
 
+class _SavedSampler(torch.utils.data.Sampler[int]):
+    """Shuffles from its own counter, which it saves (like torchdata's samplers)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.epoch = n, 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(1000 + self.epoch)
+        self.epoch += 1
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+    def state_dict(self):
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        self.epoch = state["epoch"]
+
+
+def _loaders(kind: str) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders built the same way in every process."""
+    data, val = ColourDataset(64, augment=True), ColourDataset(32, seed=5)
+    if kind == "generator":  # PyTorch's reproducibility advice
+        gen = torch.Generator().manual_seed(7)
+        train = DataLoader(data, batch_size=16, shuffle=True, generator=gen)
+    elif kind == "sampler":
+        train = DataLoader(data, batch_size=16, sampler=_SavedSampler(64))
+    else:
+        train = DataLoader(data, batch_size=16, shuffle=True)
+    return train, DataLoader(val, batch_size=16)
+
+
+@pytest.mark.parametrize("loader_kind", ["global", "generator", "sampler"])
+@pytest.mark.parametrize("checkpoint", ["mid-epoch", "epoch end", "best", "fit end"])
+def test_resume_from_every_kind_of_checkpoint_equals_the_uninterrupted_run(
+    tmp_path: Path, checkpoint: str, loader_kind: str
+) -> None:
+    class CtrlC(Callback):
+        def on_batch_end(self, trainer, *, batch, optimizer_stepped, **kwargs):
+            if trainer.epochs_done == 1 and batch == 2:
+                raise KeyboardInterrupt
+
+    def run(epochs: int, extra: list[Callback], resume: Path | None = None) -> tlkit.Trainer:
+        torch.manual_seed(0)
+        model = small_net(dropout=0.3)
+        trainer = trainer_for(model, callbacks=extra, checkpoint_dir=tmp_path)
+        trainer.fit(*_loaders(loader_kind), epochs=epochs, resume_from=resume)
+        return trainer
+
+    reference = run(4, []).model
+    if checkpoint == "mid-epoch":
+        with pytest.raises(KeyboardInterrupt):
+            run(4, [CtrlC()])
+        path = tmp_path / "interrupted.pt"
+    elif checkpoint == "fit end":
+        path = tmp_path / "fit-end.pt"
+        run(2, []).save_checkpoint(path)
+    else:
+        monitor = "val_loss" if checkpoint == "best" else None
+        run(2, [ModelCheckpoint(tmp_path, monitor=monitor)])
+        path = tmp_path / ("best.pt" if checkpoint == "best" else "last.pt")
+    torch.manual_seed(123)  # the resumed process starts from other random states
+    resumed = run(4, [], resume=path).model
+    for (name, a), b in zip(
+        reference.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
 def test_resume_refuses_another_optimizer_a_folder_and_another_format(tmp_path: Path) -> None:
     torch.manual_seed(0)
     trainer = trainer_for(small_net(), callbacks=[ModelCheckpoint(tmp_path, monitor=None)])

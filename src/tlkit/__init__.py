@@ -39,7 +39,14 @@ from .progress import ProgressBar
 from .ranking import BackboneScore, logme, rank_backbones
 from .recipes import FinetuneResult, Recipe, finetune, load_model
 from .registry import Registry
-from .splits import kfold, near_duplicate_groups, part_sizes, split
+from .splits import (
+    file_name_groups,
+    join_groups,
+    kfold,
+    near_duplicate_groups,
+    part_sizes,
+    split,
+)
 from .trainer import NonFiniteLossError, Trainer
 
 __version__ = "0.1.0"
@@ -78,9 +85,11 @@ __all__ = [
     "export",
     "extract_features",
     "features",
+    "file_name_groups",
     "finetune",
     "heads",
     "imagenet_classes",
+    "join_groups",
     "kfold",
     "load_model",
     "load_weights",

@@ -325,7 +325,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
         "callbacks": {
             k: c.state_dict() for k, c in zip(callback_keys(callbacks), callbacks, strict=True)
         },
-        "rng": position.start_rng if position.inside_epoch else rng_state(),
+        "rng": position.start_rng if position.inside_epoch else rng_state(trainer.train_loader),
         "history": trainer.history.records,
     }
 

@@ -124,6 +124,7 @@ class Trainer(Checkpointing):
         self.should_stop, self.last_step_taken = False, True
         self.batches_per_epoch: int | None = None
         self.position = EpochPosition()
+        self.train_loader: Any = None  # the loader of the current (or last) fit
         self._losses = _steps.LossWatch()
         self.tta = False  # evaluate(tta=True): validation-style passes average flipped views
         self._check_next = False  # the next step checks outputs, labels and loss
@@ -266,6 +267,7 @@ class Trainer(Checkpointing):
                 distributed=self.world_size > 1, log=self.log)  # fmt: skip
             self._module, self.batch_transform = head, None  # features are transformed already
         self.batches_per_epoch = len(train) if isinstance(train, Sized) else None
+        self.train_loader = train  # its generators and samplers are part of every checkpoint
         self.log(_steps.summary(self, cache_features))
         self._notify("on_fit_start")
         first = True
@@ -345,7 +347,7 @@ class Trainer(Checkpointing):
             if (index + 1) % log_every == 0:
                 self.check_finite()
         _steps.check_batches_seen(index, skip)
-        position.end_rng = rng_state()
+        position.end_rng = rng_state(loader)
         if (index + 1) % accum != 0 and total is None:  # iterable loader: flush the last step
             self._optimizer_step()
         self.check_finite()

@@ -116,6 +116,7 @@ class Decoded:
     labels: torch.Tensor
     val_images: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
+    files: list[str] | None = None  # the training images' paths (their names group them)
 
     @classmethod
     def read(
@@ -127,6 +128,7 @@ class Decoded:
             torch.tensor(data.targets),
             decode_dataset(val, size, geometry) if val is not None else None,
             torch.tensor(val.targets) if val is not None else None,
+            [str(f) for f in data.files],
         )
 
 

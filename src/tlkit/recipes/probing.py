@@ -21,7 +21,7 @@ from .. import heads
 from ..backbones import BackboneInfo
 from ..metrics import ClassificationMeter
 from ..probe import LinearProbe
-from ..splits import near_duplicate_groups
+from ..splits import file_name_groups, join_groups, near_duplicate_groups
 from .images import Decoded, normalise, resize_square
 from .keep import clearly_better
 from .measure import time_batches
@@ -98,6 +98,7 @@ def choose_probe(
     seed: int,
     log: Callable[[str], None],
     n: int | None = None,
+    files: list[str] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> ProbeChoice:
     """Fit a cross-validated [tlkit.LinearProbe][] on each candidate's features and, with
@@ -107,12 +108,14 @@ def choose_probe(
     moves accuracy by half a point, and a choice made on such noise does not carry to new
     images). The mirror images train too unless leaving them out is better (classes told apart
     by left and right). Only the first ``n`` images' features train (the rest are validation
-    images)."""
+    images). Folds keep together near-duplicate images and, given their ``files``, the images
+    whose names begin alike ([tlkit.file_name_groups][])."""
     n = len(labels) if n is None else n
     y = labels[:n]
     joined = torch.cat([c.features[:, :n] for c in candidates if c.features is not None], -1)
     found = near_duplicate_groups(joined[0], threshold=AUTO.duplicate_similarity)
-    groups = usable_groups(found, y)
+    named = file_name_groups(files[:n], y, folds=AUTO.probe_folds) if files else None
+    groups = usable_groups(found if named is None else join_groups(found, named), y)
     options = [[c] for c in candidates] + ([candidates] if len(candidates) > 1 else [])
     probes: dict[str, LinearProbe] = {}
     for option in options:
@@ -135,7 +138,7 @@ def choose_probe(
         )
     reasons = [
         f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation accuracy "
-        f"{what}; {_grouping(n, found, groups)}",
+        f"{what}; {_grouping(n, found, named, groups)}",
         f"{'with' if mirror else 'without'} mirror images: {_score(unmirrored):.4f} without "
         "them"
         + (
@@ -184,19 +187,21 @@ def _score(probe: LinearProbe) -> float:
     return probe.cv_accuracy_[probe.C_]
 
 
-def _grouping(n: int, found: torch.Tensor, groups: torch.Tensor) -> str:
+def _grouping(n: int, found: torch.Tensor, named: torch.Tensor | None, groups: torch.Tensor) -> str:
+    """What the folds kept together, in words."""
     similar = f"features' cosine similarity >= {AUTO.duplicate_similarity:g}"
+    kinds = [f"{n - len(found.unique())} near-duplicate images ({similar})"]
+    if named is not None:
+        kinds.append(f"{n - len(named.unique())} images named like another of their class")
     if len(groups.unique()) < n:
+        together = f"{n} images in {len(groups.unique())} groups"
+        return f"folds keep together {' and '.join(kinds)}: {together}"
+    if len(found.unique()) < n or (named is not None and len(named.unique()) < n):
         return (
-            f"near-duplicate images ({similar}) kept in one fold: {n} images in "
-            f"{len(groups.unique())} groups"
+            f"found {' and '.join(kinds)}, but grouping them would leave a class in one group: "
+            "folds split image by image"
         )
-    if len(found.unique()) < n:
-        return (
-            f"near-duplicate images found ({similar}), but grouping them would leave a class "
-            "in one group: folds split image by image"
-        )
-    return f"no near-duplicate images found ({similar})"
+    return f"no near-duplicate or alike-named images found ({similar})"
 
 
 def probe_network(choice: ProbeChoice, candidates: list[Candidate], classes: int) -> nn.Module:
@@ -296,7 +301,9 @@ def run_probe(
             f"mirror images (about {candidate.seconds:.0f} s here)"
         )
         candidate.features = features(candidate, both)
-    choice = choose_probe(candidates, labels, classes, seed=seed, log=log, n=len(images))
+    choice = choose_probe(
+        candidates, labels, classes, seed=seed, log=log, n=len(images), files=sets.files
+    )
     singles = {c.name: choice.scores[c.name] for c in candidates}
     best = next(c for c in candidates if c.name == max(singles, key=lambda n: singles[n]))
     tuning_start = copy.deepcopy(best.model)
