@@ -305,7 +305,8 @@ def main() -> None:
                 root, args.work / f"run-{name}-{budget}", budget
             )
             print(f"  tlkit fit --budget {budget}: {result['accuracy']:.4f} "
-                  f"in {result['wall_seconds']:.0f} s ({result['backbone']}, {result['kept']})",
+                  f"(validation {result['validation']:.4f}) in {result['wall_seconds']:.0f} s "
+                  f"({result['backbone']}, {result['kept']})",
                   flush=True)  # fmt: skip
         records[name] = record
         write_json(__file__, {"folders": records, "runs": 1})
@@ -316,8 +317,8 @@ def main() -> None:
         fits = {k: v for k, v in record.items() if k.startswith("tlkit fit")}
         rows.append([name, record["train"], record["test"], f"{100 * single:.1f}",
                      f"{100 * best:.1f}",
-                     *(f"{100 * v['accuracy']:.1f} ({v['wall_seconds']:.0f} s)"
-                       for v in fits.values())])  # fmt: skip
+                     *(f"{100 * v['accuracy']:.1f} (validation {100 * v['validation']:.1f}, "
+                       f"{v['wall_seconds']:.0f} s)" for v in fits.values())])  # fmt: skip
     budgets = [f"tlkit fit {b} %" for b in args.budgets.split(",")]
     print(table(["folder", "train", "test", "best single floor %", "best floor %", *budgets], rows))
 

@@ -265,3 +265,14 @@ def test_batch_augment_channels_dtypes_statistics_and_bad_input() -> None:
         augment.BatchAugment(16, flip=1.5)
     with pytest.raises(ValueError, match="image_size"):
         augment.BatchAugment(0)
+
+
+def test_zero_size_images_are_refused_with_their_shape() -> None:
+    with pytest.raises(ValueError, match=r"zero size: shape \(2, 3, 0, 0\)"):
+        augment.BatchAugment(32)(torch.zeros(2, 3, 0, 0, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"empty batch"):
+        augment.BatchAugment(32)(torch.zeros(0, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="zero size"):
+        augment.ToRGB()(torch.zeros(3, 0, 5, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        augment.to_rgb(Image.new("RGB", (0, 0)))

@@ -235,3 +235,18 @@ def test_lite_weights_come_from_the_installed_package_when_the_hub_is_out_of_rea
         probs = model.eval()(evaluation(Image.fromarray(skdata.coffee()))[None]).softmax(1)
     assert imagenet_classes()[int(probs.argmax())] == "espresso"
     assert len(repr(info)) < 400  # a few lines, not the 1,000 class names and 296 pairs
+
+
+def test_non_finite_weights_are_refused_naming_the_first_bad_tensor(tmp_path: Path) -> None:
+    model, _ = backbone("resnet18", weights=None)
+    state = model.state_dict()
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    nan = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+           for k, v in state.items()}  # fmt: skip
+    torch.save(nan, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=f"NaN or infinite weights in .* \\(first: {first}\\)"):
+        backbone("resnet18", weights=tmp_path / "nan.pt")
+    one_inf = dict(state, **{first: state[first].clone().fill_(float("inf"))})
+    with pytest.raises(ValueError, match="1 tensor"):
+        load_weights(model, one_inf)
+    load_weights(model, state)  # finite weights load as before

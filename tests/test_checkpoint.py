@@ -408,3 +408,17 @@ def test_resume_refuses_another_optimizer_a_folder_and_another_format(tmp_path: 
     torch.save(state, tmp_path / "future.pt")
     with pytest.raises(ValueError, match="format 99, but this tlkit reads format 1; upgrade"):
         trainer_for(small_net()).fit(loader(), epochs=2, resume_from=tmp_path / "future.pt")
+
+
+def test_resume_refuses_a_checkpoint_with_nan_weights(tmp_path: Path) -> None:
+    trainer = trainer_for(small_net(), checkpoint_dir=tmp_path)
+    trainer.fit(loader(), epochs=1)
+    state = trainer.state_dict()
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    torch.save(state, tmp_path / "bad.pt")
+    fresh = trainer_for(small_net(), checkpoint_dir=tmp_path)
+    before = {k: v.clone() for k, v in fresh.model.state_dict().items()}
+    with pytest.raises(ValueError, match=f"NaN or infinite weights .*first: {name}"):
+        fresh.fit(loader(), epochs=2, resume_from=tmp_path / "bad.pt")
+    assert all(torch.equal(before[k], v) for k, v in fresh.model.state_dict().items())

@@ -334,3 +334,29 @@ def test_the_default_backbones_are_the_lites_whose_weights_are_at_hand(
     assert inputs.default_backbones() == [f"{lite}0"]  # downloaded when first used
     names, _ = inputs.check_arguments(None, None, "strict", None, "auto", None, "pad")
     assert names == [f"{lite}0"]  # random weights: one architecture
+
+
+def test_load_model_refuses_nan_weights_and_an_edited_description(tmp_path: Path) -> None:
+    root = colours(tmp_path / "data")
+    result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+                            image_size=32, verbose=False)  # fmt: skip
+    path = result.save(tmp_path / "model.pt")
+    good = torch.load(path, weights_only=True)
+    edits = {
+        "nan.pt": ({"state_dict": {k: v.float() * float("nan") if v.is_floating_point() else v
+                                   for k, v in good["state_dict"].items()}},
+                   "NaN or infinite weights in"),
+        "classes.pt": ({"classes": ["red", "red", "blue"]}, "classes must be distinct names"),
+        "size.pt": ({"image_size": 100000}, "image_size must be 8 to 4096 pixels, got 100000"),
+        "mean.pt": ({"mean": [0.5, 0.5]}, "mean must be 3 numbers"),
+        "more-classes.pt": ({"classes": ["a", "b", "c", "d"]}, "does not hold weights"),
+    }  # fmt: skip
+    for name, (change, message) in edits.items():
+        torch.save({**good, **change}, tmp_path / name)
+        with pytest.raises(ValueError, match=message):
+            tlkit.load_model(tmp_path / name)
+    broken = {k: v for k, v in good.items() if k != "std"}
+    torch.save(broken, tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="it lacks std"):
+        tlkit.load_model(tmp_path / "missing.pt")
+    assert tlkit.load_model(path).classes == result.classes  # the untouched file still loads

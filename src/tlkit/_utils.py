@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -128,9 +128,13 @@ class NonFiniteLossError(FloatingPointError):
     """
 
 
-def nonfinite_tensors(model: nn.Module) -> list[str]:
-    """Names of the floating-point state tensors holding NaN or infinity (one host sync)."""
-    named = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+def nonfinite_tensors(model: nn.Module | Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point state tensors of a model (or of a state dict) holding NaN
+    or infinity (one host sync)."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    named = [
+        (n, t) for n, t in state.items() if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
     if not named:
         return []
     finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
@@ -143,4 +147,24 @@ def check_weights_finite(model: nn.Module, path: Any) -> None:
         raise NonFiniteLossError(
             f"{len(bad)} tensors of the model hold NaN or infinite values (first: {bad[0]}); "
             f"{str(path)!r} was not written, so the last good checkpoint is kept"
+        )
+
+
+def check_state_finite(state: Mapping[str, Any], source: Any) -> None:
+    """Refuse a state dict with NaN or infinite weights: loaded, it would answer NaN.
+
+    Raises:
+        ValueError: Naming the first bad tensor and how many there are.
+
+    Examples:
+        >>> check_state_finite({"w": torch.tensor([1.0, float("nan")])}, "w.pt")
+        Traceback (most recent call last):
+        ...
+        ValueError: 'w.pt' holds NaN or infinite weights in 1 tensor(s) (first: w); ...
+    """
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise ValueError(
+            f"{str(source)!r} holds NaN or infinite weights in {len(bad)} tensor(s) (first: "
+            f"{bad[0]}); it comes from a run that diverged or a damaged file, and is not loaded"
         )

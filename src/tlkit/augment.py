@@ -178,6 +178,8 @@ class ToRGB(nn.Module):
             raise ValueError(
                 f"expected an image with 1, 3 or 4 channels, got shape {tuple(tensor.shape)}"
             )
+        if 0 in tensor.shape:
+            raise ValueError(f"the image has zero size: shape {tuple(tensor.shape)}")
         if tensor.shape[1] == 0 or tensor.shape[2] == 0:
             raise ValueError(f"the image is empty (shape {tuple(tensor.shape)})")
         if tensor.is_floating_point():
@@ -554,6 +556,11 @@ class BatchAugment(nn.Module):
             raise ValueError(
                 f"BatchAugment expects 1, 3 or 4 channels, got {channels} "
                 f"(batch shape {tuple(images.shape)})"
+            )
+        if 0 in images.shape:
+            raise ValueError(
+                f"BatchAugment got an empty batch or images of zero size: shape "
+                f"{tuple(images.shape)}; every image needs at least one pixel"
             )
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         x = x.expand(-1, 3, -1, -1) if channels == 1 else x[:, :3]

@@ -28,7 +28,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ._utils import check_positive_int
+from ._utils import check_positive_int, check_state_finite
 from .registry import unknown_name_error
 
 __all__ = [
@@ -507,6 +507,7 @@ def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict
     prefix = "module."  # saved from a DataParallel/DDP-wrapped model
     if state and all(k.startswith(prefix) for k in state):
         state = {k[len(prefix) :]: v for k, v in state.items()}
+    check_state_finite(state, "the state dict" if isinstance(source, Mapping) else source)
     return dict(state)
 
 

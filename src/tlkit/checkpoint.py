@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._utils import atomic_save, check_weights_finite
+from ._utils import atomic_save, check_state_finite, check_weights_finite
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -346,6 +346,7 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any], *, source: str) 
         >>> bool((a.model.weight == b.model.weight).all())
         True
     """
+    check_state_finite(state["model"], source)
     try:
         trainer.model.load_state_dict(state["model"])
     except RuntimeError as exc:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import heads
 from .._steps import flip_average
-from .._utils import atomic_save, plural
+from .._utils import atomic_save, check_state_finite, plural
 from ..backbones import BackboneInfo, backbone
 from ..history import History
 from .images import Geometry, decode, normalise
@@ -280,6 +280,45 @@ class FinetuneResult:
         )
 
 
+def _check_description(state: dict[str, Any], file: Path) -> None:
+    """Refuse a ``model.pt`` whose description was damaged or edited: each field named."""
+    missing = [k for k in ("classes", "backbone", "image_size", "mean", "std", "background",
+                           "recipe", "state_dict") if k not in state]  # fmt: skip
+    classes, size = state.get("classes"), state.get("image_size")
+    problems = [f"it lacks {', '.join(missing)}"] if missing else []
+    if not missing:
+        if (
+            not isinstance(classes, list)
+            or not classes
+            or len(set(map(str, classes))) != len(classes)
+            or not all(isinstance(c, str) and c for c in classes)
+        ):
+            problems.append(f"classes must be distinct names, got {classes!r:.80}")
+        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+            problems.append(f"image_size must be 8 to 4096 pixels, got {size!r:.40}")
+        for key, low in (("mean", -10.0), ("std", 1e-6)):
+            values = state[key]
+            if (
+                not isinstance(values, (list, tuple))
+                or len(values) != 3
+                or not all(isinstance(v, (int, float)) and low <= v <= 10 for v in values)
+            ):
+                problems.append(f"{key} must be 3 numbers, got {values!r:.60}")
+        background = state["background"]
+        if (
+            not isinstance(background, (list, tuple))
+            or len(background) != 3
+            or not all(isinstance(v, int) and 0 <= v <= 255 for v in background)
+        ):
+            problems.append(f"background must be 3 values 0-255, got {background!r:.60}")
+        if not isinstance(state["state_dict"], dict):
+            problems.append("state_dict is not a dict of tensors")
+    if problems:
+        raise ValueError(
+            f"{str(file)!r} is damaged or was edited after tlkit wrote it: {'; '.join(problems)}"
+        )
+
+
 def load_model(path: str | Path) -> FinetuneResult:
     """A model saved by [tlkit.FinetuneResult.save][] (``RUN/model.pt``), ready to
     predict; history and metrics are not part of the file.
@@ -313,10 +352,19 @@ def load_model(path: str | Path) -> FinetuneResult:
     state = load_file(file, what="model")
     if not isinstance(state, dict) or state.get("tlkit_model") != 1:
         raise ValueError(f"{str(file)!r} is not a model written by tlkit fit / finetune")
+    _check_description(state, file)
     names = [str(n) for n in state.get("backbones", [state["backbone"]])]
     sizes = [int(s) for s in state.get("sizes", [state["image_size"]])]
     model, info = build_network(names, sizes, len(state["classes"]))
-    model.load_state_dict(state["state_dict"])
+    check_state_finite(state["state_dict"], file)
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{str(file)!r} does not hold weights for its own description ({'+'.join(names)}, "
+            f"{len(state['classes'])} classes): {str(exc).splitlines()[0]}; it was changed "
+            "after tlkit wrote it"
+        ) from exc
     background = tuple(int(v) for v in state["background"])
     return FinetuneResult(
         model=model.eval(),
