@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import pytest
@@ -134,14 +133,17 @@ def test_ranking_takes_at_most_a_quarter_of_the_budget_left(
     monkeypatch.setattr(select, "time_batches", lambda *args, **kwargs: 10.0)
 
     def rank(seconds: float | None) -> tuple[list, str]:
-        deadline = None if seconds is None else time.perf_counter() + seconds
-        return select.rank_within_budget(names, None, data, 32, 24, 0, deadline)
+        # a clock that stands still: decoding "takes" no time, whatever this machine's speed
+        deadline = None if seconds is None else 1000.0 + seconds
+        return select.rank_within_budget(
+            names, None, data, 32, 24, 0, deadline, clock=lambda: 1000.0
+        )
 
     everything, why = rank(None)
     assert {r.images for r in everything} == {120} and "fewer" not in why
-    # a quarter of 60 s is 15 s: about 75 of the 120 images, the same sample for both
+    # a quarter of 60 s is 15 s: 75 of the 120 images at 0.2 s each, the same sample for both
     fewer, why = rank(60.0)
-    assert len({r.images for r in fewer}) == 1 and 60 <= fewer[0].images <= 75
+    assert {r.images for r in fewer} == {75}
     assert "fewer to fit a quarter of the budget" in why
     # a quarter of 32 s cannot score the least sample (50 images, 10 s): the first is taken
     none, why = rank(32.0)
@@ -360,3 +362,21 @@ def test_load_model_refuses_nan_weights_and_an_edited_description(tmp_path: Path
     with pytest.raises(ValueError, match="it lacks std"):
         tlkit.load_model(tmp_path / "missing.pt")
     assert tlkit.load_model(path).classes == result.classes  # the untouched file still loads
+
+
+def test_the_probe_gets_the_larger_share_when_fine_tuning_could_not_follow() -> None:
+    from tlkit.recipes.probing import Candidate
+    from tlkit.recipes.run import probe_alone
+
+    class Folder:  # 8 classes of 100 images: enough per class to fine-tune
+        classes = tuple(str(i) for i in range(8))
+
+        def __len__(self) -> int:
+            return 800
+
+    # a 100 s feature pass (two views): one fine-tuning epoch estimated at 100 s here
+    quick = [Candidate("a", torch.nn.Identity(), 32, (0.0,), (1.0,), seconds=100.0)]
+    assert not probe_alone(quick, "auto", Folder(), 1000.0)  # 3 epochs fit half of 1000 s
+    assert probe_alone(quick, "auto", Folder(), 500.0)  # ... not half of 500 s
+    assert not probe_alone(quick, "auto", Folder(), None)  # no budget: fine-tuning may follow
+    assert probe_alone(quick, "probe", Folder(), None)

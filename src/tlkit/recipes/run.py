@@ -158,6 +158,22 @@ def start_plan(
     return plan
 
 
+def probe_alone(
+    candidates: list[Candidate], recipe: str, data: ImageDataset, remaining: float | None
+) -> bool:
+    """Whether the probe is all there will be: the probe recipe, fewer than
+    ``AUTO.few_per_class`` images per class, or too little time for the half of it that
+    fine-tuning would get to fit ``AUTO.min_finetune_epochs`` epochs of the quickest candidate
+    (an epoch estimated at ``AUTO.train_slowdown`` times its scoring time per image)."""
+    if recipe == "probe" or len(data) / len(data.classes) < AUTO.few_per_class:
+        return True
+    if remaining is None or recipe == "full":
+        return False
+    scoring = min(c.seconds for c in candidates) / AUTO.probe_views  # one view of every image
+    epoch = AUTO.train_slowdown * scoring
+    return AUTO.min_finetune_epochs * epoch > (1 - AUTO.probe_share) * remaining
+
+
 def choose_candidates(
     candidates: list[Candidate],
     plan: Recipe,
@@ -178,8 +194,11 @@ def choose_candidates(
     def left() -> float | None:
         return None if deadline is None else deadline - time.perf_counter()
 
-    alone = recipe == "probe" or len(data) / len(data.classes) < AUTO.few_per_class
-    share = AUTO.probe_share_alone if alone else AUTO.probe_share
+    share = (
+        AUTO.probe_share_alone
+        if probe_alone(candidates, recipe, data, left())
+        else AUTO.probe_share
+    )
     seconds = {c.name: c.seconds for c in candidates}
     kept, why = plan_candidates(seconds, left(), share)
     if len(kept) < len(candidates) and len(data) > AUTO.rank_images:

@@ -5,6 +5,7 @@ the time left."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..backbones import backbone
@@ -25,10 +26,12 @@ def rank_within_budget(
     median_side: int,
     seed: int,
     deadline: float | None,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[list[BackboneScore], str]:
     """LogME of each candidate at the size it would train at, best first, and the sample it
-    used; with a deadline, on as many images as fit in a quarter of the time left (each
-    architecture timed here first), or ``([], reason)`` when too few would."""
+    used; with a deadline (on ``clock``), on as many images as fit in a quarter of the time
+    left (each architecture timed here first), or ``([], reason)`` when too few would."""
     sizes, seconds_per_image = dict.fromkeys(names, image_size or 0), 0.0
     for name in names:
         if image_size is not None and deadline is None:
@@ -41,12 +44,12 @@ def rank_within_budget(
             )
     sample, note = min(AUTO.rank_images, len(data)), ""
     if deadline is not None:
-        start = time.perf_counter()
+        start = clock()
         drafted = data.with_min_side(min(sizes.values()))
         for index in range(min(4, len(data))):
             drafted.load(index)
-        decode = (time.perf_counter() - start) / min(4, len(data))
-        share = AUTO.rank_share * (deadline - time.perf_counter())
+        decode = (clock() - start) / min(4, len(data))
+        share = AUTO.rank_share * (deadline - clock())
         per_image = seconds_per_image + len(names) * decode
         least = min(len(data), max(AUTO.rank_least_per_class * len(data.classes), 50))
         if share < least * per_image:

@@ -31,6 +31,9 @@ class Settings:
     head_dropout: float = 0.1
     probe_share: float = 0.5  # at most this share of the time left goes to probe features ...
     probe_share_alone: float = 0.85  # ... or this much when no fine-tuning will follow
+    train_slowdown: float = 2.0  # a fine-tuning epoch against one view of the probe's
+    # feature pass as its speed check estimates it (Wesnoth, Lite0, 2 CPU cores: 91-106 s
+    # against 48 s)
     # fine-tuning
     min_finetune_epochs: int = 3  # auto fine-tunes only when this many epochs fit
     max_epochs: int = 12
