@@ -116,6 +116,25 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
     assert "holds the weights of one architecture" in errors[5] and "resnet18.pt" in errors[5]
 
 
+def test_a_bad_run_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    folder = shapes.write(tmp_path / "data", 2)
+    (tmp_path / "file").write_text("x")
+    cases = {
+        "": "--out must name a run folder",
+        str(tmp_path / "file"): "is a file",
+        str(tmp_path / "file" / "run"): "is a file",
+        str(folder / "runs" / "r1"): "inside the training folder",
+    }
+    for out, message in cases.items():
+        argv = ["fit", str(folder), "--out", out, "--backbone", "resnet18", "--weights", "none"]
+        result = subprocess.run([sys.executable, "-m", "tlkit", *argv], capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (out, lines)
+        assert "probe" not in result.stdout  # refused before any training
+    assert not (folder / "runs").exists()  # nothing written into the data folder
+
+
 def test_a_checkpoint_of_another_implementation_loads_with_key_map_by_order(
     tmp_path: Path,
 ) -> None:

@@ -28,7 +28,9 @@ def test_budget_strings() -> None:
     assert (
         parse_budget("90s") == 90 and parse_budget("2m30s") == 150 and parse_budget("1.5h") == 5400
     )
-    for bad in ("0s", "-5m", "5q", "", "m", True):
+    assert parse_budget(" 1h 30m ") == 5400 and parse_budget("45") == 45
+    # a number without its unit after another, a sign inside, a unit twice: refused, not guessed
+    for bad in ("0s", "-5m", "5q", "", "m", True, "1h30", "1m-30s", "5m5m", "30s1m", "nan"):
         with pytest.raises(ValueError, match="budget must be a positive duration"):
             parse_budget(bad)  # type: ignore[arg-type]
 

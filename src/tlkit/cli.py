@@ -24,6 +24,8 @@ from typing import Literal
 
 import torch
 
+from ._utils import check_writable_dir
+
 __all__ = ["get_args_parser", "main"]
 
 _USER_ERRORS = (
@@ -59,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="train a classifier on a folder or CSV of images")
     fit.add_argument("data", type=Path, help="folder of <class>/<image>, or CSV of path,label")
-    fit.add_argument("--out", type=Path, required=True, help="run folder for model and report")
+    fit.add_argument("--out", type=str, required=True, help="run folder for model and report")
     fit.add_argument("--backbone", action="append", default=None,
                      help="backbone name; give several to probe each and their concatenation "
                           "and keep the best (default: EfficientNet-Lite0/1/2 where their "
@@ -102,10 +104,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_run_folder(out: str, data: Path) -> Path:
+    """The run folder ``--out``, checked before any work: named, a folder (or to be one), not
+    inside the training folder (it would become a class of the next run), writable.
+
+    Raises:
+        ValueError, NotADirectoryError, PermissionError: Naming the path and the way out.
+    """
+    if not out.strip():
+        raise ValueError("--out must name a run folder, got ''")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--out {out!r} is a file; pass a folder for the run")
+    resolved, root = folder.resolve(), Path(data).resolve()
+    if root.is_dir() and (resolved == root or root in resolved.parents):
+        raise ValueError(
+            f"--out {out!r} is inside the training folder {str(data)!r}: its images would "
+            "become a class of the next run; pass a folder outside it"
+        )
+    check_writable_dir(folder if folder.is_dir() else _existing_parent(folder), "--out")
+    return folder
+
+
+def _existing_parent(path: Path) -> Path:
+    """``path``'s nearest ancestor that exists (the folder a new run folder is created in)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return parent
+    return Path("/")  # pragma: no cover
+
+
 def fit(args: argparse.Namespace) -> int:
     from .recipes import finetune, parse_budget
     from .report import write_report
 
+    args.out = check_run_folder(args.out, args.data)
     names = args.backbone or None
     weights = None if str(args.weights).lower() == "none" else args.weights
     on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
@@ -207,6 +240,27 @@ def _seconds_since_start() -> float:
         return 0.0
 
 
+def _message(exc: BaseException) -> str:
+    """What went wrong in words: an ``OSError``'s reason and path (its first argument is an
+    error number), a decoding error's encoding and position, else the message itself (a
+    ``KeyError``'s without the quotes ``str`` adds).
+
+    Examples:
+        >>> _message(NotADirectoryError(20, "Not a directory", "out/model.pt"))
+        "Not a directory: 'out/model.pt'"
+        >>> _message(KeyError("no column 'label'"))
+        "no column 'label'"
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+        return exc.strerror + (": " + " -> ".join(repr(p) for p in paths) if paths else "")
+    if isinstance(exc, UnicodeDecodeError):
+        return f"the file is not {exc.encoding} text ({exc.reason} at byte {exc.start})"
+    if exc.args and isinstance(exc.args[0], str):
+        return exc.args[0]
+    return str(exc) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a user mistake).
 
@@ -222,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as exc:
         if os.environ.get("TLKIT_DEBUG"):
             raise
-        text = str(exc.args[0]) if exc.args else type(exc).__name__
+        text = _message(exc)
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         message = "; ".join(lines).replace("pass on_error='skip'", "pass --skip-errors")
         print(f"tlkit {args.command}: error: {message}", file=sys.stderr)

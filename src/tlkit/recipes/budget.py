@@ -4,12 +4,16 @@ would not fit."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any
 
 from ..callbacks import Callback
 
 __all__ = ["Deadline", "parse_budget"]
+
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile(rf"(?:{_NUMBER}h)?\s*(?:{_NUMBER}m)?\s*(?:{_NUMBER}s)?")
 
 
 def parse_budget(text: str | float | int | None) -> float | None:
@@ -21,6 +25,10 @@ def parse_budget(text: str | float | int | None) -> float | None:
     Examples:
         >>> parse_budget("5m"), parse_budget("1h30m"), parse_budget(90), parse_budget(None)
         (300.0, 5400.0, 90.0, None)
+        >>> parse_budget("1h30")  # 30 what?
+        Traceback (most recent call last):
+        ...
+        ValueError: budget must be a positive duration such as ... got '1h30'
     """
     if text is None:
         return None
@@ -28,19 +36,14 @@ def parse_budget(text: str | float | int | None) -> float | None:
         seconds = float(text)
     else:
         raw = str(text).strip().lower()
-        seconds, number = 0.0, ""
-        units = {"h": 3600.0, "m": 60.0, "s": 1.0}
-        try:
-            for char in raw:
-                if char in units:
-                    seconds += float(number) * units[char]
-                    number = ""
-                else:
-                    number += char
-            if number:
-                seconds += float(number)
-        except ValueError:
-            seconds = math.nan
+        parts = _DURATION.fullmatch(raw) if raw else None
+        if re.fullmatch(_NUMBER, raw):
+            seconds = float(raw)
+        elif parts is None or not any(parts.groups()):
+            seconds = math.nan  # "1h30" (30 what?), "1m-30s", "-5m", "5m5m": refused
+        else:
+            hours, minutes, secs = (float(v) if v else 0.0 for v in parts.groups())
+            seconds = 3600 * hours + 60 * minutes + secs
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(
             f"budget must be a positive duration such as '90s', '5m', '1h30m' or a number of "
