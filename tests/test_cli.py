@@ -86,6 +86,22 @@ def test_the_exported_model_agrees_with_predict_on_real_images(
     assert deployable(grey).shape == (2, len(shapes.SHAPES))
 
 
+def test_export_never_overwrites_the_run_and_refuses_a_folder(
+    run: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = run["out"] / "model.pt"
+    before = model.read_bytes()
+    assert cli.main(["export", str(run["out"]), "--output", str(model)]) == 2
+    assert "would overwrite the run's own model.pt" in capsys.readouterr().err
+    assert cli.main(["export", str(run["out"]), "--output", str(run["out"])]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err
+    assert model.read_bytes() == before  # the run is whole
+    nested = run["out"].parent / "exports" / "new" / "m.ts"  # missing folders are made
+    assert cli.main(["export", str(run["out"]), "--output", str(nested)]) == 0
+    assert torch.jit.load(str(nested)).classes == sorted(shapes.SHAPES)
+    assert [p.name for p in nested.parent.iterdir()] == ["m.ts"]  # no partial file left
+
+
 def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
     folder = shapes.write(tmp_path / "data", 2)
     (folder / "circle" / "broken.png").write_bytes(b"not a png")

@@ -28,6 +28,9 @@ from ._utils import check_writable_dir
 
 __all__ = ["get_args_parser", "main"]
 
+_RUN_FILES = ("model.pt", "metrics.json", "report.md", "history.csv", "confusion_matrix.png",
+              "top_losses.png")  # fmt: skip
+
 _USER_ERRORS = (
     FileNotFoundError,
     NotADirectoryError,
@@ -223,7 +226,15 @@ def export(args: argparse.Namespace) -> int:
     from .export import export as write
     from .recipes import load_model
 
-    path = write(load_model(args.run), args.output, format=args.format)
+    run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    output = Path(args.output)
+    if output.resolve().parent == run.resolve() and output.name in _RUN_FILES:
+        suggestion = run / ("model.onnx" if args.format == "onnx" else "model.ts")
+        raise ValueError(
+            f"--output {str(output)!r} would overwrite the run's own {output.name}; write the "
+            f"export beside it, such as {str(suggestion)!r}"
+        )
+    path = write(load_model(args.run), output, format=args.format)
     print(f"wrote {path} ({args.format})")
     return 0
 

@@ -10,6 +10,7 @@ its mirror image, averaged, when the model was trained so) and returns probabili
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -165,7 +166,22 @@ def export(
     if format not in ("torchscript", "onnx"):
         raise ValueError(f"format must be 'torchscript' or 'onnx', got {format!r}")
     target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(
+            f"the export path {str(path)!r} is a folder; give a file name, such as "
+            f"{str(target / ('model.onnx' if format == 'onnx' else 'model.ts'))!r}"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # moved into place at the end
+    try:
+        _write(result, partial, format)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _write(result: FinetuneResult, target: Path, format: str) -> None:
     network = copy.deepcopy(result.model).eval().requires_grad_(False)
     example = torch.zeros(1, 3, result.image_size, result.image_size)
     args = (result.classes, result.image_size, result.mean, result.std, result.background)
@@ -175,7 +191,7 @@ def export(
             traced = torch.jit.trace(network, example, check_trace=False)
         scripted = torch.jit.script(Deployable(traced, *args, pad=pad, mirror=mirror))
         scripted.save(str(target))
-        return target
+        return
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as exc:
@@ -205,4 +221,3 @@ def export(
     entry = saved.metadata_props.add()
     entry.key, entry.value = "classes", json.dumps(list(result.classes))
     onnx.save(saved, str(target))
-    return target
