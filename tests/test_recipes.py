@@ -382,3 +382,22 @@ def test_the_probe_gets_the_larger_share_when_fine_tuning_could_not_follow() -> 
     assert probe_alone(quick, "auto", Folder(), 500.0)  # ... not half of 500 s
     assert not probe_alone(quick, "auto", Folder(), None)  # no budget: fine-tuning may follow
     assert probe_alone(quick, "probe", Folder(), None)
+
+
+def test_metrics_json_is_strict_json_where_a_metric_is_undefined(tmp_path: Path) -> None:
+    import json
+
+    from tlkit.report import write_report
+
+    root = colours(tmp_path / "data")
+    result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
+                            image_size=32, verbose=False)  # fmt: skip
+    result.val_metrics["loss"] = float("nan")  # e.g. a loss undefined on no images
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"bare {constant} in metrics.json")
+
+    write_report(result, tmp_path / "run")
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=refuse)
+    assert metrics["loss"] is None and metrics["accuracy"] == result.val_metrics["accuracy"]

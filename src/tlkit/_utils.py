@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -168,3 +169,20 @@ def check_state_finite(state: Mapping[str, Any], source: Any) -> None:
             f"{str(source)!r} holds NaN or infinite weights in {len(bad)} tensor(s) (first: "
             f"{bad[0]}); it comes from a run that diverged or a damaged file, and is not loaded"
         )
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by ``None``: JSON has no NaN, and
+    ``json.dumps`` writes a bare ``NaN`` that ``jq`` and browsers reject.
+
+    Examples:
+        >>> json_safe({"loss": float("nan"), "per_class": [0.5, float("inf")], "n": 3})
+        {'loss': None, 'per_class': [0.5, None], 'n': 3}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

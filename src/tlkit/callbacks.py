@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from ._utils import atomic_write_text, check_positive_int, check_writable_dir
+from ._utils import atomic_write_text, check_positive_int, check_writable_dir, json_safe
 from .checkpoint import read_checkpoint
 from .freeze import resolve_names, unfreeze
 
@@ -431,7 +431,7 @@ class HistoryLogger(Callback):
             return
         records = trainer.history.records
         if self.path.suffix == ".json":
-            atomic_write_text(json.dumps(records, indent=2), self.path)
+            atomic_write_text(json.dumps(json_safe(records), indent=2, allow_nan=False), self.path)
             return
         rows = [_flatten(r) for r in records]
         fields = list(dict.fromkeys(k for row in rows for k in row))

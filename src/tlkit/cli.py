@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from ._utils import check_writable_dir
+from ._utils import check_writable_dir, json_safe
 
 __all__ = ["get_args_parser", "main"]
 
@@ -200,7 +200,7 @@ def evaluate(args: argparse.Namespace) -> int:
             "per_class": dict(zip(model.classes, rows, strict=True)),
             "confusion_matrix": matrix.tolist(),
         }
-        print(json.dumps(summary))
+        print(json.dumps(json_safe(summary), allow_nan=False))
     return 0
 
 
@@ -216,7 +216,8 @@ def predict(args: argparse.Namespace) -> int:
         index = int(row.argmax())
         label, probability = model.classes[index], float(row[index])
         if args.json:
-            print(json.dumps({"file": str(file), "label": label, "probability": probability}))
+            record = {"file": str(file), "label": label, "probability": probability}
+            print(json.dumps(json_safe(record), allow_nan=False))
         else:
             print(f"{file}\t{label}\t{probability:.4f}")
     return 0

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ._utils import atomic_write_text
+from ._utils import atomic_write_text, json_safe
 from .recipes.result import FinetuneResult
 
 __all__ = ["class_table", "per_class_metrics", "write_report"]
@@ -123,7 +123,9 @@ def write_report(result: FinetuneResult, out: str | Path) -> Path:
         "seconds": result.seconds,
         "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
     }
-    atomic_write_text(json.dumps(metrics, indent=2), folder / "metrics.json")
+    atomic_write_text(
+        json.dumps(json_safe(metrics), indent=2, allow_nan=False), folder / "metrics.json"
+    )
     atomic_write_text(_history_csv(result), folder / "history.csv")
     pictures = _pictures(result, folder)
     atomic_write_text(_markdown(result, metrics, per_class, pictures), folder / "report.md")
