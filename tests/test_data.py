@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +231,20 @@ def augment_square(image: Image.Image, size: int) -> torch.Tensor:
     from tlkit.recipes.images import square
 
     return square(image, size)
+
+
+def test_from_folder_leaves_out_hidden_files_and_folders_and_survives_link_loops(
+    tmp_path: Path,
+) -> None:
+    for name in ("cat", "dog"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "a.png")
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "sub" / "b.png")
+    (tmp_path / "cat" / ".thumbs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / ".thumbs" / "0.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "._a.png")  # macOS resource fork
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "dog" / "sub" / "loop").symlink_to(tmp_path / "dog", target_is_directory=True)
+    data = tlkit.ImageDataset.from_folder(tmp_path)
+    names = sorted(str(Path(f).relative_to(tmp_path)) for f in data.files)
+    assert names == ["cat/a.png", "cat/sub/b.png", "dog/a.png", "dog/sub/b.png"]

@@ -178,8 +178,6 @@ class ToRGB(nn.Module):
             raise ValueError(
                 f"expected an image with 1, 3 or 4 channels, got shape {tuple(tensor.shape)}"
             )
-        if 0 in tensor.shape:
-            raise ValueError(f"the image has zero size: shape {tuple(tensor.shape)}")
         if tensor.shape[1] == 0 or tensor.shape[2] == 0:
             raise ValueError(f"the image is empty (shape {tuple(tensor.shape)})")
         if tensor.is_floating_point():

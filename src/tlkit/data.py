@@ -194,6 +194,21 @@ def read_image(
 
 
 # --------------------------------------------------------------------------- image datasets
+def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """The image files under ``folder``, sorted: hidden files and folders (``.DS_Store``,
+    ``._x.png``, ``.thumbs/``) left out, symbolic links to folders not followed (a link loop
+    cannot hang the scan)."""
+    found = []
+    for parent, folders, names in os.walk(folder, followlinks=False):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        found += [
+            Path(parent) / name
+            for name in names
+            if not name.startswith(".") and Path(name).suffix.lower() in extensions
+        ]
+    return sorted(p for p in found if p.is_file())
+
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _PATH_COLUMNS = ("path", "file", "filename", "image")
 _LABEL_COLUMNS = ("label", "class", "target")
@@ -325,11 +340,7 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         targets: list[int] = []
         empty = []
         for index, folder in enumerate(folders):
-            found = sorted(
-                p
-                for p in folder.rglob("*")
-                if p.is_file() and p.suffix.lower() in wanted and not p.name.startswith(".")
-            )
+            found = _image_files(folder, wanted)
             if not found:
                 empty.append(str(folder))
             files += found
