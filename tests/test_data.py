@@ -248,3 +248,21 @@ def test_from_folder_leaves_out_hidden_files_and_folders_and_survives_link_loops
     data = tlkit.ImageDataset.from_folder(tmp_path)
     names = sorted(str(Path(f).relative_to(tmp_path)) for f in data.files)
     assert names == ["cat/a.png", "cat/sub/b.png", "dog/a.png", "dog/sub/b.png"]
+
+
+def test_from_csv_keeps_a_repeated_row_once_and_refuses_conflicts_and_blank_labels(
+    tmp_path: Path,
+) -> None:
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png")
+    csv = tmp_path / "list.csv"
+    csv.write_text("path,label\na.png,cat\nb.png,dog\n./a.png,cat\nc.png,dog\n")
+    data = tlkit.ImageDataset.from_csv(csv)
+    assert sorted(Path(f).name for f in data.files) == ["a.png", "b.png", "c.png"]
+    assert data.skipped == [(str(tmp_path / "./a.png"), "listed again on line 4: kept once")]
+    csv.write_text("path,label\na.png,cat\nb.png,dog\na.png,dog\n")
+    with pytest.raises(ValueError, match="'cat' on line 2 and as 'dog' on line 4"):
+        tlkit.ImageDataset.from_csv(csv)
+    csv.write_text("path,label\na.png,cat\nb.png,\n")
+    with pytest.raises(ValueError, match=r"no path or no label, on line\(s\) 3"):
+        tlkit.ImageDataset.from_csv(csv)

@@ -194,6 +194,29 @@ def read_image(
 
 
 # --------------------------------------------------------------------------- image datasets
+def _once_each(
+    rows: list[dict[str, str]], files: list[Path], label_col: str, csv_path: Path
+) -> tuple[list[dict[str, str]], list[Path], list[tuple[str, str]]]:
+    """Each file once: a row repeated is kept once (a copy would land on both sides of a
+    split), and a file under two labels is refused."""
+    first: dict[str, int] = {}
+    keep, repeated = [], []
+    for n, file in enumerate(files):
+        key = os.path.normpath(os.path.abspath(file))
+        if key not in first:
+            first[key] = n
+            keep.append(n)
+        elif rows[first[key]][label_col] != rows[n][label_col]:
+            raise ValueError(
+                f"{str(csv_path)!r} lists {str(file)!r} as {rows[first[key]][label_col]!r} on "
+                f"line {first[key] + 2} and as {rows[n][label_col]!r} on line {n + 2}; an image "
+                "has one label"
+            )
+        else:
+            repeated.append((str(file), f"listed again on line {n + 2}: kept once"))
+    return [rows[n] for n in keep], [files[n] for n in keep], repeated
+
+
 def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
     """The image files under ``folder``, sorted: hidden files and folders (``.DS_Store``,
     ``._x.png``, ``.thumbs/``) left out, symbolic links to folders not followed (a link loop
@@ -395,8 +418,15 @@ class ImageDataset(Dataset[tuple[Any, int]]):
                     for row in reader]  # fmt: skip
         if not rows:
             raise ValueError(f"{str(csv_path)!r} lists no image")
+        unlabelled = [n + 2 for n, r in enumerate(rows) if not r[label_col] or not r[path_col]]
+        if unlabelled:
+            raise ValueError(
+                f"{str(csv_path)!r} has rows with no path or no label, on line(s) "
+                f"{', '.join(map(str, unlabelled[:10]))}; fill them in or remove them"
+            )
         files = [Path(r[path_col]) if Path(r[path_col]).is_absolute() else base / r[path_col]
                  for r in rows]  # fmt: skip
+        rows, files, repeated = _once_each(rows, files, label_col, csv_path)
         missing = [str(f) for f in files if not f.is_file()]
         if missing and on_error == "raise":
             raise ValueError(
@@ -414,7 +444,7 @@ class ImageDataset(Dataset[tuple[Any, int]]):
             transform=transform,
             on_error=on_error,
         )
-        dataset.skipped = [(m, "file does not exist") for m in missing] + dataset.skipped
+        dataset.skipped = [(m, "file does not exist") for m in missing] + repeated + dataset.skipped
         return dataset
 
     @classmethod
