@@ -266,3 +266,22 @@ def test_from_csv_keeps_a_repeated_row_once_and_refuses_conflicts_and_blank_labe
     csv.write_text("path,label\na.png,cat\nb.png,\n")
     with pytest.raises(ValueError, match=r"no path or no label, on line\(s\) 3"):
         tlkit.ImageDataset.from_csv(csv)
+
+
+def test_a_jpeg_cut_in_half_is_found_when_the_dataset_is_built(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            photo = Image.effect_noise((300, 200), 50).convert("RGB")
+            photo.save(tmp_path / name / f"{i}.jpg", quality=90)
+    whole = (tmp_path / "a" / "0.jpg").read_bytes()
+    (tmp_path / "a" / "0.jpg").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        ValueError, match=r"(?s)1 of 4 image files cannot be read.*0\.jpg.*truncated"
+    ):
+        tlkit.ImageDataset.from_folder(tmp_path)
+    data = tlkit.ImageDataset.from_folder(tmp_path, on_error="skip")
+    assert len(data) == 3 and data.skipped[0][0].endswith("0.jpg")
+    (tmp_path / "a" / "1.jpg").write_bytes(whole[: len(whole) // 2])  # now all of class a
+    with pytest.raises(ValueError, match="every image of class\\(es\\) 'a' is unreadable"):
+        tlkit.ImageDataset.from_folder(tmp_path, on_error="skip")

@@ -319,6 +319,12 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         self.targets = [t for _, t in kept]
         if not self.files:
             raise ValueError(f"no readable image among the {len(files)} files")
+        emptied = sorted(set(map(int, targets)) - set(self.targets))
+        if emptied:
+            raise ValueError(
+                f"every image of class(es) {', '.join(repr(self.classes[i]) for i in emptied)} "
+                "is unreadable: the model would have a class it never saw; fix or remove them"
+            )
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -519,9 +525,14 @@ def _verify(path: Path) -> str | None:
     """Why ``path`` is not a readable image, or ``None``."""
     try:
         with Image.open(path) as image:
+            kind, size = image.format, image.size
             image.verify()
             if image.width == 0 or image.height == 0:
                 return "the image is empty (0 pixels)"
+        if kind == "JPEG":  # verify() reads no JPEG data: decode it, at 1/8 scale (fast)
+            with Image.open(path) as image:
+                image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                image.load()
     except Exception as exc:  # PIL raises many types for broken files
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return None
