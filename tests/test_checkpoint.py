@@ -265,62 +265,6 @@ def test_stale_temporary_files_of_a_killed_writer_are_removed_at_the_next_save(
     assert (tmp_path / "last.pt").is_file()
 
 
-def test_resume_is_bit_identical_with_a_loader_generator_and_a_stateful_sampler(
-    tmp_path: Path,
-) -> None:
-    class StatefulSampler(torch.utils.data.Sampler[int]):
-        """Shuffles from its own counter, which it saves (like torchdata's samplers)."""
-
-        def __init__(self, n: int) -> None:
-            self.n, self.epoch = n, 0
-
-        def __iter__(self):
-            g = torch.Generator().manual_seed(1000 + self.epoch)
-            self.epoch += 1
-            return iter(torch.randperm(self.n, generator=g).tolist())
-
-        def __len__(self) -> int:
-            return self.n
-
-        def state_dict(self):
-            return {"epoch": self.epoch}
-
-        def load_state_dict(self, state):
-            self.epoch = state["epoch"]
-
-    class CtrlC(Callback):
-        def on_batch_end(self, trainer, *, batch, optimizer_stepped, **kwargs):
-            if trainer.epochs_done == 1 and batch == 2:
-                raise KeyboardInterrupt
-
-    def make_loader(kind: str) -> DataLoader:
-        data = ColourDataset(96, augment=True)
-        if kind == "generator":
-            gen = torch.Generator().manual_seed(7)
-            return DataLoader(data, batch_size=16, shuffle=True, generator=gen)
-        return DataLoader(data, batch_size=16, sampler=StatefulSampler(96))
-
-    for kind in ("generator", "sampler"):
-        folder = tmp_path / kind
-
-        def run(extra: list[Callback], resume: Path | None = None) -> nn.Module:
-            torch.manual_seed(0)
-            model = small_net(dropout=0.3)
-            trainer = trainer_for(model, callbacks=extra, checkpoint_dir=folder)  # noqa: B023
-            trainer.fit(make_loader(kind), epochs=3, resume_from=resume)  # noqa: B023
-            return model
-
-        reference = run([])
-        with pytest.raises(KeyboardInterrupt):
-            run([CtrlC()])
-        torch.manual_seed(123)  # the resumed process starts from other random states
-        resumed = run([], resume=folder / "interrupted.pt")
-        for (name, a), b in zip(
-            reference.state_dict().items(), resumed.state_dict().values(), strict=True
-        ):
-            assert torch.equal(a, b), (kind, name)
-
-
 class _SavedSampler(torch.utils.data.Sampler[int]):
     """Shuffles from its own counter, which it saves (like torchdata's samplers)."""
 
