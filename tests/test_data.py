@@ -209,7 +209,7 @@ def test_min_side_decodes_a_jpeg_at_reduced_scale_to_the_same_picture(tmp_path) 
 
 def test_the_recipes_decode_large_jpegs_reduced_and_ranking_at_its_resize_side(tmp_path) -> None:
     from tlkit.ranking import _resize_side
-    from tlkit.recipes.images import decode_dataset
+    from tlkit.recipes.store import Decoded
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -219,7 +219,7 @@ def test_the_recipes_decode_large_jpegs_reduced_and_ranking_at_its_resize_side(t
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="min_side must be a positive integer"):
             ds.with_min_side(bad)  # type: ignore[arg-type]
-    decoded = decode_dataset(ds, 96)
+    decoded = Decoded.read(ds, None, 96, "crop").images.read()
     whole = torch.stack([augment_square(ds.load(i), 96) for i in range(2)])
     assert decoded.shape == (2, 3, 96, 96) and (decoded.float() - whole.float()).abs().mean() < 1.5
     _, evaluation = augment.get("none", image_size=224, mean=(0.5,) * 3, std=(0.5,) * 3,

@@ -156,7 +156,9 @@ def test_channels_last_training_gives_a_normal_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = colours(tmp_path / "data", 8)
-    monkeypatch.setattr(tuning, "measure", lambda model, size, batch: (50.0, 50.0, True, "forced"))
+    monkeypatch.setattr(
+        tuning, "measure", lambda model, size, batch, compute=None: (50.0, 50.0, True, "forced")
+    )
     result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="lp-ft",
                             image_size=32, verbose=False)  # fmt: skip
     assert result.recipe.channels_last and "forced" in result.recipe.describe()

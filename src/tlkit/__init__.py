@@ -15,7 +15,18 @@ Examples:
 
 from __future__ import annotations
 
-from . import augment, callbacks, checkpoint, distributed, export, features, heads, report
+from . import (
+    augment,
+    callbacks,
+    checkpoint,
+    devices,
+    distributed,
+    export,
+    features,
+    heads,
+    report,
+    tta,
+)
 from .augment import channel_stats
 from .backbones import BackboneInfo, backbone, imagenet_classes, load_weights
 from .callbacks import (
@@ -80,6 +91,7 @@ __all__ = [
     "callbacks",
     "channel_stats",
     "checkpoint",
+    "devices",
     "discriminative_param_groups",
     "distributed",
     "export",
@@ -102,5 +114,6 @@ __all__ = [
     "report",
     "split",
     "to_rgb",
+    "tta",
     "unfreeze",
 ]

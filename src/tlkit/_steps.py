@@ -1,4 +1,4 @@
-"""Private helpers of the Trainer's steps: device and precision choice, batch and label checks.
+"""Private helpers of the Trainer's steps: argument, batch and label checks.
 
 Everything here runs once per ``fit`` or on the first batch, except ``to_labels``, which turns
 labels users obviously mean (int32, integral floats, ``(N, 1)``, one-hot) into class indices on
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Iterable, Sized
 from typing import Any
 
 import torch
@@ -25,52 +25,6 @@ def epoch_keys(*, validation: bool) -> tuple[str, ...]:
     """The keys of every epoch's history record (``val_*`` with a validation loader)."""
     keys = ("epoch", "train_loss", "train_accuracy", "lr", "seconds", "images_per_sec")
     return keys + (("val_loss", "val_accuracy", "val_top5_accuracy") if validation else ())
-
-
-def resolve_device(
-    device: str | torch.device, local_rank: int, *, select: bool = False
-) -> torch.device:
-    """The device ``"auto"`` or ``device`` means; ``select`` makes a CUDA device current."""
-    resolved = _resolve_device(device, local_rank)
-    if select and resolved.type == "cuda":
-        torch.cuda.set_device(resolved)
-    return resolved
-
-
-def _resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
-        ) from exc
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", local_rank)
-    return resolved
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
-    if precision == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return "bf16" if cuda_bf16 else "fp32"
-    return precision
-
-
-def autocast_factory(
-    precision: str, device: torch.device
-) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def ends_in_log_softmax(model: nn.Module) -> bool:
@@ -413,11 +367,3 @@ def optimizer_step(
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return taken
-
-
-def flip_average(module: nn.Module, x: torch.Tensor, *, log_probs: bool) -> torch.Tensor:
-    """Log of the mean probabilities over ``x`` and its mirror image (test-time augmentation):
-    a loss on log-probabilities or on logits then scores the mean prediction."""
-    both = module(torch.cat([x, x.flip(-1)])).float()
-    probs = both.exp() if log_probs else both.softmax(1)
-    return probs.view(2, len(x), -1).mean(0).clamp_min(1e-12).log()

@@ -1,7 +1,7 @@
 """The ``tlkit`` command: fit, evaluate, predict and export, a thin layer over the Python API.
 
     tlkit fit DATA --out RUN [--backbone NAME]... [--weights W [--key-map by_order]]
-              [--budget 5m] [--recipe auto] [--geometry pad|crop]
+              [--budget 5m] [--recipe auto] [--geometry pad|crop] [--device auto]
     tlkit evaluate RUN DATA [--json] [--tta | --no-tta]
     tlkit predict RUN FILE... [--json] [--tta | --no-tta]
     tlkit export RUN --format torchscript|onnx --output FILE
@@ -86,6 +86,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("--skip-errors", action="store_true",
                      help="leave unreadable images out (listed in the report)")  # fmt: skip
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a CUDA GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps",
+    )
+    fit.add_argument("--cache-dir", default=None,
+                     help="folder for the decoded images when they do not fit in memory "
+                          "(default: beside the run folder)")  # fmt: skip
     evaluate = sub.add_parser("evaluate", help="accuracy, per-class metrics, confusion matrix")
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("data", type=Path)
@@ -142,6 +150,7 @@ def fit(args: argparse.Namespace) -> int:
     from .report import write_report
 
     args.out = check_run_folder(args.out, args.data)
+    cache_dir = args.cache_dir or _existing_parent(args.out)
     names = args.backbone or None
     weights = None if str(args.weights).lower() == "none" else args.weights
     on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
@@ -158,6 +167,8 @@ def fit(args: argparse.Namespace) -> int:
         background=args.background,
         on_error=on_error,
         seed=args.seed,
+        device=args.device,
+        cache_dir=cache_dir,
         started=args.started,
     )
     report = write_report(result, args.out)

@@ -481,6 +481,31 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         clone.transform = transform
         return clone
 
+    def subset(self, indices: Sequence[int]) -> ImageDataset:
+        """A copy holding the images at ``indices`` only, with the same classes, transform and
+        background (no file is checked again).
+
+        Examples:
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> root = Path(tempfile.mkdtemp())
+            >>> for name in ("a", "b"):
+            ...     (root / name).mkdir()
+            ...     for i in range(3):
+            ...         Image.new("RGB", (8, 8), "red").save(root / name / f"{i}.png")
+            >>> part = ImageDataset.from_folder(root).subset([0, 4])
+            >>> len(part), part.targets, part.classes
+            (2, [0, 1], ['a', 'b'])
+        """
+        chosen = [int(i) for i in indices]
+        if any(not -len(self) <= i < len(self) for i in chosen):
+            raise IndexError(f"subset indices must be below {len(self)}, got {max(chosen)}")
+        clone = copy.copy(self)
+        clone.files = [self.files[i] for i in chosen]
+        clone.targets = [self.targets[i] for i in chosen]
+        clone.skipped = list(self.skipped)  # the files left out when the whole was read
+        return clone
+
     def with_min_side(self, min_side: int | None) -> ImageDataset:
         """A copy that decodes JPEGs at a reduced scale, their short side at least ``min_side``
         (see [tlkit.read_image][]): for a transform that resizes the short side to

@@ -24,11 +24,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.transforms import v2
 
-from ._steps import resolve_device
 from ._utils import check_positive_int
 from .augment import get
 from .backbones import backbone, check_name
 from .data import ImageDataset, WithTransform
+from .devices import resolve_device
 from .features import extract_features
 from .heads import headless
 from .splits import split

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
-from . import _steps, distributed
+from . import _steps, devices, distributed
 from ._utils import NonFiniteLossError, check_positive_int
 from .callbacks import Callback
 from .checkpoint import Checkpointing, EpochPosition, rng_state
@@ -24,6 +24,7 @@ from .features import cache_head_inputs
 from .history import History
 from .metrics import ClassificationMeter
 from .progress import ProgressBar
+from .tta import flip_average
 
 __all__ = ["NonFiniteLossError", "Trainer"]
 
@@ -100,9 +101,9 @@ class Trainer(Checkpointing):
                                        clip_grad_norm, batch_transform, log_every)  # fmt: skip
         distributed.init_process_group()
         self.rank, self.local_rank, self.world_size = distributed.world()
-        self.device = _steps.resolve_device(device, self.local_rank, select=True)
-        self.precision = _steps.resolve_precision(precision, self.device)
-        self.autocast = _steps.autocast_factory(self.precision, self.device)
+        self.device = devices.resolve_device(device, self.local_rank, select=True)
+        self.precision = devices.resolve_precision(precision, self.device)
+        self.autocast = devices.autocast_factory(self.precision, self.device)
         self.model, self.channels_last = model.to(self.device), channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -204,7 +205,7 @@ class Trainer(Checkpointing):
                 raise
 
     def _flip_average(self, x: torch.Tensor) -> torch.Tensor:  # test-time augmentation
-        return _steps.flip_average(self._module, x, log_probs=self.outputs_log_probs)
+        return flip_average(self._module, x, log_probs=self.outputs_log_probs)
 
     # ------------------------------------------------------------------ fit
     def fit(

@@ -29,7 +29,9 @@ at ImageNet statistics, which fine-tuning changes.
 
 The package, one concept per module: [tlkit.recipes.settings][] (every number of the recipe),
 [tlkit.recipes.result][] (the result, its save format and its one head builder, importing nothing
-of training), [tlkit.recipes.images][], [tlkit.recipes.measure][], [tlkit.recipes.plan][],
+of training), [tlkit.recipes.images][], [tlkit.recipes.store][] (the decoded images, in memory
+or on disk), [tlkit.recipes.compute][] (the device and its precision),
+[tlkit.recipes.measure][], [tlkit.recipes.plan][],
 [tlkit.recipes.stages][], [tlkit.recipes.keep][], [tlkit.recipes.select][],
 [tlkit.recipes.budget][], and [tlkit.recipes.run][], where [tlkit.finetune][] composes them.
 """

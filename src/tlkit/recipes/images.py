@@ -3,27 +3,22 @@ normalisation, the same in training, prediction and evaluation."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..data import ImageDataset, read_image, to_rgb
 
 __all__ = [
     "GEOMETRIES",
-    "Decoded",
     "DecodedImages",
     "Geometry",
-    "cores",
     "decode",
-    "decode_dataset",
     "normalise",
     "resize_square",
     "square",
@@ -83,15 +78,6 @@ class DecodedImages(Dataset[torch.Tensor]):
         return square(self.data.load(index), self.size, self.geometry, self.data.background)
 
 
-def decode_dataset(data: ImageDataset, size: int, geometry: Geometry = "crop") -> torch.Tensor:
-    """Every image decoded once, as a uint8 ``(N, 3, S, S)`` tensor (decoding costs more than
-    the model on large PNGs; epochs then read memory)."""
-    loader = DataLoader(
-        DecodedImages(data, size, geometry), batch_size=64, num_workers=min(4, cores())
-    )
-    return torch.cat(list(loader))
-
-
 def decode(
     images: Sequence[Image.Image | str | Path],
     size: int,
@@ -107,31 +93,6 @@ def decode(
     return torch.stack([square(image, size, geometry, background) for image in rgb])
 
 
-@dataclass
-class Decoded:
-    """The training images (and the given validation images) decoded once, uint8
-    ``(N, 3, S, S)``, with their labels."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    val_images: torch.Tensor | None = None
-    val_labels: torch.Tensor | None = None
-    files: list[str] | None = None  # the training images' paths (their names group them)
-
-    @classmethod
-    def read(
-        cls, data: ImageDataset, val: ImageDataset | None, size: int, geometry: Geometry
-    ) -> Decoded:
-        """Decode ``data`` and ``val`` at ``size``."""
-        return cls(
-            decode_dataset(data, size, geometry),
-            torch.tensor(data.targets),
-            decode_dataset(val, size, geometry) if val is not None else None,
-            torch.tensor(val.targets) if val is not None else None,
-            [str(f) for f in data.files],
-        )
-
-
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``(N, 3, size, size)`` from square uint8 images of another size (antialiased)."""
     if images.shape[-1] == size and images.shape[-2] == size:
@@ -141,11 +102,6 @@ def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Float batch from uint8 ``(N, 3, S, S)``: scaled to [0, 1], then ``(x - mean) / std``."""
-    m = torch.tensor(list(mean)).view(1, 3, 1, 1)
-    s = torch.tensor(list(std)).view(1, 3, 1, 1)
+    m = torch.tensor(list(mean), device=batch.device).view(1, 3, 1, 1)
+    s = torch.tensor(list(std), device=batch.device).view(1, 3, 1, 1)
     return (batch.float() / 255 - m) / s
-
-
-def cores() -> int:
-    """CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

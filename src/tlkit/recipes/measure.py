@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from PIL import Image
 from torch import nn
 
 from ..data import ImageDataset
+from .compute import Compute
+from .images import DecodedImages, Geometry
 from .settings import AUTO
 
-__all__ = ["choose_batch_size", "measure", "sample_median_side", "time_batches"]
+__all__ = [
+    "choose_batch_size",
+    "decode_seconds",
+    "measure",
+    "sample_median_side",
+    "time_batches",
+]
 
 
 def time_batches(
@@ -24,29 +33,36 @@ def time_batches(
     train: bool,
     channels_last: bool = False,
     timed: int = 2,
+    compute: Compute | None = None,
 ) -> float:
-    """Images per second of ``model`` at ``size`` px on random input: one warm-up batch, then the
-    median of ``timed`` batches.
+    """Images per second of ``model`` at ``size`` px on random input on ``compute``'s device
+    and precision (default the CPU, fp32): one warm-up batch, then the median of ``timed``
+    batches. The model is left on that device.
 
     The model's state (BatchNorm statistics included) and memory format are restored afterwards.
     """
+    compute = compute or Compute(torch.device("cpu"), "fp32")
+    model.to(compute.device)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(batch, 3, size, size)
-    y = torch.zeros(batch, dtype=torch.long)
+    x = torch.randn(batch, 3, size, size, device=compute.device)
+    y = torch.zeros(batch, dtype=torch.long, device=compute.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     rates = []
     for i in range(1 + timed):
+        compute.synchronize()
         start = time.perf_counter()
         if train:
             model.train()
-            loss = nn.functional.cross_entropy(model(x), y)
+            with compute.autocast():
+                loss = nn.functional.cross_entropy(model(x).float(), y)
             loss.backward()
             model.zero_grad(set_to_none=True)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), compute.autocast():
                 model.eval()(x)
+        compute.synchronize()
         if i:
             rates.append(batch / (time.perf_counter() - start))
     model.to(memory_format=torch.contiguous_format)
@@ -61,24 +77,35 @@ def choose_batch_size(n_train: int) -> int:
     return AUTO.large_batch_size if n_train >= AUTO.large_from else AUTO.batch_size
 
 
-def measure(model: nn.Module, size: int, batch: int) -> tuple[float, float, bool, str]:
-    """``(inference img/s, training img/s, channels_last, reason)`` on this machine, training
-    timed at the batch size it will use: both memory formats are timed and the faster kept
-    (channels-last convolutions are often much faster on CPUs, sometimes slower)."""
+def measure(
+    model: nn.Module, size: int, batch: int, compute: Compute | None = None
+) -> tuple[float, float, bool, str]:
+    """``(inference img/s, training img/s, channels_last, reason)`` on ``compute``'s device,
+    training timed at the batch size it will use: both memory formats are timed and the faster
+    kept (channels-last convolutions are often much faster on CPUs and under mixed precision on
+    GPUs, sometimes slower)."""
     # one timed batch after the warm-up: these steps come out of the budget (about 4 s each for
     # EfficientNet-Lite1 at 240 px on 2 cores), and the formats differ by far more than the noise
-    rates = {
-        cl: time_batches(model, size, batch, train=True, channels_last=cl, timed=1)
-        for cl in (False, True)
-    }
+    rates = {}
+    for cl in (False, True):
+        rates[cl] = time_batches(
+            model, size, batch, train=True, channels_last=cl, timed=1, compute=compute
+        )
     channels_last = rates[True] > 1.05 * rates[False]
-    infer = time_batches(model, size, 32, train=False, channels_last=channels_last, timed=1)
+    infer = time_batches(model, size, 32, train=False, channels_last=channels_last, timed=1,
+                         compute=compute)  # fmt: skip
     layout = "channels-last" if channels_last else "channels-first"
     reason = (
         f"{layout} memory format: {max(rates.values()) / min(rates.values()):.1f}x the training "
-        f"speed of the other on this machine"
+        f"speed of the other on {_where(compute)}"
     )
     return infer, max(rates.values()), channels_last, reason
+
+
+def _where(compute: Compute | None) -> str:
+    if compute is None or compute.device.type == "cpu":
+        return "this machine"
+    return str(compute.device)
 
 
 def sample_median_side(data: ImageDataset, sample: int = 64) -> int:
@@ -88,3 +115,23 @@ def sample_median_side(data: ImageDataset, sample: int = 64) -> int:
         with Image.open(path) as image:  # reads the header only
             sides.append(min(image.size))
     return int(statistics.median(sides))
+
+
+def decode_seconds(
+    data: ImageDataset,
+    size: int,
+    geometry: Geometry,
+    *,
+    samples: int = 4,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Seconds to decode one image of ``data`` into a ``size`` px square here (the median of
+    ``samples`` images spread over the dataset), as [tlkit.recipes.store.Decoded][] will."""
+    images = DecodedImages(data, size, geometry)
+    step = max(1, len(data) // samples)
+    times = []
+    for index in range(0, len(data), step)[:samples]:
+        start = clock()
+        images[index]
+        times.append(clock() - start)
+    return statistics.median(times)

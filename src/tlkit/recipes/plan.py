@@ -18,6 +18,7 @@ __all__ = [
     "describe_images",
     "plan_candidates",
     "plan_finetune",
+    "plan_sample",
 ]
 
 RecipeName = Literal["auto", "probe", "lp-ft", "full"]
@@ -72,6 +73,39 @@ def plan_candidates(
         f"probe features of {', '.join(kept)} (about {sum(seconds[n] for n in kept):.0f} s "
         f"here); {', '.join(left_out)} left out: more than {share:.0%} of the "
         f"{max(remaining, 0):.0f} s left (a longer budget uses them)"
+    )
+
+
+def plan_sample(
+    n_train: int,
+    classes: int,
+    per_image: float,
+    fixed: float,
+    remaining: float | None,
+    share: float = AUTO.probe_share_alone,
+) -> tuple[int, str | None]:
+    """How many training images the budget allows: all of them when decoding them and the
+    quickest backbone's probe features (``per_image`` seconds each, measured here) fit
+    ``share`` of the time left after ``fixed`` seconds (the validation images), else as many
+    as fit, at least two per class.
+
+    Examples:
+        >>> plan_sample(1000, 10, 0.05, 0.0, 600.0)[0], plan_sample(1000, 10, 0.05, 0.0, 30.0)[0]
+        (1000, 510)
+    """
+    if remaining is None:
+        return n_train, None
+    room = share * max(remaining, 0.0) - fixed
+    if n_train * per_image <= room:
+        return n_train, None
+    n = max(int(room / per_image), 2 * classes)
+    if n >= n_train:  # two per class are needed anyway: all of them, over the budget
+        return n_train, None
+    return n, (
+        f"a stratified sample of {n:,} of the {n_train:,} training images: decoding an image and "
+        f"the quickest backbone's features of it take about {per_image * 1000:.0f} ms here, so "
+        f"all of them would take {n_train * per_image:.0f} s, more than {share:.0%} of the "
+        f"{max(remaining, 0):.0f} s left (a longer budget uses more)"
     )
 
 

@@ -22,11 +22,12 @@ from ..backbones import BackboneInfo
 from ..metrics import ClassificationMeter
 from ..probe import LinearProbe
 from ..splits import file_name_groups, join_groups, near_duplicate_groups
-from .images import Decoded, normalise, resize_square
+from .compute import Compute
 from .keep import clearly_better
 from .measure import time_batches
 from .result import build_network, load_head, stack
 from .settings import AUTO
+from .store import Decoded, ImageStore, to_model_input
 
 __all__ = [
     "Candidate",
@@ -72,20 +73,29 @@ class ProbeChoice:
 
 @torch.no_grad()
 def features(
-    candidate: Candidate, images: torch.Tensor, *, batch: int = 64, mirror: bool = True
+    candidate: Candidate,
+    images: ImageStore,
+    *,
+    batch: int = 64,
+    mirror: bool = True,
+    compute: Compute | None = None,
 ) -> torch.Tensor:
-    """Pooled features ``(V, N, D)`` of uint8 images ``(N, 3, S, S)``, resized to the
-    candidate's size: the image, and its mirror image when ``mirror``."""
-    model = candidate.model.eval()
+    """Pooled features ``(V, N, D)`` (float32, on the CPU) of decoded images, resized to the
+    candidate's size and computed on ``compute``'s device (default the CPU): the image, and its
+    mirror image when ``mirror``. Only a batch of images is in memory at a time."""
+    compute = compute or Compute(torch.device("cpu"), "fp32")
+    model = candidate.model.eval().to(compute.device)
     layout = torch.channels_last if candidate.channels_last else torch.contiguous_format
     views: list[list[torch.Tensor]] = [[], []] if mirror else [[]]
     with heads.headless(model) as (_, _head):
         model.to(memory_format=layout)
-        for start in range(0, len(images), batch):
-            x = resize_square(images[start : start + batch], candidate.size)
-            x = normalise(x, candidate.mean, candidate.std).contiguous(memory_format=layout)
+        for chunk in images.batches(batch):
+            x = to_model_input(chunk, candidate.size, candidate.mean, candidate.std,
+                               compute.device, layout)  # fmt: skip
             for view, out in enumerate(views):
-                out.append(model(x.flip(-1) if view else x).float().flatten(1))
+                with compute.autocast():
+                    pooled = model(x.flip(-1) if view else x)
+                out.append(pooled.float().flatten(1).cpu())
         model.to(memory_format=torch.contiguous_format)
     return torch.stack([torch.cat(out) for out in views])
 
@@ -268,11 +278,13 @@ def load_candidates(
     n_images: int,
     *,
     rate: Callable[[nn.Module, int], float] | None = None,
+    compute: Compute | None = None,
 ) -> list[Candidate]:
     """Each backbone with its ImageNet weights and a new head, at its pretraining size (or
-    ``image_size``), and the seconds its probe features would take here (``rate`` measures
-    images per second; default the frozen body timed on random input)."""
-    rate = rate or (lambda m, s: time_batches(m, s, 16, train=False, channels_last=True, timed=1))
+    ``image_size``), and the seconds its probe features would take on ``compute``'s device
+    (``rate`` measures images per second; default the frozen body timed on random input)."""
+    rate = rate or (lambda m, s: time_batches(m, s, 16, train=False, channels_last=True, timed=1,
+                                              compute=compute))  # fmt: skip
     candidates = []
     for name in names:
         model, info = build_network([name], [0], classes, weights=weights, key_map=key_map)
@@ -291,22 +303,23 @@ def run_probe(
     classes: int,
     seed: int,
     log: Callable[[str], None],
+    compute: Compute | None = None,
 ) -> ProbeStage:
     """Features of every candidate, the cross-validated choice, and its network."""
     images, labels, val_images = sets.images, sets.labels, sets.val_images
-    both = images if val_images is None else torch.cat([images, val_images])
+    both = sets.everything()
     for candidate in candidates:
         log(
             f"features of {candidate.name} at {candidate.size} px: {len(both)} images and their "
             f"mirror images (about {candidate.seconds:.0f} s here)"
         )
-        candidate.features = features(candidate, both)
+        candidate.features = features(candidate, both, compute=compute)
     choice = choose_probe(
         candidates, labels, classes, seed=seed, log=log, n=len(images), files=sets.files
     )
     singles = {c.name: choice.scores[c.name] for c in candidates}
     best = next(c for c in candidates if c.name == max(singles, key=lambda n: singles[n]))
-    tuning_start = copy.deepcopy(best.model)
+    tuning_start = copy.deepcopy(best.model)  # on the device, as the features left it
     model = probe_network(choice, candidates, classes)
     chosen = [c for c in candidates if c.name in choice.names]
     if val_images is None:

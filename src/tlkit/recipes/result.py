@@ -10,19 +10,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
 from torch import nn
 
 from .. import heads
-from .._steps import flip_average
 from .._utils import atomic_save, check_state_finite, plural
 from ..backbones import BackboneInfo, backbone
 from ..history import History
+from ..tta import flip_average
 from .images import Geometry, decode, normalise
 from .settings import AUTO
+
+if TYPE_CHECKING:
+    from .store import ImageStore
 
 __all__ = [
     "FinetuneResult",
@@ -198,7 +201,9 @@ class FinetuneResult:
         val_metrics: Metrics of the kept model on the validation images.
         seconds: Wall time of the whole call.
         skipped: Unreadable files left out.
-        val_images: The validation images as decoded (uint8 ``(N, 3, S, S)``).
+        val_images: The validation images as decoded (uint8 ``(3, S, S)`` each): a tensor,
+            or for a folder too large for memory an [tlkit.recipes.store.ImageStore][]
+            reading them from a temporary file (kept while the result is).
         val_labels: Their labels.
         val_probs: The kept model's probabilities for them.
 
@@ -235,7 +240,7 @@ class FinetuneResult:
     tta: bool = False
     backbones: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
-    val_images: torch.Tensor | None = field(default=None, repr=False)
+    val_images: torch.Tensor | ImageStore | None = field(default=None, repr=False)
     val_labels: torch.Tensor | None = field(default=None, repr=False)
     val_probs: torch.Tensor | None = field(default=None, repr=False)
 

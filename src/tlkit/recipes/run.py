@@ -9,18 +9,23 @@ from typing import Literal
 
 import torch
 
+from .._utils import check_writable_dir
 from ..backbones import KeyMap
 from ..data import ImageDataset
+from ..devices import loader_workers
 from ..history import History
-from .images import Decoded, Geometry, resize_square
+from ..splits import split
+from .compute import Compute
+from .images import Geometry
 from .inputs import check_arguments, read_datasets
-from .measure import sample_median_side
-from .plan import RecipeName, describe_images, plan_candidates
+from .measure import decode_seconds, sample_median_side
+from .plan import RecipeName, describe_images, plan_candidates, plan_sample
 from .probing import Candidate, ProbeStage, load_candidates, metrics_from_probs, run_probe
 from .result import FinetuneResult, Recipe
 from .select import rank_within_budget
 from .settings import AUTO
 from .stages import stage_records
+from .store import Decoded
 from .tuning import TunedStage, run_finetune
 
 __all__ = ["finetune"]
@@ -40,6 +45,8 @@ def finetune(
     background: Sequence[int] = (255, 255, 255),
     on_error: Literal["raise", "skip"] = "raise",
     seed: int = 0,
+    device: str | torch.device = "auto",
+    cache_dir: str | Path | None = None,
     verbose: bool = True,
     started: float | None = None,
 ) -> FinetuneResult:
@@ -67,6 +74,14 @@ def finetune(
         background: RGB colour under transparent pixels and around letterboxed images.
         on_error: ``"raise"`` or ``"skip"`` unreadable files (listed in ``result.skipped``).
         seed: Seed of the split, the head and the data order.
+        device: Where every stage computes: ``"auto"`` (a CUDA GPU, else Apple's MPS, else
+            the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``. On a CUDA GPU the
+            forward passes run in bf16 mixed precision (fp16 with a gradient scaler where bf16
+            is not supported). The returned model is on the CPU either way.
+        cache_dir: Where the decoded images go when they do not fit
+            ``AUTO.memory_cache_bytes`` of memory (a temporary file, removed when the result
+            and its views are gone; default the system's temporary folder). Its free space is
+            checked before decoding.
         verbose: Print each choice with its reason, and progress.
         started: ``time.perf_counter()`` at which the budget started (default: now).
 
@@ -75,7 +90,9 @@ def finetune(
         its preprocessing, the recipe and its reasons, history and validation metrics.
 
     Raises:
-        ValueError: For a bad ``recipe``, ``budget``, ``image_size``, ``geometry``, a dataset
+        ValueError: For a bad ``recipe``, ``budget``, ``image_size``, ``geometry``, a
+            ``device`` this machine does not have, too little disk for the decoded images, a
+            dataset
             with fewer than
             two classes or too few images to hold out a validation image per class, repeated
             backbone names, one checkpoint file for several backbones, or a bad ``key_map``.
@@ -99,6 +116,9 @@ def finetune(
     names, seconds = check_arguments(
         backbone_name, weights, key_map, budget, recipe, image_size, geometry
     )
+    compute = Compute.resolve(device)
+    if cache_dir is not None:
+        check_writable_dir(cache_dir, "cache_dir")
     deadline = start + seconds if seconds is not None else None
 
     def log(message: str) -> None:
@@ -109,28 +129,31 @@ def finetune(
         return None if deadline is None else deadline - time.perf_counter()
 
     data, held_out = read_datasets(train, val, background, on_error)
-    plan = start_plan(recipe, geometry, data, held_out)
+    plan = start_plan(recipe, geometry, data, held_out, compute)
     torch.manual_seed(seed)
     n_images = len(data) + (len(held_out) if held_out is not None else 0)
-    candidates = load_candidates(names, weights, key_map, image_size, len(data.classes), n_images)
+    candidates = load_candidates(names, weights, key_map, image_size, len(data.classes), n_images,
+                                 compute=compute)  # fmt: skip
     median_side = sample_median_side(data)
+    data, decoding = sample_within_budget(data, held_out, candidates, plan, geometry, seed, left())
     if recipe == "full":
         candidates = candidates[:1]
     else:
         candidates = choose_candidates(
-            candidates, plan, recipe, data, weights, image_size, median_side, seed, deadline
-        )
-    sets = Decoded.read(data, held_out, max(c.size for c in candidates), geometry)
+            candidates, plan, recipe, data, weights, image_size, median_side, seed, deadline,
+            compute, decoding,
+        )  # fmt: skip
+    sets = Decoded.read(data, held_out, max(c.size for c in candidates), geometry, cache_dir)
     probe, tuned = None, None
     if recipe != "full":
-        probe = run_probe(candidates, sets, len(data.classes), seed, log)
+        probe = run_probe(candidates, sets, len(data.classes), seed, log, compute)
         plan.probe, plan.kept, plan.image_size = True, "probe", probe.size
         plan.reasons += probe.choice.reasons
     if recipe != "probe":
         best = next(c for c in candidates if probe is None or c.name == probe.best_name)
         tuned = run_finetune(
             recipe, plan, best, probe, sets, median_side=median_side, image_size=image_size,
-            classes=len(data.classes), seed=seed, deadline=deadline, log=log,
+            classes=len(data.classes), seed=seed, deadline=deadline, log=log, compute=compute,
         )  # fmt: skip
     over = time.perf_counter() - deadline if deadline is not None else 0.0
     if over > 0:
@@ -143,10 +166,15 @@ def finetune(
 
 
 def start_plan(
-    recipe: str, geometry: Geometry, data: ImageDataset, held_out: ImageDataset | None
+    recipe: str,
+    geometry: Geometry,
+    data: ImageDataset,
+    held_out: ImageDataset | None,
+    compute: Compute,
 ) -> Recipe:
     """The recipe before training, with the reasons that do not depend on it."""
     plan = Recipe(name="full" if recipe == "full" else "probe", image_size=0)
+    plan.reasons.append(f"computing on {compute}")
     plan.reasons.append(
         "letterboxed: each image fitted whole into the square, the rest filled with the "
         "background colour"
@@ -156,6 +184,36 @@ def start_plan(
     where = "validated on val" if held_out is not None else "judged by cross-validation"
     plan.reasons.append(describe_images(len(data), len(data.classes), where))
     return plan
+
+
+def sample_within_budget(
+    data: ImageDataset,
+    held_out: ImageDataset | None,
+    candidates: list[Candidate],
+    plan: Recipe,
+    geometry: Geometry,
+    seed: int,
+    remaining: float | None,
+) -> tuple[ImageDataset, float]:
+    """``data``, or a stratified sample of it when decoding every image and the quickest
+    candidate's probe features would not fit ``AUTO.probe_share_alone`` of the time left
+    ([tlkit.recipes.plan.plan_sample][]); and the seconds that decoding the images will take
+    (with the loader's workers). The candidates' feature seconds are rescaled to the sample."""
+    if remaining is None:
+        return data, 0.0
+    n_val = len(held_out) if held_out is not None else 0
+    total = len(data) + n_val
+    decode = decode_seconds(data, max(c.size for c in candidates), geometry) / loader_workers(4)
+    features = min(c.seconds for c in candidates) / total
+    n, why = plan_sample(len(data), len(data.classes), decode + features,
+                         n_val * (decode + features), remaining)  # fmt: skip
+    if why is not None:
+        plan.reasons.append(why)
+        keep = split(len(data), (n, len(data) - n), seed=seed, stratify=data.targets)[0]
+        data = data.subset(keep.tolist())
+        for candidate in candidates:
+            candidate.seconds *= (n + n_val) / total
+    return data, decode * (len(data) + n_val)
 
 
 def probe_alone(
@@ -184,27 +242,30 @@ def choose_candidates(
     median_side: int,
     seed: int,
     deadline: float | None,
+    compute: Compute | None = None,
+    decoding: float = 0.0,
 ) -> list[Candidate]:
     """The candidates whose probe features fit the budget: ``AUTO.probe_share`` of the time
     left when fine-tuning may follow, ``AUTO.probe_share_alone`` when the probe is all there
     will be. When not all fit and the folder is larger than LogME's sample, they are taken in
     the order LogME ranks them ([tlkit.rank_backbones][], itself within a share of the budget);
-    on smaller folders LogME would cost as much as the features, and the larger ones go first."""
+    on smaller folders LogME would cost as much as the features, and the larger ones go first.
+    ``decoding`` seconds (every image decoded once, for all candidates) come out of the share.
+    """
 
-    def left() -> float | None:
-        return None if deadline is None else deadline - time.perf_counter()
+    now = None if deadline is None else deadline - time.perf_counter() - decoding
+    alone = probe_alone(candidates, recipe, data, now)
+    share = AUTO.probe_share_alone if alone else AUTO.probe_share
 
-    share = (
-        AUTO.probe_share_alone
-        if probe_alone(candidates, recipe, data, left())
-        else AUTO.probe_share
-    )
+    def left() -> float | None:  # the time left, less what decoding takes out of the share
+        return None if deadline is None else deadline - time.perf_counter() - decoding / share
+
     seconds = {c.name: c.seconds for c in candidates}
     kept, why = plan_candidates(seconds, left(), share)
     if len(kept) < len(candidates) and len(data) > AUTO.rank_images:
         names = [c.name for c in candidates]
         ranking, ranked = rank_within_budget(
-            names, weights, data, image_size, median_side, seed, deadline
+            names, weights, data, image_size, median_side, seed, deadline, compute
         )
         plan.reasons.append(ranked)
         if ranking:
@@ -234,7 +295,6 @@ def build_result(
         names, model, probs = probe.choice.names, probe.model, probe.val_probs
         sizes, info = [probe.sizes[n] for n in names], probe.infos[probe.choice.names[0]]
         judged = sets.images if sets.val_images is None else sets.val_images
-        judged = resize_square(judged, probe.size)
         judged_labels = sets.labels if sets.val_labels is None else sets.val_labels
         method = (
             f"out-of-fold predictions of {probe.choice.probe.folds}-fold cross-validation"
@@ -242,7 +302,7 @@ def build_result(
             else "val images"
         )
     return FinetuneResult(
-        model=model.eval(),
+        model=model.eval().cpu(),
         classes=list(classes),
         info=info,
         backbone="+".join(names),

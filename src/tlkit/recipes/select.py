@@ -11,6 +11,7 @@ from pathlib import Path
 from ..backbones import backbone
 from ..data import ImageDataset
 from ..ranking import BackboneScore, rank_backbones
+from .compute import Compute
 from .measure import time_batches
 from .plan import choose_size
 from .settings import AUTO
@@ -26,6 +27,7 @@ def rank_within_budget(
     median_side: int,
     seed: int,
     deadline: float | None,
+    compute: Compute | None = None,
     *,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[list[BackboneScore], str]:
@@ -40,7 +42,7 @@ def rank_within_budget(
         sizes[name] = image_size or choose_size(info.input_size, median_side)[0]
         if deadline is not None:
             seconds_per_image += 1 / time_batches(
-                model, sizes[name], 8, train=False, channels_last=True
+                model, sizes[name], 8, train=False, channels_last=True, compute=compute
             )
     sample, note = min(AUTO.rank_images, len(data)), ""
     if deadline is not None:
@@ -66,7 +68,8 @@ def rank_within_budget(
     for name in names:
         candidate = (name, None if weights is None else str(weights))
         scores += rank_backbones([candidate], data, image_size=sizes[name], max_images=sample,
-                                 seed=seed, verbose=False)  # fmt: skip
+                                 seed=seed, verbose=False,
+                                 device=compute.device if compute else "cpu")  # fmt: skip
     ranking = sorted(scores, key=lambda score: score.score, reverse=True)
     return ranking, (
         f"backbone {ranking[0].name}: best LogME score of {len(ranking)} candidates on "

@@ -1,5 +1,5 @@
 """Fine-tuning everything at layer-wise decaying learning rates through [tlkit.Trainer][]: the
-stages of a network, the in-memory loaders and the training loop's set-up."""
+stages of a network and the training loop's set-up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from .._utils import plural
 from ..augment import BatchAugment
@@ -18,13 +17,14 @@ from ..optim import discriminative_param_groups
 from ..progress import ProgressBar
 from ..trainer import Trainer
 from .budget import Deadline
+from .compute import Compute
 from .result import Recipe
 from .settings import AUTO
+from .store import ImageStore, store_loader
 
 __all__ = [
     "layer_stages",
     "stage_records",
-    "tensor_loader",
     "train_full",
 ]
 
@@ -48,16 +48,6 @@ def has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
-def tensor_loader(
-    images: torch.Tensor, labels: torch.Tensor, batch: int, shuffle: bool
-) -> DataLoader:
-    """Batches of in-memory ``(images, labels)``, shuffled from a seed drawn from torch's
-    global generator."""
-    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
-    return DataLoader(TensorDataset(images, labels), batch_size=batch, shuffle=shuffle,
-                      generator=generator)  # fmt: skip
-
-
 def stage_records(history: History, stage: str) -> list[dict[str, Any]]:
     """History rows with a ``stage`` column."""
     return [{"stage": stage, **record} for record in history.records]
@@ -65,21 +55,26 @@ def stage_records(history: History, stage: str) -> list[dict[str, Any]]:
 
 def train_full(
     model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    data: tuple[ImageStore, torch.Tensor, ImageStore, torch.Tensor],
     augment: BatchAugment,
     recipe: Recipe,
     deadline: float | None,
     log: Any,
+    *,
+    size: int,
+    compute: Compute | None = None,
 ) -> History:
-    """Fine-tune all of ``model`` for ``recipe.finetune_epochs`` (fewer when ``deadline``
-    comes first): AdamW at layer-wise decaying rates, one-cycle schedule, label smoothing; the
-    last epoch's weights are kept (no epoch is picked on the images that judge the model)."""
+    """Fine-tune all of ``model`` at ``size`` px for ``recipe.finetune_epochs`` (fewer when
+    ``deadline`` comes first) on ``compute``'s device and precision (default the CPU, fp32):
+    AdamW at layer-wise decaying rates, one-cycle schedule, label smoothing; the last epoch's
+    weights are kept (no epoch is picked on the images that judge the model)."""
+    compute = compute or Compute(torch.device("cpu"), "fp32")
     train_x, train_y, val_x, val_y = data
     unfreeze(model)
     stages = layer_stages(model)
     groups = discriminative_param_groups(model, recipe.lr, decay=recipe.layer_decay, stages=stages)
     optimizer = torch.optim.AdamW(groups, weight_decay=AUTO.weight_decay)
-    train = tensor_loader(train_x, train_y, recipe.batch_size, True)
+    train = store_loader(train_x, train_y, recipe.batch_size, True, size=size, pin=compute.pin)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[g["lr"] for g in groups],
@@ -90,7 +85,8 @@ def train_full(
         model,
         optimizer=optimizer,
         loss=nn.CrossEntropyLoss(label_smoothing=AUTO.label_smoothing),
-        device="cpu",
+        device=compute.device,
+        precision=compute.precision,  # type: ignore[arg-type]
         verbose=False,
         batch_transform=augment,
         channels_last=recipe.channels_last,
@@ -100,8 +96,8 @@ def train_full(
             ProgressBar(deadline=deadline),
         ],
     )
-    history = trainer.fit(train, tensor_loader(val_x, val_y, 256, False),
-                          epochs=recipe.finetune_epochs)  # fmt: skip
+    val = store_loader(val_x, val_y, 256, False, size=size, pin=compute.pin)
+    history = trainer.fit(train, val, epochs=recipe.finetune_epochs)
     model.to(memory_format=torch.contiguous_format)
     last = history["val_accuracy"][-1]
     log(f"fine-tuned {plural(len(history), 'epoch')}, last epoch's val {last:.4f}")

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from .. import heads
-from .._steps import flip_average
 from ..augment import BatchAugment
 from ..backbones import BackboneInfo
 from ..history import History
 from ..splits import kfold
-from .images import Decoded, normalise, resize_square
+from ..tta import flip_average
+from .compute import Compute
 from .keep import fine_tuning_wins
 from .measure import choose_batch_size, measure
 from .plan import choose_size, plan_finetune
@@ -25,6 +25,7 @@ from .probing import Candidate, ProbeStage
 from .result import Recipe, build_head, load_head
 from .settings import AUTO
 from .stages import train_full
+from .store import Decoded, ImageStore, to_model_input
 
 __all__ = ["TunedStage", "predict_probs", "run_finetune"]
 
@@ -38,7 +39,7 @@ class TunedStage:
     model: nn.Module
     size: int
     history: History
-    images: torch.Tensor  # the judging images at ``size`` (uint8)
+    images: ImageStore  # the judging images (as decoded)
     labels: torch.Tensor
     probs: torch.Tensor
 
@@ -46,18 +47,23 @@ class TunedStage:
 @torch.no_grad()
 def predict_probs(
     model: nn.Module,
-    images: torch.Tensor,
+    images: ImageStore,
+    size: int,
     mean: Any,
     std: Any,
     *,
     batch: int = 128,
+    compute: Compute | None = None,
 ) -> torch.Tensor:
-    """Probabilities of uint8 ``(N, 3, S, S)`` images, each averaged with its mirror image's."""
-    model.eval()
-    parts = [
-        flip_average(model, normalise(images[i : i + batch], mean, std), log_probs=False).exp()
-        for i in range(0, len(images), batch)
-    ]
+    """Probabilities (on the CPU) of decoded images resized to ``size``, each averaged with its
+    mirror image's, computed on ``compute``'s device (default the CPU)."""
+    compute = compute or Compute(torch.device("cpu"), "fp32")
+    model.eval().to(compute.device)
+    parts = []
+    for chunk in images.batches(batch):
+        x = to_model_input(chunk, size, mean, std, compute.device)
+        with compute.autocast():
+            parts.append(flip_average(model, x, log_probs=False).exp().float().cpu())
     return torch.cat(parts)
 
 
@@ -74,6 +80,7 @@ def run_finetune(
     seed: int,
     deadline: float | None,
     log: Callable[[str], None],
+    compute: Compute | None = None,
 ) -> TunedStage | None:
     """Fine-tune ``best`` when the plan says so (``None`` when it does not), and keep it over
     the probe only when the keep rule says it is better on the same held-out images."""
@@ -88,7 +95,7 @@ def run_finetune(
     )
     train_at, held = _held_out_fold(sets, probe, seed)
     plan.batch_size = choose_batch_size(len(train_at))
-    infer, train_rate, plan.channels_last, layout = measure(model, size, plan.batch_size)
+    infer, train_rate, plan.channels_last, layout = measure(model, size, plan.batch_size, compute)
     n_val = len(held) if sets.val_images is None else len(sets.val_images)
     remaining = None if deadline is None else deadline - time.perf_counter()
     plan_finetune(name, plan, n_train=len(train_at), n_val=n_val, classes=classes,  # type: ignore[arg-type]
@@ -97,15 +104,14 @@ def run_finetune(
         return None
     plan.name = "lp-ft" if name == "lp-ft" else "full"
     plan.reasons += [f"fine-tuning {best.name} at {why}", layout]
-    x = resize_square(sets.images, size)
-    judge_x, judge_y = x[held], sets.labels[held]
+    judge_x, judge_y = sets.images.subset(held), sets.labels[held]
     if sets.val_images is not None and sets.val_labels is not None:
-        judge_x, judge_y = resize_square(sets.val_images, size), sets.val_labels
+        judge_x, judge_y = sets.val_images, sets.val_labels
     _start_head(model, name, probe, best.name, classes, seed)
     augment = BatchAugment(size, scale=(plan.crop_scale, 1.0), info=best.info)
-    split = (x[train_at], sets.labels[train_at], judge_x, judge_y)
-    history = train_full(model, split, augment, plan, deadline, log)
-    probs = predict_probs(model, judge_x, best.mean, best.std)
+    split = (sets.images.subset(train_at), sets.labels[train_at], judge_x, judge_y)
+    history = train_full(model, split, augment, plan, deadline, log, size=size, compute=compute)
+    probs = predict_probs(model, judge_x, size, best.mean, best.std, compute=compute)
     plan.kept = "fine-tuned"
     if probe is not None:
         probe_probs = probe.val_probs if sets.val_images is not None else probe.val_probs[held]

@@ -1,0 +1,54 @@
+"""Where [tlkit.finetune][] computes: the device, its mixed precision, and how batches get there."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..devices import autocast_factory, describe, resolve_device, resolve_precision
+
+__all__ = ["Compute"]
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A device and the precision used on it (``"fp32"``, ``"bf16"`` or ``"fp16"``).
+
+    Examples:
+        >>> Compute.resolve("cpu").precision
+        'fp32'
+    """
+
+    device: torch.device
+    precision: str
+
+    @classmethod
+    def resolve(cls, device: str | torch.device = "auto") -> Compute:
+        """``device`` (``"auto"``: CUDA, else MPS, else the CPU) with its automatic precision
+        (bf16 where the GPU supports it, else fp16, fp32 off CUDA).
+
+        Raises:
+            ValueError: For an unknown device or one this machine does not have.
+        """
+        resolved = resolve_device(device)
+        return cls(resolved, resolve_precision("auto", resolved))
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The mixed-precision context for forward passes."""
+        return autocast_factory(self.precision, self.device)()
+
+    @property
+    def pin(self) -> bool:
+        """Whether loaders should pin memory (for asynchronous copies to a GPU)."""
+        return self.device.type == "cuda"
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (for timing)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __str__(self) -> str:
+        return describe(self.device, self.precision)
