@@ -135,13 +135,13 @@ def finetune(
     candidates = load_candidates(names, weights, key_map, image_size, len(data.classes), n_images,
                                  compute=compute)  # fmt: skip
     median_side = sample_median_side(data)
-    data, decoding = sample_within_budget(data, held_out, candidates, plan, geometry, seed, left())
     if recipe == "full":
         candidates = candidates[:1]
     else:
-        candidates = choose_candidates(
-            candidates, plan, recipe, data, weights, image_size, median_side, seed, deadline,
-            compute, decoding,
+        decode = 0.0 if deadline is None else decode_per_image(data, candidates, geometry)
+        candidates, data = choose_candidates(
+            candidates, plan, recipe, data, held_out, weights, image_size, median_side, seed,
+            deadline, compute, decode,
         )  # fmt: skip
     sets = Decoded.read(data, held_out, max(c.size for c in candidates), geometry, cache_dir)
     probe, tuned = None, None
@@ -186,34 +186,38 @@ def start_plan(
     return plan
 
 
+def decode_per_image(data: ImageDataset, candidates: list[Candidate], geometry: Geometry) -> float:
+    """Seconds that decoding one image of ``data`` takes here, with the loader's workers
+    decoding in parallel."""
+    size = max(c.size for c in candidates)
+    return decode_seconds(data, size, geometry) / loader_workers(4)
+
+
 def sample_within_budget(
     data: ImageDataset,
-    held_out: ImageDataset | None,
-    candidates: list[Candidate],
+    n_val: int,
+    chosen: list[Candidate],
     plan: Recipe,
-    geometry: Geometry,
     seed: int,
     remaining: float | None,
-) -> tuple[ImageDataset, float]:
-    """``data``, or a stratified sample of it when decoding every image and the quickest
-    candidate's probe features would not fit ``AUTO.probe_share_alone`` of the time left
-    ([tlkit.recipes.plan.plan_sample][]); and the seconds that decoding the images will take
-    (with the loader's workers). The candidates' feature seconds are rescaled to the sample."""
-    if remaining is None:
-        return data, 0.0
-    n_val = len(held_out) if held_out is not None else 0
+    share: float,
+    decode: float,
+) -> ImageDataset:
+    """``data``, or a stratified sample of it when decoding every image (``decode`` seconds
+    each) and the chosen candidates' probe features would not fit ``share`` of the time left
+    ([tlkit.recipes.plan.plan_sample][]). The candidates' feature seconds are rescaled to the
+    sample."""
     total = len(data) + n_val
-    decode = decode_seconds(data, max(c.size for c in candidates), geometry) / loader_workers(4)
-    features = min(c.seconds for c in candidates) / total
-    n, why = plan_sample(len(data), len(data.classes), decode + features,
-                         n_val * (decode + features), remaining)  # fmt: skip
-    if why is not None:
-        plan.reasons.append(why)
-        keep = split(len(data), (n, len(data) - n), seed=seed, stratify=data.targets)[0]
-        data = data.subset(keep.tolist())
-        for candidate in candidates:
-            candidate.seconds *= (n + n_val) / total
-    return data, decode * (len(data) + n_val)
+    per_image = decode + sum(c.seconds for c in chosen) / total
+    n, why = plan_sample(len(data), len(data.classes), per_image, n_val * per_image, remaining,
+                         share)  # fmt: skip
+    if why is None:
+        return data
+    plan.reasons.append(why)
+    keep = split(len(data), (n, len(data) - n), seed=seed, stratify=data.targets)[0]
+    for candidate in chosen:
+        candidate.seconds *= (n + n_val) / total
+    return data.subset(keep.tolist())
 
 
 def probe_alone(
@@ -237,24 +241,28 @@ def choose_candidates(
     plan: Recipe,
     recipe: str,
     data: ImageDataset,
+    held_out: ImageDataset | None,
     weights: str | Path | None,
     image_size: int | None,
     median_side: int,
     seed: int,
     deadline: float | None,
     compute: Compute | None = None,
-    decoding: float = 0.0,
-) -> list[Candidate]:
-    """The candidates whose probe features fit the budget: ``AUTO.probe_share`` of the time
-    left when fine-tuning may follow, ``AUTO.probe_share_alone`` when the probe is all there
-    will be. When not all fit and the folder is larger than LogME's sample, they are taken in
-    the order LogME ranks them ([tlkit.rank_backbones][], itself within a share of the budget);
-    on smaller folders LogME would cost as much as the features, and the larger ones go first.
-    ``decoding`` seconds (every image decoded once, for all candidates) come out of the share.
-    """
-
-    now = None if deadline is None else deadline - time.perf_counter() - decoding
-    alone = probe_alone(candidates, recipe, data, now)
+    decode: float = 0.0,
+) -> tuple[list[Candidate], ImageDataset]:
+    """The candidates whose probe features fit the budget, and the training images they will
+    see. The features get ``AUTO.probe_share`` of the time left when fine-tuning may follow,
+    ``AUTO.probe_share_alone`` when the probe is all there will be, less the decoding of every
+    image (``decode`` seconds each). When not all fit and the folder is larger than LogME's
+    sample, they are taken in the order LogME ranks them ([tlkit.rank_backbones][], itself
+    within a share of the budget), unless only the quickest could fit after ranking; on smaller
+    folders LogME would cost as much as the features, and the larger ones go first. When even
+    the chosen ones do not fit, a stratified sample of the images does
+    ([sample_within_budget][tlkit.recipes.run.sample_within_budget])."""
+    n_val = len(held_out) if held_out is not None else 0
+    decoding = decode * (len(data) + n_val)
+    now = None if deadline is None else deadline - time.perf_counter()
+    alone = probe_alone(candidates, recipe, data, None if now is None else now - decoding)
     share = AUTO.probe_share_alone if alone else AUTO.probe_share
 
     def left() -> float | None:  # the time left, less what decoding takes out of the share
@@ -263,16 +271,42 @@ def choose_candidates(
     seconds = {c.name: c.seconds for c in candidates}
     kept, why = plan_candidates(seconds, left(), share)
     if len(kept) < len(candidates) and len(data) > AUTO.rank_images:
-        names = [c.name for c in candidates]
-        ranking, ranked = rank_within_budget(
-            names, weights, data, image_size, median_side, seed, deadline, compute
-        )
-        plan.reasons.append(ranked)
-        if ranking:
-            kept, why = plan_candidates(seconds, left(), share, [r.name for r in ranking])
+        if ranking_can_change(seconds, left(), share):
+            names = [c.name for c in candidates]
+            ranking, ranked = rank_within_budget(
+                names, weights, data, image_size, median_side, seed, deadline, compute
+            )
+            plan.reasons.append(ranked)
+            if ranking:
+                kept, why = plan_candidates(seconds, left(), share, [r.name for r in ranking])
+        else:
+            plan.reasons.append(
+                "no LogME ranking: after it, only the quickest backbone's features could fit "
+                "the time left"
+            )
     if why:
         plan.reasons.append(why)
-    return [c for c in candidates if c.name in kept]
+    chosen = [c for c in candidates if c.name in kept]
+    remaining = None if deadline is None else deadline - time.perf_counter()
+    data = sample_within_budget(data, n_val, chosen, plan, seed, remaining, share, decode)
+    return chosen, data
+
+
+def ranking_can_change(seconds: dict[str, float], remaining: float | None, share: float) -> bool:
+    """Whether, after LogME took its ``AUTO.rank_share`` of the time left, a candidate other
+    than the quickest would still fit ``share`` of the rest (else ranking changes nothing).
+
+    Examples:
+        >>> ranking_can_change({"a": 10.0, "b": 30.0}, 100.0, 0.5)
+        True
+        >>> ranking_can_change({"a": 10.0, "b": 60.0}, 100.0, 0.5)
+        False
+    """
+    if remaining is None:
+        return True
+    quickest = min(seconds, key=lambda n: seconds[n])
+    room = share * (1 - AUTO.rank_share) * max(remaining, 0.0)
+    return any(s <= room for n, s in seconds.items() if n != quickest)
 
 
 def build_result(
