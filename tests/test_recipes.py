@@ -403,3 +403,18 @@ def test_metrics_json_is_strict_json_where_a_metric_is_undefined(tmp_path: Path)
     text = (tmp_path / "run" / "metrics.json").read_text()
     metrics = json.loads(text, parse_constant=refuse)
     assert metrics["loss"] is None and metrics["accuracy"] == result.val_metrics["accuracy"]
+
+
+def test_auto_spends_nothing_on_fine_tuning_when_three_epochs_clearly_cannot_fit() -> None:
+    import time
+
+    from torch import nn
+
+    # a feature pass of 100 s over both views: an epoch is estimated at 2 x 50 s
+    best = probing.Candidate("net", nn.Identity(), 32, (0.0,) * 3, (1.0,) * 3, seconds=100.0)
+    plan = Recipe(name="probe", image_size=32)
+    now = time.perf_counter()
+    assert not tuning.too_late(best, now + 1000.0, plan) and plan.reasons == []
+    assert not tuning.too_late(best, None, plan)
+    assert tuning.too_late(best, now + 200.0, plan)
+    assert "no fine-tuning: 3 epochs would take about 300 s here" in plan.describe()

@@ -102,8 +102,8 @@ def plan_sample(
     if n >= n_train:  # two per class are needed anyway: all of them, over the budget
         return n_train, None
     return n, (
-        f"a stratified sample of {n:,} of the {n_train:,} training images: decoding an image and "
-        f"the quickest backbone's features of it take about {per_image * 1000:.0f} ms here, so "
+        f"a stratified sample of {n:,} of the {n_train:,} training images: decoding an image, "
+        f"its probe features and the probe's fits take about {per_image * 1000:.0f} ms here, so "
         f"all of them would take {n_train * per_image:.0f} s, more than {share:.0%} of the "
         f"{max(remaining, 0):.0f} s left (a longer budget uses more)"
     )

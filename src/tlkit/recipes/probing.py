@@ -35,6 +35,7 @@ __all__ = [
     "ProbeStage",
     "choose_probe",
     "features",
+    "fit_seconds",
     "load_candidates",
     "metrics_from_probs",
     "probe_network",
@@ -56,6 +57,20 @@ class Candidate:
     info: BackboneInfo | None = None
     seconds: float = 0.0  # a feature pass over every image and its mirror image, here
     features: torch.Tensor | None = field(default=None, repr=False)  # (views, N, D)
+
+    @property
+    def dim(self) -> int:
+        """Length of the pooled feature vector (the head's input)."""
+        return heads.find_head(self.model)[1]
+
+
+def fit_seconds(chosen: list[Candidate]) -> float:
+    """Seconds per training image that the probe's cross-validated fits take (at
+    ``AUTO.probe_fit_seconds`` per image, view and feature): each backbone alone and, with
+    several, all together, on both views, then the preferred one once more on one view."""
+    dims = [c.dim for c in chosen]
+    options = sum(dims) * (2 if len(dims) > 1 else 1)
+    return AUTO.probe_fit_seconds * (AUTO.probe_views * options + sum(dims))
 
 
 @dataclass

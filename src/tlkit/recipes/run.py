@@ -20,7 +20,14 @@ from .images import Geometry
 from .inputs import check_arguments, read_datasets
 from .measure import decode_seconds, sample_median_side
 from .plan import RecipeName, describe_images, plan_candidates, plan_sample
-from .probing import Candidate, ProbeStage, load_candidates, metrics_from_probs, run_probe
+from .probing import (
+    Candidate,
+    ProbeStage,
+    fit_seconds,
+    load_candidates,
+    metrics_from_probs,
+    run_probe,
+)
 from .result import FinetuneResult, Recipe
 from .select import rank_within_budget
 from .settings import AUTO
@@ -204,11 +211,11 @@ def sample_within_budget(
     decode: float,
 ) -> ImageDataset:
     """``data``, or a stratified sample of it when decoding every image (``decode`` seconds
-    each) and the chosen candidates' probe features would not fit ``share`` of the time left
-    ([tlkit.recipes.plan.plan_sample][]). The candidates' feature seconds are rescaled to the
-    sample."""
+    each), the chosen candidates' probe features and the probe's fits would not fit ``share``
+    of the time left ([tlkit.recipes.plan.plan_sample][]). The candidates' feature seconds are
+    rescaled to the sample."""
     total = len(data) + n_val
-    per_image = decode + sum(c.seconds for c in chosen) / total
+    per_image = decode + sum(c.seconds for c in chosen) / total + fit_seconds(chosen)
     n, why = plan_sample(len(data), len(data.classes), per_image, n_val * per_image, remaining,
                          share)  # fmt: skip
     if why is None:

@@ -85,6 +85,8 @@ def run_finetune(
     """Fine-tune ``best`` when the plan says so (``None`` when it does not), and keep it over
     the probe only when the keep rule says it is better on the same held-out images."""
     assert best.info is not None
+    if name == "auto" and too_late(best, deadline, plan):
+        return None
     # the probe stage's untouched copy, or (no probe) the candidate's own network: both are
     # this stage's alone to train
     model = probe.tuning_start if probe is not None else best.model
@@ -121,6 +123,24 @@ def run_finetune(
         plan.kept = "fine-tuned" if keep else "probe"
         plan.reasons.append(verdict)
     return TunedStage(best.name, best.info, model.eval(), size, history, judge_x, judge_y, probs)
+
+
+def too_late(best: Candidate, deadline: float | None, plan: Recipe) -> bool:
+    """Whether ``AUTO.min_finetune_epochs`` epochs clearly cannot fit the time left, by the
+    estimate the plan made before the probe (an epoch ``AUTO.train_slowdown`` times one view
+    of the feature pass): then even the speed check, several training steps, is not spent."""
+    if deadline is None:
+        return False
+    epoch = AUTO.train_slowdown * best.seconds / AUTO.probe_views
+    left = deadline - time.perf_counter()
+    if AUTO.min_finetune_epochs * epoch <= left:
+        return False
+    plan.reasons.append(
+        f"no fine-tuning: {AUTO.min_finetune_epochs} epochs would take about "
+        f"{AUTO.min_finetune_epochs * epoch:.0f} s here (estimated from the feature pass), more "
+        f"than the {max(left, 0):.0f} s left"
+    )
+    return True
 
 
 def _held_out_fold(
