@@ -285,3 +285,16 @@ def test_a_jpeg_cut_in_half_is_found_when_the_dataset_is_built(tmp_path: Path) -
     (tmp_path / "a" / "1.jpg").write_bytes(whole[: len(whole) // 2])  # now all of class a
     with pytest.raises(ValueError, match="every image of class\\(es\\) 'a' is unreadable"):
         tlkit.ImageDataset.from_folder(tmp_path, on_error="skip")
+
+
+def test_subset_keeps_the_classes_and_refuses_an_index_out_of_range(tmp_path: Path) -> None:
+    for i, name in enumerate("aabbb"):
+        (tmp_path / name).mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / name / f"{i}.png")
+    data = tlkit.ImageDataset.from_folder(tmp_path)
+    part = data.subset([4, 1])
+    assert part.classes == ["a", "b"] and part.targets == [1, 0] and len(data) == 5
+    assert part.files == [data.files[4], data.files[1]]
+    assert part.load(0).getpixel((0, 0)) == data.load(4).getpixel((0, 0))
+    with pytest.raises(IndexError, match="subset index 5 is out of range for 5 images"):
+        data.subset([0, 5])

@@ -489,17 +489,17 @@ class ImageDataset(Dataset[tuple[Any, int]]):
             >>> import tempfile
             >>> from pathlib import Path
             >>> root = Path(tempfile.mkdtemp())
-            >>> for name in ("a", "b"):
-            ...     (root / name).mkdir()
-            ...     for i in range(3):
-            ...         Image.new("RGB", (8, 8), "red").save(root / name / f"{i}.png")
+            >>> for i, name in enumerate("aaabbb"):
+            ...     (root / name).mkdir(exist_ok=True)
+            ...     Image.new("RGB", (8, 8), "red").save(root / name / f"{i}.png")
             >>> part = ImageDataset.from_folder(root).subset([0, 4])
             >>> len(part), part.targets, part.classes
             (2, [0, 1], ['a', 'b'])
         """
         chosen = [int(i) for i in indices]
-        if any(not -len(self) <= i < len(self) for i in chosen):
-            raise IndexError(f"subset indices must be below {len(self)}, got {max(chosen)}")
+        bad = [i for i in chosen if not -len(self) <= i < len(self)]
+        if bad:
+            raise IndexError(f"subset index {bad[0]} is out of range for {len(self)} images")
         clone = copy.copy(self)
         clone.files = [self.files[i] for i in chosen]
         clone.targets = [self.targets[i] for i in chosen]
