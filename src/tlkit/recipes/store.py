@@ -89,7 +89,7 @@ class ImageStore:
     @classmethod
     def empty(cls, count: int, size: int, directory: str | Path | None = None) -> ImageStore:
         """A store for ``count`` images of ``size`` px: in memory without ``directory``, else
-        in a new temporary file there (its space checked first, see [check_disk][])."""
+        in a new temporary file there (its free space checked first by ``check_disk``)."""
         if directory is None:
             return cls(size, count, torch.empty((count, 3, size, size), dtype=torch.uint8), None)
         check_disk(Path(directory), count * 3 * size * size, count, size)
