@@ -13,7 +13,6 @@ sample. No training, one pass of features: a higher score predicts better transf
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from ._utils import check_positive_int
 from .augment import get
 from .backbones import backbone, check_name
 from .data import ImageDataset, WithTransform
-from .devices import resolve_device
+from .devices import loader_workers, resolve_device
 from .features import extract_features
 from .heads import headless
 from .splits import split
@@ -242,7 +241,7 @@ def rank_backbones(
             source = dataset.with_min_side(_resize_side(evaluation))
         part = Subset(source, indices) if indices is not None else source
         loader = DataLoader(WithTransform(part, evaluation), batch_size=batch_size,
-                            num_workers=min(4, os.cpu_count() or 1))  # fmt: skip
+                            num_workers=loader_workers(4))  # fmt: skip
         layout = torch.channels_last if channels_last else torch.contiguous_format
         with headless(model.to(run_device).to(memory_format=layout)):
             features = extract_features(model, loader, device=run_device,

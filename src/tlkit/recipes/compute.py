@@ -10,7 +10,7 @@ import torch
 
 from ..devices import autocast_factory, describe, resolve_device, resolve_precision
 
-__all__ = ["Compute"]
+__all__ = ["CPU", "Compute"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,6 @@ class Compute:
 
     def __str__(self) -> str:
         return describe(self.device, self.precision)
+
+
+CPU = Compute(torch.device("cpu"), "fp32")  # the default of every stage given no compute

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from ..data import ImageDataset
-from .compute import Compute
+from .compute import CPU, Compute
 from .images import DecodedImages, Geometry
 from .settings import AUTO
 
@@ -41,7 +41,7 @@ def time_batches(
 
     The model's state (BatchNorm statistics included) and memory format are restored afterwards.
     """
-    compute = compute or Compute(torch.device("cpu"), "fp32")
+    compute = compute or CPU
     model.to(compute.device)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(batch, 3, size, size, device=compute.device)

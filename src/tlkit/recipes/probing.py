@@ -22,7 +22,7 @@ from ..backbones import BackboneInfo
 from ..metrics import ClassificationMeter
 from ..probe import LinearProbe
 from ..splits import file_name_groups, join_groups, near_duplicate_groups
-from .compute import Compute
+from .compute import CPU, Compute
 from .keep import clearly_better
 from .measure import time_batches
 from .result import build_network, load_head, stack
@@ -98,7 +98,7 @@ def features(
     """Pooled features ``(V, N, D)`` (float32, on the CPU) of decoded images, resized to the
     candidate's size and computed on ``compute``'s device (default the CPU): the image, and its
     mirror image when ``mirror``. Only a batch of images is in memory at a time."""
-    compute = compute or Compute(torch.device("cpu"), "fp32")
+    compute = compute or CPU
     model = candidate.model.eval().to(compute.device)
     layout = torch.channels_last if candidate.channels_last else torch.contiguous_format
     views: list[list[torch.Tensor]] = [[], []] if mirror else [[]]

@@ -145,7 +145,8 @@ def finetune(
     if recipe == "full":
         candidates = candidates[:1]
     else:
-        decode = 0.0 if deadline is None else decode_per_image(data, candidates, geometry)
+        size = max(c.size for c in candidates)
+        decode = 0.0 if deadline is None else decode_seconds(data, size, geometry)
         candidates, data = choose_candidates(
             candidates, plan, recipe, data, held_out, weights, image_size, median_side, seed,
             deadline, compute, decode,
@@ -191,13 +192,6 @@ def start_plan(
     where = "validated on val" if held_out is not None else "judged by cross-validation"
     plan.reasons.append(describe_images(len(data), len(data.classes), where))
     return plan
-
-
-def decode_per_image(data: ImageDataset, candidates: list[Candidate], geometry: Geometry) -> float:
-    """Seconds that decoding one image of ``data`` takes here, with the loader's workers
-    decoding in parallel."""
-    size = max(c.size for c in candidates)
-    return decode_seconds(data, size, geometry) / loader_workers(4)
 
 
 def sample_within_budget(
@@ -260,14 +254,16 @@ def choose_candidates(
     """The candidates whose probe features fit the budget, and the training images they will
     see. The features get ``AUTO.probe_share`` of the time left when fine-tuning may follow,
     ``AUTO.probe_share_alone`` when the probe is all there will be, less the decoding of every
-    image (``decode`` seconds each). When not all fit and the folder is larger than LogME's
-    sample, they are taken in the order LogME ranks them ([tlkit.rank_backbones][], itself
-    within a share of the budget), unless only the quickest could fit after ranking; on smaller
-    folders LogME would cost as much as the features, and the larger ones go first. When even
-    the chosen ones do not fit, a stratified sample of the images does
+    image (``decode`` seconds each in one process, shared by the decoding workers). When not
+    all fit and the folder is larger than LogME's sample, they are taken in the order LogME
+    ranks them ([tlkit.rank_backbones][], itself within a share of the budget), unless only the
+    quickest could fit after ranking; on smaller folders LogME would cost as much as the
+    features, and the larger ones go first. When even the chosen ones do not fit, a stratified
+    sample of the images does
     ([sample_within_budget][tlkit.recipes.run.sample_within_budget])."""
     n_val = len(held_out) if held_out is not None else 0
-    decoding = decode * (len(data) + n_val)
+    parallel = decode / loader_workers(AUTO.decode_workers)  # seconds per image, all workers
+    decoding = parallel * (len(data) + n_val)
     now = None if deadline is None else deadline - time.perf_counter()
     alone = probe_alone(candidates, recipe, data, None if now is None else now - decoding)
     share = AUTO.probe_share_alone if alone else AUTO.probe_share
@@ -281,7 +277,15 @@ def choose_candidates(
         if ranking_can_change(seconds, left(), share):
             names = [c.name for c in candidates]
             ranking, ranked = rank_within_budget(
-                names, weights, data, image_size, median_side, seed, deadline, compute
+                names,
+                weights,
+                data,
+                image_size,
+                median_side,
+                seed,
+                deadline,
+                compute,
+                decode=decode,
             )
             plan.reasons.append(ranked)
             if ranking:
@@ -295,7 +299,7 @@ def choose_candidates(
         plan.reasons.append(why)
     chosen = [c for c in candidates if c.name in kept]
     remaining = None if deadline is None else deadline - time.perf_counter()
-    data = sample_within_budget(data, n_val, chosen, plan, seed, remaining, share, decode)
+    data = sample_within_budget(data, n_val, chosen, plan, seed, remaining, share, parallel)
     return chosen, data
 
 

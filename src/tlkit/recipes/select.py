@@ -12,7 +12,7 @@ from ..backbones import backbone
 from ..data import ImageDataset
 from ..ranking import BackboneScore, rank_backbones
 from .compute import Compute
-from .measure import time_batches
+from .measure import decode_seconds, time_batches
 from .plan import choose_size
 from .settings import AUTO
 
@@ -29,11 +29,13 @@ def rank_within_budget(
     deadline: float | None,
     compute: Compute | None = None,
     *,
+    decode: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[list[BackboneScore], str]:
     """LogME of each candidate at the size it would train at, best first, and the sample it
     used; with a deadline (on ``clock``), on as many images as fit in a quarter of the time
-    left (each architecture timed here first), or ``([], reason)`` when too few would."""
+    left (each architecture timed here first, and decoding at ``decode`` seconds an image,
+    measured here when not given), or ``([], reason)`` when too few would."""
     sizes, seconds_per_image = dict.fromkeys(names, image_size or 0), 0.0
     for name in names:
         if image_size is not None and deadline is None:
@@ -46,11 +48,8 @@ def rank_within_budget(
             )
     sample, note = min(AUTO.rank_images, len(data)), ""
     if deadline is not None:
-        start = clock()
-        drafted = data.with_min_side(min(sizes.values()))
-        for index in range(min(4, len(data))):
-            drafted.load(index)
-        decode = (clock() - start) / min(4, len(data))
+        if decode is None:
+            decode = decode_seconds(data, min(sizes.values()), "crop", clock=clock)
         share = AUTO.rank_share * (deadline - clock())
         per_image = seconds_per_image + len(names) * decode
         least = min(len(data), max(AUTO.rank_least_per_class * len(data.classes), 50))

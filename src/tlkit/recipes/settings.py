@@ -24,6 +24,7 @@ class Settings:
     # validation
     val_fraction: float = 0.15  # held out of the training images when no val= is given
     memory_cache_bytes: int = 1_000_000_000  # decoded images beyond this go to a file on disk
+    decode_workers: int = 4  # at most this many processes decode the images (fewer cores: fewer)
     # the probe
     probe_C: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # L2 strengths tried
     probe_folds: int = 5  # cross-validation folds choosing C, the backbones and the model

@@ -17,7 +17,7 @@ from ..optim import discriminative_param_groups
 from ..progress import ProgressBar
 from ..trainer import Trainer
 from .budget import Deadline
-from .compute import Compute
+from .compute import CPU, Compute
 from .result import Recipe
 from .settings import AUTO
 from .store import ImageStore, store_loader
@@ -68,7 +68,7 @@ def train_full(
     ``deadline`` comes first) on ``compute``'s device and precision (default the CPU, fp32):
     AdamW at layer-wise decaying rates, one-cycle schedule, label smoothing; the last epoch's
     weights are kept (no epoch is picked on the images that judge the model)."""
-    compute = compute or Compute(torch.device("cpu"), "fp32")
+    compute = compute or CPU
     train_x, train_y, val_x, val_y = data
     unfreeze(model)
     stages = layer_stages(model)

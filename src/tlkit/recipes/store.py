@@ -218,7 +218,7 @@ class Decoded:
         on_disk = count * 3 * size * size > AUTO.memory_cache_bytes
         directory = (cache_dir or tempfile.gettempdir()) if on_disk else None
         store = ImageStore.empty(count, size, directory)
-        decode_into(store, ConcatDataset(parts), loader_workers(4))
+        decode_into(store, ConcatDataset(parts), loader_workers(AUTO.decode_workers))
         n = len(data)
         return cls(
             store.subset(torch.arange(n)),

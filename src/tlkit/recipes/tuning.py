@@ -17,7 +17,7 @@ from ..backbones import BackboneInfo
 from ..history import History
 from ..splits import kfold
 from ..tta import flip_average
-from .compute import Compute
+from .compute import CPU, Compute
 from .keep import fine_tuning_wins
 from .measure import choose_batch_size, measure
 from .plan import choose_size, plan_finetune
@@ -57,7 +57,7 @@ def predict_probs(
 ) -> torch.Tensor:
     """Probabilities (on the CPU) of decoded images resized to ``size``, each averaged with its
     mirror image's, computed on ``compute``'s device (default the CPU)."""
-    compute = compute or Compute(torch.device("cpu"), "fp32")
+    compute = compute or CPU
     model.eval().to(compute.device)
     parts = []
     for chunk in images.batches(batch):
