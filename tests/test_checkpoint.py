@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tlkit import (
     NonFiniteLossError,
     Trainer,
 )
+from tlkit.checkpoint import load_file
 
 from .helpers import loader, trainer_for
 from .jobs.common import ColourDataset, small_net
@@ -366,3 +368,32 @@ def test_resume_refuses_a_checkpoint_with_nan_weights(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=f"NaN or infinite weights .*first: {name}"):
         fresh.fit(loader(), epochs=2, resume_from=tmp_path / "bad.pt")
     assert all(torch.equal(before[k], v) for k, v in fresh.model.state_dict().items())
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.remove, ("never-called",))
+
+
+def test_unreadable_files_are_named_in_one_plain_sentence_and_no_pickle_runs(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(3)}, good)
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:100])
+    (tmp_path / "text.pt").write_text("hello")
+    with open(tmp_path / "payload.pt", "wb") as handle:
+        pickle.dump(_Payload(), handle, protocol=4)
+    expected = {
+        "truncated.pt": "it is truncated or not a PyTorch file",
+        "text.pt": "it is truncated or not a PyTorch file",
+        "payload.pt": "it holds pickled Python objects, which tlkit does not load",
+    }
+    for name, why in expected.items():
+        with pytest.raises(ValueError) as caught:
+            load_file(tmp_path / name, what="model")
+        message = str(caught.value)
+        assert message == f"cannot read model {str(tmp_path / name)!r}: {why}" + (
+            " (they could run code)" if name == "payload.pt" else ""
+        )
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

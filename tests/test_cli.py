@@ -66,24 +66,53 @@ def test_evaluate_and_predict_json_on_unseen_images(
     assert all(line["label"] in shapes.SHAPES and 0 < line["probability"] <= 1 for line in lines)
 
 
-def test_the_exported_model_agrees_with_predict_on_real_images(
-    run: dict[str, Path], capsys: pytest.CaptureFixture[str]
+def test_the_pt2_export_agrees_with_predict_on_real_images_of_every_channel_count(
+    run: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target = run["out"] / "model.ts"
-    assert cli.main(["export", str(run["out"]), "--output", str(target)]) == 0
-    deployable = torch.jit.load(str(target))
-    assert list(deployable.classes) == sorted(shapes.SHAPES)
-    files = sorted(run["test"].rglob("*.png"))[:6]
+    target = run["out"].parent / "model.pt2"
+    assert cli.main(["export", str(run["out"]), "--output", str(target)]) == 0  # pt2: default
+    extra = {"classes.json": ""}
+    program = torch.export.load(str(target), extra_files=extra).module()
+    classes = json.loads(extra["classes.json"])
+    assert classes == sorted(shapes.SHAPES)
+    files = []
+    for n, source in enumerate(sorted(run["test"].rglob("*.png"))[:8:2]):
+        for mode, size in (
+            ("RGBA", (53, 37)),
+            ("RGB", (41, 66)),
+            ("L", (70, 29)),
+            ("LA", (33, 33)),
+        ):
+            files.append(tmp_path / f"{n}-{mode}.png")
+            Image.open(source).convert(mode).resize(size).save(files[-1])
     capsys.readouterr()
-    cli.main(["predict", str(run["out"]), *map(str, files), "--json"])
+    assert cli.main(["predict", str(run["out"]), *map(str, files), "--json"]) == 0
     expected = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     for file, want in zip(files, expected, strict=True):
-        rgba = np.asarray(Image.open(file).convert("RGBA")).copy()
-        probs = deployable(torch.from_numpy(rgba).permute(2, 0, 1)[None])[0]
-        assert deployable.classes[int(probs.argmax())] == want["label"], file
-        assert float(probs.max()) == pytest.approx(want["probability"], abs=0.03)
+        pixels = np.asarray(Image.open(file))
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        probs = program(torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None])[0]
+        assert classes[int(probs.argmax())] == want["label"], file
+        assert float(probs.max()) == pytest.approx(want["probability"], abs=0.03), file
+    with pytest.raises(Exception, match="dtype"):  # floats in [0, 1] would read as black
+        program(torch.rand(1, 3, 40, 40))
+    with pytest.raises(Exception, match=r"size\(\)\[1\] <= 4"):
+        program(torch.zeros(1, 5, 40, 40, dtype=torch.uint8))
+
+
+def test_the_torchscript_export_still_works_and_says_it_is_deprecated(
+    run: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = run["out"].parent / "model.ts"
+    argv = ["export", str(run["out"]), "--format", "torchscript", "--output", str(target)]
+    assert cli.main(argv) == 0
+    assert "TorchScript is deprecated" in capsys.readouterr().err
+    deployable = torch.jit.load(str(target))
+    assert list(deployable.classes) == sorted(shapes.SHAPES)
     grey = torch.full((2, 1, 37, 61), 128, dtype=torch.uint8)
     assert deployable(grey).shape == (2, len(shapes.SHAPES))
+    with pytest.raises(torch.jit.Error, match="expected a uint8"):
+        deployable(torch.rand(1, 3, 40, 40))
 
 
 def test_export_never_overwrites_the_run_and_refuses_a_folder(
@@ -96,10 +125,10 @@ def test_export_never_overwrites_the_run_and_refuses_a_folder(
     assert cli.main(["export", str(run["out"]), "--output", str(run["out"])]) == 2
     assert "is a folder; give a file name" in capsys.readouterr().err
     assert model.read_bytes() == before  # the run is whole
-    nested = run["out"].parent / "exports" / "new" / "m.ts"  # missing folders are made
+    nested = run["out"].parent / "exports" / "new" / "m.pt2"  # missing folders are made
     assert cli.main(["export", str(run["out"]), "--output", str(nested)]) == 0
-    assert torch.jit.load(str(nested)).classes == sorted(shapes.SHAPES)
-    assert [p.name for p in nested.parent.iterdir()] == ["m.ts"]  # no partial file left
+    torch.export.load(str(nested))
+    assert [p.name for p in nested.parent.iterdir()] == ["m.pt2"]  # no partial file left
 
 
 def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
@@ -115,6 +144,9 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
             *["fit", str(folder), "--out", str(tmp_path / "o"), "--backbone", "resnet18"],
             *["--backbone", "resnet34", "--weights", str(tmp_path / "resnet18.pt")],
         ],
+        ["fit", str(folder), "--out", str(tmp_path / "o"), "--budget", "-5m"],
+        ["fit", str(folder), "--out", str(tmp_path / "o"), "--image-size", "100000"],
+        ["fit", str(folder), "--out", str(tmp_path / "o"), "--seed", str(2**70)],
     ]
     errors = []
     for argv in cases:
@@ -130,6 +162,9 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
     assert "broken.png" in errors[3] and "--skip-errors" in errors[3]
     assert "does not exist" in errors[4]  # the run folder was never written
     assert "holds the weights of one architecture" in errors[5] and "resnet18.pt" in errors[5]
+    assert "positive duration" in errors[6] and "'-5m'" in errors[6]
+    assert "at most 4096 px" in errors[7] and "100000" in errors[7]
+    assert "seed must be between 0 and 2**64 - 1" in errors[8]
 
 
 def test_a_bad_run_folder_is_refused_before_any_work(tmp_path: Path) -> None:
@@ -140,7 +175,10 @@ def test_a_bad_run_folder_is_refused_before_any_work(tmp_path: Path) -> None:
         str(tmp_path / "file"): "is a file",
         str(tmp_path / "file" / "run"): "is a file",
         str(folder / "runs" / "r1"): "inside the training folder",
+        str(tmp_path / "notes"): "holds files a tlkit run does not write (todo.txt)",
     }
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
     for out, message in cases.items():
         argv = ["fit", str(folder), "--out", out, "--backbone", "resnet18", "--weights", "none"]
         result = subprocess.run([sys.executable, "-m", "tlkit", *argv], capture_output=True,
@@ -149,6 +187,7 @@ def test_a_bad_run_folder_is_refused_before_any_work(tmp_path: Path) -> None:
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (out, lines)
         assert "probe" not in result.stdout  # refused before any training
     assert not (folder / "runs").exists()  # nothing written into the data folder
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
 
 
 def test_a_checkpoint_of_another_implementation_loads_with_key_map_by_order(
@@ -179,7 +218,7 @@ def test_the_onnx_export_agrees_with_predict_for_every_channel_count(
     pytest.importorskip("onnxscript")
     import onnx
 
-    target = run["out"] / "model.onnx"
+    target = run["out"].parent / "model.onnx"
     assert cli.main(["export", str(run["out"]), "--format", "onnx", "--output", str(target)]) == 0
     metadata = {p.key: p.value for p in onnx.load(str(target)).metadata_props}
     assert json.loads(metadata["classes"]) == sorted(shapes.SHAPES)
@@ -193,9 +232,13 @@ def test_the_onnx_export_agrees_with_predict_for_every_channel_count(
         probs = session.run(None, {"images": rgba})[0][0]
         assert sorted(shapes.SHAPES)[int(probs.argmax())] == want["label"], file
         assert float(probs.max()) == pytest.approx(want["probability"], abs=0.03)
-    for channels in (1, 3):
+    for channels in (1, 2, 3):
         batch = np.full((2, channels, 40, 57), 200, dtype=np.uint8)
         assert session.run(None, {"images": batch})[0].shape == (2, len(shapes.SHAPES))
+    with pytest.raises(Exception, match=r"out of|bounds|range"):  # a 5th channel is not read
+        session.run(None, {"images": np.zeros((1, 5, 40, 40), dtype=np.uint8)})
+    with pytest.raises(Exception, match=r"tensor\(float\)|type"):
+        session.run(None, {"images": np.zeros((1, 3, 40, 40), dtype=np.float32)})
 
 
 def test_several_backbones_are_probed_and_the_best_kept(tmp_path: Path) -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
 from tlkit import finetune
+from tlkit import report as report_module
+from tlkit._utils import replace_folder
 from tlkit.report import class_table, per_class_metrics, write_report
 
 
@@ -45,3 +52,63 @@ def test_the_mistakes_picture_is_drawn_only_when_there_are_mistakes(tmp_path: Pa
         assert picture.width > 300  # two panels, not an empty figure
     assert "![Most confident mistakes (validation)](top_losses.png)" in report
     assert "None: all" not in report
+
+
+def _two_colours(root: Path) -> Path:
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_failed_report_leaves_the_earlier_run_whole_and_a_finished_one_replaces_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = finetune(_two_colours(tmp_path / "data"), backbone_name="resnet18", weights=None,
+                      recipe="probe", image_size=32, verbose=False)  # fmt: skip
+    out = tmp_path / "run"
+    write_report(result, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result.val_metrics["accuracy"] = 0.123  # a different run
+
+    def broken(*args: object) -> list[str]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "_pictures", broken)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(result, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing mixed in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]  # no partial left
+    monkeypatch.undo()
+    write_report(result, out)
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == 0.123
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
+
+
+def test_a_folder_holding_other_files_is_never_replaced(tmp_path: Path) -> None:
+    result = finetune(_two_colours(tmp_path / "data"), backbone_name="resnet18", weights=None,
+                      recipe="probe", image_size=32, verbose=False)  # fmt: skip
+    out = tmp_path / "documents"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match=r"thesis\.tex"):
+        write_report(result, out)
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_a_partial_folder_of_a_killed_writer_is_removed_and_a_live_one_kept(
+    tmp_path: Path,
+) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".run.{dead.pid}.abc.tmp"
+    (stale / "inner").mkdir(parents=True)
+    live = tmp_path / f".run.{os.getppid()}.def.tmp"
+    live.mkdir()
+    replace_folder(tmp_path / "run", lambda folder: (folder / "model.pt").write_bytes(b"new"))
+    assert not stale.exists() and live.is_dir()
+    assert (tmp_path / "run" / "model.pt").read_bytes() == b"new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0o700

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import shutil
+import stat
+import sys
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +30,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Delete ``.NAME.PID.*.tmp`` files beside ``target`` left by a killed writer.
+    """Delete ``.NAME.PID.*.tmp`` files (and folders) beside ``target`` left by a killed writer.
 
     A writer that is SIGKILLed between creating its temporary file and renaming it leaves the
     file behind (a checkpoint's worth of disk each time). Each temporary file carries its
@@ -38,7 +44,10 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
             continue
         pid = int(parts[0])
         if pid != os.getpid() and not _pid_alive(pid):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
@@ -67,6 +76,58 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], obje
     return target
 
 
+def replace_folder(target: str | os.PathLike[str], build: Callable[[Path], object]) -> Path:
+    """Make the folder ``target`` with ``build(folder)`` beside it, then swap it into place.
+
+    Until ``build`` has returned, an earlier ``target`` is untouched: an error, Ctrl-C or a kill
+    leaves it as it was (and a partial folder beside it, removed by the next call once its
+    process is gone). The swap is one atomic exchange on Linux (``renameat2``), else two
+    renames.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp",
+                                    dir=target.parent))  # fmt: skip
+    try:
+        os.chmod(staging, _folder_mode(target))
+        build(staging)
+        if not target.exists():
+            os.rename(staging, target)
+        elif not _exchange(staging, target):
+            old = staging.with_name(staging.name[: -len(".tmp")] + ".old.tmp")
+            os.rename(target, old)
+            os.rename(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:  # after an exchange the staging name holds the earlier folder
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _folder_mode(target: Path) -> int:
+    """The permissions a new folder gets here (or ``target``'s, when it exists)."""
+    if target.is_dir():
+        return stat.S_IMODE(target.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return done == 0
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` atomically (temporary file, then rename)."""
     return _atomic_write(path, lambda handle: torch.save(obj, handle))
@@ -75,6 +136,28 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
 def atomic_write_text(text: str, path: str | os.PathLike[str]) -> Path:
     """Write UTF-8 text atomically (temporary file, then rename)."""
     return _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def read_torch_file(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, its failures in one plain sentence
+    naming ``what`` and the file (and PyTorch's warnings about the pickle protocol hushed).
+
+    Raises:
+        ValueError: If the file is truncated, not a PyTorch file, or holds pickled objects.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for unreadable files
+        text = str(exc)
+        if "Weights only load failed" in text or "WeightsUnpickler" in text:
+            why = "it holds pickled Python objects, which tlkit does not load (they could run code)"
+        elif "PytorchStreamReader" in text or not zipfile.is_zipfile(path):
+            why = "it is truncated or not a PyTorch file"
+        else:
+            why = f"{type(exc).__name__}: {text.splitlines()[0][:160] if text else ''}"
+        raise ValueError(f"cannot read {what} {str(path)!r}: {why}") from exc
 
 
 def plural(count: int, noun: str) -> str:
@@ -91,6 +174,19 @@ def check_positive_int(name: str, value: Any) -> None:
     """Raise ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) of at least 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_seed(seed: Any) -> None:
+    """Raise unless ``seed`` is an ``int`` that ``torch.manual_seed`` takes (0 to 2**64 - 1).
+
+    Raises:
+        TypeError: For a seed that is not an ``int`` (a ``bool`` included).
+        ValueError: For one out of range.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be between 0 and 2**64 - 1, got {seed}")
 
 
 def check_writable_dir(folder: str | os.PathLike[str], what: str) -> Path:

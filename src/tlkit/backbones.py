@@ -28,7 +28,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ._utils import check_positive_int, check_state_finite
+from ._utils import check_positive_int, check_state_finite, read_torch_file
 from .registry import unknown_name_error
 
 __all__ = [
@@ -490,13 +490,7 @@ def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for unreadable files
-            raise ValueError(
-                f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True) "
-                f"(truncated, not a PyTorch file, or holding pickled objects): {exc}"
-            ) from exc
+        state = read_torch_file(path, "checkpoint")
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = dict(state[key])

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._utils import atomic_save, check_state_finite, check_weights_finite
+from ._utils import atomic_save, check_state_finite, check_weights_finite, read_torch_file
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -72,13 +72,7 @@ def load_file(path: str | os.PathLike[str], *, what: str = "checkpoint") -> Any:
         )
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for unreadable files
-        raise ValueError(
-            f"cannot read {what} {str(path)!r} with torch.load(weights_only=True): it is "
-            f"truncated, not a PyTorch file, or holds pickled objects ({exc})"
-        ) from exc
+    return read_torch_file(path, what)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

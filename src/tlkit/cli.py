@@ -2,9 +2,9 @@
 
     tlkit fit DATA --out RUN [--backbone NAME]... [--weights W [--key-map by_order]]
               [--budget 5m] [--recipe auto] [--geometry pad|crop] [--device auto]
-    tlkit evaluate RUN DATA [--json] [--tta | --no-tta]
+    tlkit evaluate RUN DATA [--json] [--tta | --no-tta] [--skip-errors]
     tlkit predict RUN FILE... [--json] [--tta | --no-tta]
-    tlkit export RUN --format torchscript|onnx --output FILE
+    tlkit export RUN [--format pt2|onnx|torchscript] --output FILE
 
 DATA is a folder of ``<class>/<image>`` or a CSV of ``path,label``. Mistakes (a missing
 folder, no images, a bad budget, an unknown backbone, a corrupt file) exit with status 2 and a
@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -28,11 +29,9 @@ from ._utils import check_writable_dir, json_safe
 
 __all__ = ["get_args_parser", "main"]
 
-_RUN_FILES = ("model.pt", "metrics.json", "report.md", "history.csv", "confusion_matrix.png",
-              "top_losses.png")  # fmt: skip
-
 _USER_ERRORS = (
     FileNotFoundError,
+    FileExistsError,
     NotADirectoryError,
     IsADirectoryError,
     PermissionError,
@@ -98,6 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("data", type=Path)
     evaluate.add_argument("--json", action="store_true", help="last line: one JSON object")
+    evaluate.add_argument("--skip-errors", action="store_true",
+                          help="leave unreadable images out (counted in the output)")  # fmt: skip
     evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                           help="average with mirror images (default: as the model was "
                                "trained)")  # fmt: skip
@@ -110,23 +111,28 @@ def get_args_parser() -> argparse.ArgumentParser:
                               "trained)")  # fmt: skip
     export = sub.add_parser("export", help="the model with its preprocessing inside")
     export.add_argument("run", type=Path)
-    export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    export.add_argument("--format", choices=["pt2", "onnx", "torchscript"], default="pt2",
+                        help="pt2: torch.export program (default); onnx; torchscript "
+                             "(deprecated by PyTorch)")  # fmt: skip
     export.add_argument("--output", type=Path, required=True)
     return parser
 
 
 def check_run_folder(out: str, data: Path) -> Path:
-    """The run folder ``--out``, checked before any work: named, a folder (or to be one), not
-    inside the training folder (it would become a class of the next run), writable.
+    """The run folder ``--out``, checked before any work: named, a folder (or to be one) that is
+    new, empty or an earlier run, not inside the training folder (it would become a class of
+    the next run), writable.
 
     Raises:
-        ValueError, NotADirectoryError, PermissionError: Naming the path and the way out.
+        ValueError, NotADirectoryError, FileExistsError, PermissionError: Naming the path and
+            the way out.
     """
+    from .report import check_run_folder as check_contents
+
     if not out.strip():
         raise ValueError("--out must name a run folder, got ''")
     folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"--out {out!r} is a file; pass a folder for the run")
+    check_contents(folder, "--out")
     resolved, root = folder.resolve(), Path(data).resolve()
     if root.is_dir() and (resolved == root or root in resolved.parents):
         raise ValueError(
@@ -188,7 +194,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from .report import class_table, per_class_metrics
 
     model = load_model(args.run)
-    data = ImageDataset.from_path(args.data, background=model.background)
+    on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
+    data = ImageDataset.from_path(args.data, background=model.background, on_error=on_error)
     unknown = [c for c in data.classes if c not in model.classes]
     if unknown:
         raise ValueError(f"{args.data} has classes the model does not know: {unknown}")
@@ -200,7 +207,8 @@ def evaluate(args: argparse.Namespace) -> int:
     matrix = torch.bincount(targets * k + predicted, minlength=k * k).view(k, k)
     accuracy = float((predicted == targets).double().mean())
     rows = per_class_metrics(matrix)
-    print(f"accuracy {accuracy:.2%} on {len(data)} images")
+    left_out = f" ({len(data.skipped)} unreadable left out)" if data.skipped else ""
+    print(f"accuracy {accuracy:.2%} on {len(data)} images{left_out}")
     print(class_table(model.classes, rows))
     print("confusion matrix (rows: true, columns: predicted):")
     print(matrix.tolist())
@@ -208,6 +216,7 @@ def evaluate(args: argparse.Namespace) -> int:
         summary = {
             "accuracy": accuracy,
             "images": len(data),
+            "skipped": [{"file": f, "reason": r} for f, r in data.skipped],
             "per_class": dict(zip(model.classes, rows, strict=True)),
             "confusion_matrix": matrix.tolist(),
         }
@@ -235,18 +244,25 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    from .export import SUFFIXES
     from .export import export as write
     from .recipes import load_model
+    from .report import RUN_FILES
 
     run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     output = Path(args.output)
-    if output.resolve().parent == run.resolve() and output.name in _RUN_FILES:
-        suggestion = run / ("model.onnx" if args.format == "onnx" else "model.ts")
+    if output.resolve().parent == run.resolve() and output.name in RUN_FILES:
+        suggestion = run.parent / f"{run.name}{SUFFIXES[args.format]}"
         raise ValueError(
             f"--output {str(output)!r} would overwrite the run's own {output.name}; write the "
             f"export beside it, such as {str(suggestion)!r}"
         )
-    path = write(load_model(args.run), output, format=args.format)
+    if args.format == "torchscript":
+        print("tlkit export: TorchScript is deprecated in PyTorch; --format pt2 is its successor",
+              file=sys.stderr)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # said above, in the command's words
+        path = write(load_model(args.run), output, format=args.format)
     print(f"wrote {path} ({args.format})")
     return 0
 
@@ -284,6 +300,38 @@ def _message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _one_line(text: str) -> str:
+    """A message of several lines as one, in the command line's words.
+
+    Examples:
+        >>> _one_line("2 files cannot be read (pass on_error='skip'):\n  a.png: bad\n  b.png: bad")
+        '2 files cannot be read (pass --skip-errors): a.png: bad; b.png: bad'
+    """
+    message = ""
+    for line in (line.strip() for line in text.splitlines()):
+        if line:
+            message += (" " if message.endswith(":") else "; " if message else "") + line
+    return message.replace("pass on_error='skip'", "pass --skip-errors")
+
+
+def _budget_values_attached(argv: list[str]) -> list[str]:
+    """``--budget -5m`` as ``--budget=-5m``: argparse takes a value starting with ``-`` for an
+    option and would answer "expected one argument"; attached, the budget's own check names
+    the value.
+
+    Examples:
+        >>> _budget_values_attached(["fit", "d", "--budget", "-5m", "--out", "r"])
+        ['fit', 'd', '--budget=-5m', '--out', 'r']
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--budget" and arg[:1] == "-" and arg[1:2].isdigit():
+            out[-1] = f"--budget={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a user mistake).
 
@@ -291,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     started = time.perf_counter() - (_seconds_since_start() if argv is None else 0.0)
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_budget_values_attached(list(sys.argv[1:] if argv is None else argv)))
     args.started = started
     commands = {"fit": fit, "evaluate": evaluate, "predict": predict, "export": export}
     try:
@@ -299,10 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as exc:
         if os.environ.get("TLKIT_DEBUG"):
             raise
-        text = _message(exc)
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        message = "; ".join(lines).replace("pass on_error='skip'", "pass --skip-errors")
-        print(f"tlkit {args.command}: error: {message}", file=sys.stderr)
+        print(f"tlkit {args.command}: error: {_one_line(_message(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tlkit {args.command}: interrupted", file=sys.stderr)

@@ -189,6 +189,11 @@ def read_image(
                 image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
             image.load()
             return to_rgb(image, background=background)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"cannot decode image {str(path)!r}: {exc} (Pillow's limit, "
+            "PIL.Image.MAX_IMAGE_PIXELS; raise it only for files you trust)"
+        ) from exc
     except (OSError, SyntaxError) as exc:
         raise ValueError(f"cannot decode image {str(path)!r}: {exc}") from exc
 

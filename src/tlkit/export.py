@@ -1,7 +1,9 @@
-"""A trained model with its preprocessing inside, for TorchScript and ONNX runtimes.
+"""A trained model with its preprocessing inside, for ``torch.export``, ONNX and TorchScript
+runtimes.
 
 [tlkit.export.Deployable] takes what a camera or a file decoder gives: a uint8 batch
-``(N, C, H, W)`` with 1 (grey), 3 (RGB) or 4 (RGBA) channels and any height and width. It
+``(N, C, H, W)`` with 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels and any height
+and width. It
 composites alpha onto the run's background, makes the image square as the model was trained
 (letterboxed: the long side resized to the model's size and the rest filled with the background;
 or the short side resized and the centre cropped), normalises, runs the network (on the image and
@@ -11,15 +13,16 @@ its mirror image, averaged, when the model was trained so) and returns probabili
 import copy
 import json
 import os
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from .recipes.result import FinetuneResult
 
-__all__ = ["Deployable", "export"]
+__all__ = ["FORMATS", "Deployable", "export"]
 
 
 class Deployable(nn.Module):
@@ -55,20 +58,30 @@ class Deployable(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1))
         self.register_buffer("background", torch.tensor(list(background)).float().view(1, 3, 1, 1))
+        self.register_buffer("channel_counts", torch.arange(1, 5), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         channels = images.shape[1]
-        if channels != 1 and channels != 3 and channels != 4:
-            raise ValueError("expected a uint8 (N, C, H, W) batch with C = 1, 3 or 4")
+        if images.dtype != torch.uint8 or images.dim() != 4 or channels < 1 or channels > 4:
+            raise ValueError(
+                "expected a uint8 (N, C, H, W) batch of pixel values 0-255 with C = 1 (grey), "
+                "2 (grey + alpha), 3 (RGB) or 4 (RGBA)"
+            )
         return self.run(images)
 
     def run(self, images: torch.Tensor) -> torch.Tensor:
         """The computation, written without branches on the input's shape so that it exports
         with dynamic batch, channels, height and width."""
         x = images.float() / 255.0
-        # alpha is the 4th channel when there is one, else 1; grey is repeated to RGB
-        alpha = torch.cat([x[:, 3:4], torch.ones_like(x[:, :1])], dim=1)[:, :1]
-        rgb = x[:, :3].expand(-1, 3, -1, -1)
+        c = x.shape[1]
+        # four channels: those present, the last one repeated (its copies are not used)
+        x = x.index_select(1, torch.arange(4, device=x.device).clamp(max=c - 1))
+        counts = self.channel_counts
+        assert isinstance(counts, torch.Tensor)
+        count = counts[c - 1]  # as a tensor, so no branch on the shape; C > 4 is out of range
+        rgb = torch.where(count <= 2, x[:, :1].expand(-1, 3, -1, -1), x[:, :3])
+        opaque = torch.ones_like(x[:, :1])
+        alpha = torch.where(count == 2, x[:, 1:2], torch.where(count == 4, x[:, 3:4], opaque))
         background = self.background
         assert isinstance(background, torch.Tensor)
         x = rgb * alpha + (background / 255.0) * (1.0 - alpha)
@@ -129,26 +142,39 @@ class _Exportable(Deployable):
         return self.run(images)
 
 
+FORMATS = ("pt2", "torchscript", "onnx")
+SUFFIXES = {"pt2": ".pt2", "torchscript": ".ts", "onnx": ".onnx"}
+
+
 def export(
     result: FinetuneResult,
     path: str | Path,
     *,
-    format: Literal["torchscript", "onnx"] = "torchscript",
+    format: Literal["pt2", "torchscript", "onnx"] = "pt2",
 ) -> Path:
     """Write ``result``'s model with its preprocessing to ``path``.
 
-    TorchScript: a scripted [tlkit.export.Deployable][] around the traced network, with a
-    ``classes`` attribute; load it with ``torch.jit.load`` (no tlkit needed). ONNX: exported
-    with ``torch.export`` (dynamic batch, channels 1-4, height and width 16-8192), input
-    ``images``, output ``probabilities``; the class names go in the model's metadata
-    (``classes``, comma-separated JSON). Needs ``pip install 'tlkit[onnx]'``.
+    All formats take a uint8 ``(N, C, H, W)`` batch (C from 1 to 4, H and W from 2 to 8192)
+    and return probabilities ``(N, K)``:
+
+    - ``"pt2"`` (default): a ``torch.export`` program saved with ``torch.export.save``; load it
+      with ``torch.export.load(path, extra_files=...)`` and call ``.module()``, no tlkit needed.
+      The class names are the extra file ``classes.json``. A float batch, a fifth channel or a
+      side under 2 px is refused.
+    - ``"onnx"``: exported with ``torch.export`` (input ``images``, output
+      ``probabilities``), the class names in the metadata entry ``classes`` (JSON). Needs
+      ``pip install 'tlkit[onnx]'``.
+    - ``"torchscript"``: a scripted [tlkit.export.Deployable][] with a ``classes`` attribute,
+      loaded with ``torch.jit.load``. PyTorch has deprecated TorchScript; this format warns and
+      stays for runtimes that still need it.
 
     Raises:
         ValueError: For an unknown ``format``.
+        IsADirectoryError: For a ``path`` that is a folder.
         ImportError: For ``"onnx"`` without ``onnxscript``.
 
     Examples:
-        >>> import tempfile
+        >>> import json, tempfile
         >>> from pathlib import Path
         >>> from PIL import Image
         >>> from tlkit import finetune
@@ -159,17 +185,26 @@ def export(
         ...         Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
         >>> result = finetune(root, backbone_name="resnet18", weights=None, recipe="probe",
         ...                   image_size=32, verbose=False)
-        >>> deployable = torch.jit.load(str(export(result, root / "model.ts")))
-        >>> deployable.classes, deployable(torch.zeros(1, 4, 20, 30, dtype=torch.uint8)).shape
-        (['blue', 'red'], torch.Size([1, 2]))
+        >>> extra = {"classes.json": ""}
+        >>> program = torch.export.load(export(result, root / "model.pt2"), extra_files=extra)
+        >>> json.loads(extra["classes.json"])
+        ['blue', 'red']
+        >>> program.module()(torch.zeros(1, 4, 20, 30, dtype=torch.uint8)).shape
+        torch.Size([1, 2])
     """
-    if format not in ("torchscript", "onnx"):
-        raise ValueError(f"format must be 'torchscript' or 'onnx', got {format!r}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(
             f"the export path {str(path)!r} is a folder; give a file name, such as "
-            f"{str(target / ('model.onnx' if format == 'onnx' else 'model.ts'))!r}"
+            f"{str(target / ('model' + SUFFIXES[format]))!r}"
+        )
+    if format == "torchscript":
+        warnings.warn(
+            "TorchScript is deprecated in PyTorch; format='pt2' (torch.export) is its successor",
+            FutureWarning,
+            stacklevel=2,
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # moved into place at the end
@@ -181,36 +216,50 @@ def export(
     return target
 
 
+def _dynamic_shapes() -> dict[int, Any]:
+    """Batch, channels, height and width of the exported input, each within its range."""
+    return {
+        0: torch.export.Dim("batch", min=1, max=65536),
+        1: torch.export.Dim("channels", min=1, max=4),
+        2: torch.export.Dim("height", min=2, max=8192),
+        3: torch.export.Dim("width", min=2, max=8192),
+    }
+
+
 def _write(result: FinetuneResult, target: Path, format: str) -> None:
     network = copy.deepcopy(result.model).eval().requires_grad_(False)
-    example = torch.zeros(1, 3, result.image_size, result.image_size)
     args = (result.classes, result.image_size, result.mean, result.std, result.background)
     pad, mirror = result.geometry == "pad", result.tta
     if format == "torchscript":
-        with torch.no_grad():
+        example = torch.zeros(1, 3, result.image_size, result.image_size)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
             traced = torch.jit.trace(network, example, check_trace=False)
-        scripted = torch.jit.script(Deployable(traced, *args, pad=pad, mirror=mirror))
+            scripted = torch.jit.script(Deployable(traced, *args, pad=pad, mirror=mirror))
         scripted.save(str(target))
+        return
+    module = _Exportable(network, *args, pad=pad, mirror=mirror).eval()
+    # 2 channels: no size of the example is 0 or 1, which torch.export would fix as constant
+    example = torch.randint(0, 256, (2, 2, result.image_size + 9, result.image_size + 21),
+                            dtype=torch.uint8)  # fmt: skip
+    if format == "pt2":
+        with torch.no_grad():
+            program = torch.export.export(
+                module, (example,), dynamic_shapes={"images": _dynamic_shapes()}
+            )
+        extra = {"classes.json": json.dumps(list(result.classes))}
+        torch.export.save(program, str(target), extra_files=extra)
         return
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as exc:
         raise ImportError("ONNX export needs: pip install 'tlkit[onnx]'") from exc
-    module = _Exportable(network, *args, pad=pad, mirror=mirror).eval()
-    example = torch.randint(0, 256, (2, 4, result.image_size + 9, result.image_size + 21),
-                            dtype=torch.uint8)  # fmt: skip
-    dims = {
-        0: torch.export.Dim("batch", min=1, max=65536),
-        1: torch.export.Dim("channels", min=1, max=4),
-        2: torch.export.Dim("height", min=16, max=8192),
-        3: torch.export.Dim("width", min=16, max=8192),
-    }
     torch.onnx.export(
         module,
         (example,),
         str(target),
         dynamo=True,
-        dynamic_shapes={"images": dims},
+        dynamic_shapes={"images": _dynamic_shapes()},
         input_names=["images"],
         output_names=["probabilities"],
         verbose=False,

@@ -41,8 +41,10 @@ _EPS = 1e-5  # added to |m|^2 and |t - f m|^2 in the updates, as the published c
 
 def _as_float64(features: Any) -> torch.Tensor:
     f = torch.as_tensor(features)
-    if f.ndim != 2:
-        raise ValueError(f"features must be (N, D), got shape {tuple(f.shape)}")
+    if f.ndim != 2 or 0 in f.shape:
+        raise ValueError(f"features must be (N, D) with N, D >= 1, got shape {tuple(f.shape)}")
+    if f.is_complex():
+        raise ValueError(f"features must be real numbers, got dtype {f.dtype}")
     f = f.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(f).all()):
         bad = int((~torch.isfinite(f)).any(1).sum())
@@ -72,7 +74,7 @@ def logme(features: Any, labels: Any) -> float:
 
     Raises:
         ValueError: For mismatched lengths, fewer than two classes or two samples, labels that
-            are not integers, or non-finite features.
+            are not integers, empty, complex or non-finite features.
 
     Examples:
         >>> import torch
@@ -84,7 +86,13 @@ def logme(features: Any, labels: Any) -> float:
         True
     """
     f = _as_float64(features)
-    y = torch.as_tensor(labels).detach().cpu()
+    try:
+        y = torch.as_tensor(labels).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"labels must be integer class indices (map class names to 0..K-1 first), got "
+            f"{list(labels)[:3]!r}..."
+        ) from exc
     if y.ndim != 1 or len(y) != len(f):
         raise ValueError(
             f"labels must be one per feature row: {len(f)} rows but labels of shape "

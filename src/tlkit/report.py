@@ -10,6 +10,9 @@
   with true and predicted labels; only when there are some), when matplotlib is installed
   (``pip install tlkit[plot]``);
 - ``report.md``: all of the above in one page.
+
+The folder is written beside ``out`` and swapped into place when complete, so an earlier run in
+``out`` stays whole until the new one is (and a folder holding other files is refused).
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ from typing import Any
 
 import torch
 
-from ._utils import atomic_write_text, json_safe
+from ._utils import atomic_write_text, json_safe, replace_folder
 from .recipes.result import FinetuneResult
 
-__all__ = ["class_table", "per_class_metrics", "write_report"]
+__all__ = ["RUN_FILES", "check_run_folder", "class_table", "per_class_metrics", "write_report"]
+
+RUN_FILES = ("model.pt", "metrics.json", "report.md", "history.csv", "curves.png",
+             "confusion_matrix.png", "top_losses.png")  # fmt: skip
+"""What a run folder holds; a folder holding anything else is never replaced."""
 
 
 def per_class_metrics(matrix: torch.Tensor) -> list[dict[str, float | int | None]]:
@@ -97,8 +104,36 @@ def write_report(result: FinetuneResult, out: str | Path) -> Path:
         >>> sorted(p.name for p in write_report(result, root / "run").parent.iterdir())[:4]
         ['confusion_matrix.png', 'history.csv', 'metrics.json', 'model.pt']
     """
+    check_run_folder(out)
+    replace_folder(out, lambda folder: _write_run(result, folder))
+    return Path(out) / "report.md"
+
+
+def check_run_folder(out: str | Path, what: str = "the run folder") -> None:
+    """Raise unless ``out`` is new, empty or an earlier run (only files a run folder holds),
+    which a new run replaces: files tlkit did not write are never deleted.
+
+    Raises:
+        NotADirectoryError: If ``out`` is a file.
+        FileExistsError: If ``out`` holds other files, naming a few.
+    """
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what} {str(out)!r} is a file; pass a folder for the run")
+    if not folder.is_dir():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in RUN_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise FileExistsError(
+            f"{what} {str(out)!r} holds files a tlkit run does not write ({shown}); a new run "
+            "replaces the whole folder, so pass a new or empty folder, or move them out"
+        )
+
+
+def _write_run(result: FinetuneResult, folder: Path) -> None:
     result.save(folder / "model.pt")
     matrix = result.val_metrics.get("confusion_matrix")
     per_class = per_class_metrics(matrix) if matrix is not None else []
@@ -129,7 +164,6 @@ def write_report(result: FinetuneResult, out: str | Path) -> Path:
     atomic_write_text(_history_csv(result), folder / "history.csv")
     pictures = _pictures(result, folder)
     atomic_write_text(_markdown(result, metrics, per_class, pictures), folder / "report.md")
-    return folder / "report.md"
 
 
 def _history_csv(result: FinetuneResult) -> str:

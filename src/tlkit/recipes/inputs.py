@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._utils import check_positive_int
+from .._utils import check_positive_int, check_seed
 from ..backbones import check_key_map, check_name, weights_at_hand
 from ..data import ImageDataset
 from .budget import parse_budget
@@ -18,6 +18,7 @@ __all__ = ["DEFAULT_BACKBONES", "check_arguments", "default_backbones", "read_da
 # timm's tf_ variants: TensorFlow's "same" padding, as the ImageNet weights were trained (their
 # probe features beat the symmetric-padding variants by 4-5 points on the emoji folder of
 # benchmarks/real_folders.py)
+MAX_IMAGE_SIZE = 4096  # px; past it one training batch alone outgrows a large GPU
 DEFAULT_BACKBONES = (
     "timm/tf_efficientnet_lite0",
     "timm/tf_efficientnet_lite1",
@@ -39,8 +40,10 @@ def check_arguments(
     recipe: str,
     image_size: int | None,
     geometry: str,
+    seed: int = 0,
 ) -> tuple[list[str], float | None]:
     """``(backbone names, budget in seconds)``; a bad argument raises before any work."""
+    check_seed(seed)
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     if geometry not in GEOMETRIES:
@@ -48,6 +51,11 @@ def check_arguments(
     seconds = parse_budget(budget)
     if image_size is not None:
         check_positive_int("image_size", image_size)
+        if image_size > MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size must be at most {MAX_IMAGE_SIZE} px, got {image_size} (a batch of "
+                f"16 images at that size is {192 * image_size**2 / 2**30:,.1f} GiB of float32)"
+            )
     if backbone_name is None:
         names = default_backbones() if weights is not None else [DEFAULT_BACKBONES[0]]
     else:

@@ -245,7 +245,16 @@ class FinetuneResult:
     val_probs: torch.Tensor | None = field(default=None, repr=False)
 
     def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
-        """Normalised ``(N, 3, S, S)`` float batch from PIL images or paths."""
+        """Normalised ``(N, 3, S, S)`` float batch from PIL images or paths (one image or
+        path alone counts as a list of one).
+
+        Raises:
+            ValueError: For no images at all.
+        """
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("predict needs at least one image or path, got an empty list")
         pixels = decode(images, self.image_size, self.background, self.geometry)
         return normalise(pixels, self.mean, self.std)
 

@@ -121,7 +121,7 @@ def finetune(
     """
     start = time.perf_counter() if started is None else started
     names, seconds = check_arguments(
-        backbone_name, weights, key_map, budget, recipe, image_size, geometry
+        backbone_name, weights, key_map, budget, recipe, image_size, geometry, seed
     )
     compute = Compute.resolve(device)
     if cache_dir is not None:
