@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,25 @@ def test_the_command_counts_its_budget_from_the_start_of_the_process() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, check=True)  # fmt: skip
     assert 1.5 <= float(result.stdout) < 120
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_an_interrupted_fit_leaves_the_earlier_run_whole(tmp_path: Path, how: int) -> None:
+    folder = shapes.write(tmp_path / "data", 4)
+    out = tmp_path / "run"
+    out.mkdir()
+    earlier = {"model.pt": b"the earlier model", "metrics.json": b'{"accuracy": 0.9}'}
+    for name, content in earlier.items():
+        (out / name).write_bytes(content)
+    argv = ["fit", str(folder), "--out", str(out), "--backbone", "resnet18", "--weights", "none",
+            "--recipe", "probe", "--image-size", "32"]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "tlkit", *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert process.stdout is not None
+    first = process.stdout.readline()  # the first feature pass has started
+    assert first.startswith("features of resnet18"), first
+    process.send_signal(how)
+    process.wait(timeout=120)
+    assert process.returncode == (130 if how == signal.SIGINT else -signal.SIGKILL)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
