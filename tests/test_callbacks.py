@@ -112,7 +112,7 @@ def test_every_callback_hook_has_the_contract_signature() -> None:
         return [cls] + [c for sub in cls.__subclasses__() for c in walk(sub)]
 
     classes = [c for c in walk(Callback) if c.__module__.startswith("tlkit.")]
-    assert set(callbacks.__all__) <= {c.__name__ for c in classes}
+    assert set(callbacks.__all__) - {"TrainerLike"} <= {c.__name__ for c in classes}
     for cls in classes:
         for name, fn in inspect.getmembers(cls, inspect.isfunction):
             if not name.startswith("on_"):

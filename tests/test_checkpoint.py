@@ -81,7 +81,7 @@ def test_bad_checkpoints_each_give_one_clear_error(tmp_path: Path) -> None:
     cases = {
         "truncated.pt": "truncated",
         "weights.pt": "not a tlkit training checkpoint",
-        "pickled.pt": "pickled objects",
+        "pickled.pt": "pickled Python objects",
     }
     for name, message in cases.items():
         with pytest.raises(ValueError, match=message):

@@ -298,3 +298,11 @@ def test_subset_keeps_the_classes_and_refuses_an_index_out_of_range(tmp_path: Pa
     assert part.load(0).getpixel((0, 0)) == data.load(4).getpixel((0, 0))
     with pytest.raises(IndexError, match="subset index 5 is out of range for 5 images"):
         data.subset([0, 5])
+
+
+def test_a_csv_that_is_not_utf8_is_named_with_the_way_out(tmp_path) -> None:
+    (tmp_path / "a.png").write_bytes(b"")
+    table = tmp_path / "labels.csv"
+    table.write_bytes("path,label\na.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"labels\.csv' is not UTF-8 text .* save it as UTF-8"):
+        tlkit.ImageDataset.from_csv(table)

@@ -205,6 +205,48 @@ def test_mirror_images_are_left_out_when_left_and_right_tell_the_classes_apart()
     assert same.mirror and same.reasons[1].startswith("with mirror images")
 
 
+def test_probe_fits_that_would_end_past_the_deadline_are_left_out_at_their_pace() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(2).repeat(30)
+    candidates = [
+        probing.Candidate(
+            name,
+            torch.nn.Identity(),
+            8,
+            (0.0,) * 3,
+            (1.0,) * 3,
+            features=torch.randn(2, 60, 8, generator=g) + y[:, None],
+        )
+        for name in ("a", "b")
+    ]
+    ticks = iter(range(0, 10_000, 10))  # each reading of the clock is 10 s later
+
+    def choose(deadline: float | None) -> probing.ProbeChoice:
+        clock = lambda: float(next(ticks))  # noqa: E731
+        return probing.choose_probe(
+            candidates, y, 2, seed=0, log=lambda m: None, deadline=deadline, clock=clock
+        )
+
+    everything = choose(None)
+    assert set(everything.scores) == {"a", "b", "a+b"}
+    assert any(r.startswith("with mirror images") for r in everything.reasons)
+    # "a" takes 10 s (1.25 s per dimension); "b" (10 s) fits the 55 s left, "a+b" (20 s) does
+    # not fit the 15 s then left, and the fit without mirror images (5 s) fits the 5 s after it
+    ticks = iter(range(0, 10_000, 10))
+    short = choose(85.0)
+    assert set(short.scores) == {"a", "b"} and short.names in (["a"], ["b"])
+    assert (
+        "the probe on a+b not fitted: about 20 s at the pace of the fits before it, more than "
+        "the 15 s left"
+    ) in short.reasons
+    assert any(r.startswith(("with mirror images", "without mirror images")) for r in short.reasons)
+    ticks = iter(range(0, 10_000, 10))
+    shortest = choose(35.0)  # after "a", 5 s left: nothing else fits
+    assert set(shortest.scores) == {"a"} and shortest.names == ["a"]
+    assert sum("not fitted" in r for r in shortest.reasons) == 3  # b, a+b, without mirror
+    assert shortest.mirror  # the default when the check was not made
+
+
 def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:
     root = colours(tmp_path / "data")
     with pytest.raises(ValueError, match="recipe must be one of"):

@@ -378,3 +378,20 @@ def test_flip_tta_averages_the_two_views_in_evaluate_and_predict() -> None:
     assert metrics["loss"] == pytest.approx(float(nll), rel=1e-5)
     assert metrics["accuracy"] == pytest.approx(float((expected.argmax(1) == y).float().mean()))
     assert not trainer.tta  # only for that call
+
+
+def test_a_trainer_is_freed_when_its_last_reference_goes() -> None:
+    # no reference cycle: under DDP a trainer kept alive until interpreter shutdown takes its
+    # process group's threads with it, and gloo aborts the process there
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        trainer = Trainer(torch.nn.Linear(2, 2), device="cpu", verbose=False)
+        trainer.fit([(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))], epochs=1)
+        alive = weakref.ref(trainer)
+        del trainer
+        assert alive() is None
+    finally:
+        gc.enable()

@@ -21,6 +21,7 @@ from . import (
     checkpoint,
     devices,
     distributed,
+    exceptions,
     export,
     features,
     heads,
@@ -37,8 +38,10 @@ from .callbacks import (
     HistoryLogger,
     LRScheduler,
     ModelCheckpoint,
+    ProgressBar,
 )
 from .data import ImageDataset, WithTransform, read_image, to_rgb
+from .exceptions import NonFiniteLossError
 from .features import extract_features
 from .freeze import FreezePolicy, FreezeReport, unfreeze
 from .heads import replace_head
@@ -46,7 +49,6 @@ from .history import History
 from .metrics import ClassificationMeter
 from .optim import discriminative_param_groups
 from .probe import LinearProbe
-from .progress import ProgressBar
 from .ranking import BackboneScore, logme, rank_backbones
 from .recipes import FinetuneResult, Recipe, finetune, load_model
 from .registry import Registry
@@ -58,7 +60,7 @@ from .splits import (
     part_sizes,
     split,
 )
-from .trainer import NonFiniteLossError, Trainer
+from .trainer import Trainer
 
 __version__ = "0.1.0"
 
@@ -94,6 +96,7 @@ __all__ = [
     "devices",
     "discriminative_param_groups",
     "distributed",
+    "exceptions",
     "export",
     "extract_features",
     "features",

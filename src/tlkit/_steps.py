@@ -17,8 +17,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ._utils import NonFiniteLossError, check_positive_int
+from ._utils import check_positive_int
+from .callbacks import Callback
 from .checkpoint import rng_state, set_rng_state
+from .exceptions import NonFiniteLossError
 
 
 def epoch_keys(*, validation: bool) -> tuple[str, ...]:
@@ -156,8 +158,6 @@ def check_trainer_arguments(
     batch_transform: Any,
     log_every: Any,
 ) -> None:
-    from .callbacks import Callback
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     check_positive_int("grad_accum_steps", grad_accum_steps)

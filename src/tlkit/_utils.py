@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from .exceptions import NonFiniteLossError
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -214,15 +216,6 @@ def check_writable_dir(folder: str | os.PathLike[str], what: str) -> Path:
             "can write to"
         ) from exc
     return path
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss or the weights became NaN or infinite; the message says where.
-
-    Examples:
-        >>> issubclass(NonFiniteLossError, FloatingPointError)
-        True
-    """
 
 
 def nonfinite_tensors(model: nn.Module | Mapping[str, Any]) -> list[str]:

@@ -14,20 +14,20 @@ from __future__ import annotations
 import os
 import random
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from ._utils import atomic_save, check_state_finite, check_weights_finite, read_torch_file
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from .history import History
 
 __all__ = [
-    "Checkpointing",
+    "CheckpointConnector",
+    "CheckpointedTrainer",
     "EpochPosition",
     "callback_keys",
     "load_file",
@@ -271,6 +271,37 @@ class EpochPosition:
         return out
 
 
+@runtime_checkable
+class CheckpointedTrainer(Protocol):
+    """What checkpointing reads and restores of a [tlkit.Trainer][].
+
+    Examples:
+        >>> import torch
+        >>> from tlkit import Trainer
+        >>> from tlkit.checkpoint import CheckpointedTrainer
+        >>> isinstance(Trainer(torch.nn.Linear(2, 2)), CheckpointedTrainer)
+        True
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    callbacks: list[Any]
+    history: History
+    position: EpochPosition
+    epochs_done: int
+    global_step: int
+    should_stop: bool
+    train_loader: Any
+
+    @property
+    def is_global_zero(self) -> bool: ...
+    def check_finite(self) -> None: ...
+    def refresh_module(self) -> None: ...
+    def barrier(self) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
 def callback_keys(callbacks: Sequence[Any]) -> list[str]:
     """The key of each callback's state in a checkpoint: its class name, numbered if repeated.
 
@@ -286,7 +317,7 @@ def callback_keys(callbacks: Sequence[Any]) -> list[str]:
     return keys
 
 
-def trainer_state(trainer: Trainer) -> dict[str, Any]:
+def trainer_state(trainer: CheckpointedTrainer) -> dict[str, Any]:
     """The checkpoint dict of a [tlkit.Trainer][]: what [tlkit.Trainer.state_dict][] returns.
 
     Examples:
@@ -324,7 +355,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def load_trainer_state(trainer: Trainer, state: dict[str, Any], *, source: str) -> None:
+def load_trainer_state(trainer: CheckpointedTrainer, state: dict[str, Any], *, source: str) -> None:
     """Restore a [tlkit.Trainer][] from [tlkit.checkpoint.trainer_state][]'s dict, in order:
     model, callbacks (``load_state_dict``, then ``on_load_checkpoint``), optimizer, scaler,
     counters, history, the position inside an epoch. The random state is left to the caller.
@@ -386,78 +417,59 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], sou
         raise ValueError(f"{source}'s optimizer state does not fit this optimizer: {exc}") from exc
 
 
-class Checkpointing:
-    """The checkpoint methods of [tlkit.Trainer][]: state, saving, resuming.
+class CheckpointConnector:
+    """The [tlkit.Trainer][]'s checkpoint component (the trainer owns one as
+    ``trainer.checkpoints``): its state as a dict, saving, resuming.
 
-    A mixin: it works on the trainer's ``model``, ``optimizer``, ``scaler``, ``callbacks``,
-    counters, ``history`` and ``position`` through [tlkit.checkpoint.trainer_state][] and
-    [tlkit.checkpoint.load_trainer_state][].
+    It works on the trainer's ``model``, ``optimizer``, ``scaler``, ``callbacks``, counters,
+    ``history`` and ``position`` through [tlkit.checkpoint.trainer_state][] and
+    [tlkit.checkpoint.load_trainer_state][]; the file format and the random state are the
+    functions above it.
 
     Examples:
         >>> from tlkit import Trainer
-        >>> issubclass(Trainer, Checkpointing)
+        >>> isinstance(Trainer(torch.nn.Linear(2, 2), device="cpu").checkpoints,
+        ...            CheckpointConnector)
         True
     """
 
-    if TYPE_CHECKING:  # provided by the Trainer
-        model: torch.nn.Module
-        epochs_done: int
+    def __init__(self, trainer: CheckpointedTrainer) -> None:
+        # a weak reference: a cycle would keep the trainer, and a DDP model's process group
+        # threads, alive until interpreter shutdown, where gloo aborts the process
+        self._trainer = weakref.ref(trainer)
 
-        @property
-        def is_global_zero(self) -> bool: ...
-        def check_finite(self) -> None: ...
-        def refresh_module(self) -> None: ...
-        def barrier(self) -> None: ...
-        def log(self, message: str) -> None: ...
+    @property
+    def trainer(self) -> CheckpointedTrainer:
+        """The trainer this component belongs to."""
+        trainer = self._trainer()
+        if trainer is None:
+            raise ReferenceError("the Trainer of this CheckpointConnector no longer exists")
+        return trainer
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs: model, optimizer, scaler, counters, callbacks, RNG, history.
+        """See [tlkit.Trainer.state_dict][]."""
+        return trainer_state(self.trainer)
 
-        Between epochs, the random state is the current one. Inside an epoch (a checkpoint
-        written by a callback's ``on_batch_end``, or on Ctrl-C) it is the state the epoch started
-        with, plus ``batches_done``, the running metrics and the random state after the last
-        batch done: a resume replays the epoch's data order, skips the batches done and
-        continues exactly where the run stopped. See [tlkit.checkpoint.trainer_state][].
+    def load_state_dict(self, state: dict[str, Any], *, source: str) -> None:
+        """See [tlkit.Trainer.load_state_dict][]."""
+        load_trainer_state(self.trainer, state, source=source)
+        self.trainer.refresh_module()
 
-        Examples:
-            >>> from tlkit import Trainer
-            >>> sorted(Trainer(torch.nn.Linear(2, 2), device="cpu").state_dict())[:4]
-            ['batches_done', 'callbacks', 'epochs_done', 'global_step']
-        """
-        return trainer_state(self)  # type: ignore[arg-type]
-
-    def load_state_dict(self, state: dict[str, Any], *, source: str = "the checkpoint") -> None:
-        """Load what [tlkit.Trainer.state_dict][] returned (all but the random state)."""
-        load_trainer_state(self, state, source=source)  # type: ignore[arg-type]
-        self.refresh_module()
-
-    def save_checkpoint(self, path: str | Path) -> None:
-        """Write [tlkit.Trainer.state_dict][] to ``path`` atomically (rank 0 only).
-
-        Raises:
-            NonFiniteLossError: Instead of writing, when a loss since the last check or a
-                weight is NaN or infinite: a checkpoint never holds a diverged run.
-        """
-        self.check_finite()
-        check_weights_finite(self.model, path)
-        if self.is_global_zero:
+    def save(self, path: str | Path) -> None:
+        """See [tlkit.Trainer.save_checkpoint][]."""
+        trainer = self.trainer
+        trainer.check_finite()
+        check_weights_finite(trainer.model, path)
+        if trainer.is_global_zero:
             atomic_save(self.state_dict(), path)
-        self.barrier()
+        trainer.barrier()
 
     def resume(self, path: str | Path, *, loader: Any = None) -> int:
-        """Restore the state saved in ``path`` (see [tlkit.checkpoint.read_checkpoint][]).
-
-        Args:
-            path: A checkpoint written by [tlkit.Trainer.save_checkpoint][].
-            loader: The training loader, whose own generators are restored too.
-
-        Returns:
-            The batches already done in the epoch the checkpoint was written in.
-        """
+        """See [tlkit.Trainer.resume][]; returns the batches done in the epoch it was written in."""
         state = read_checkpoint(path)
         self.load_state_dict(state, source=str(path))
         set_rng_state(state["rng"], loader)
         done = int(state["batches_done"])
-        self.log(f"resumed from {path}: {self.epochs_done} epochs done"
-                 + (f", {done} batches into the next" if done else ""))  # fmt: skip
+        self.trainer.log(f"resumed from {path}: {self.trainer.epochs_done} epochs done"
+                         + (f", {done} batches into the next" if done else ""))  # fmt: skip
         return done

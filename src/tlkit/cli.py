@@ -301,7 +301,7 @@ def _message(exc: BaseException) -> str:
 
 
 def _one_line(text: str) -> str:
-    """A message of several lines as one, in the command line's words.
+    r"""A message of several lines as one, in the command line's words.
 
     Examples:
         >>> _one_line("2 files cannot be read (pass on_error='skip'):\n  a.png: bad\n  b.png: bad")

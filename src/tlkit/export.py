@@ -22,7 +22,7 @@ from torch import nn
 
 from .recipes.result import FinetuneResult
 
-__all__ = ["FORMATS", "Deployable", "export"]
+__all__ = ["Deployable", "export"]
 
 
 class Deployable(nn.Module):

@@ -30,7 +30,7 @@ import torch
 from ._utils import atomic_write_text, json_safe, replace_folder
 from .recipes.result import FinetuneResult
 
-__all__ = ["RUN_FILES", "check_run_folder", "class_table", "per_class_metrics", "write_report"]
+__all__ = ["check_run_folder", "class_table", "per_class_metrics", "write_report"]
 
 RUN_FILES = ("model.pt", "metrics.json", "report.md", "history.csv", "curves.png",
              "confusion_matrix.png", "top_losses.png")  # fmt: skip
@@ -116,6 +116,18 @@ def check_run_folder(out: str | Path, what: str = "the run folder") -> None:
     Raises:
         NotADirectoryError: If ``out`` is a file.
         FileExistsError: If ``out`` holds other files, naming a few.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from tlkit.report import check_run_folder
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> check_run_folder(folder / "new")  # a new folder: fine
+        >>> _ = (folder / "notes.txt").write_text("mine")
+        >>> check_run_folder(folder)
+        Traceback (most recent call last):
+        ...
+        FileExistsError: the run folder '...' holds files a tlkit run does not write (notes.txt)...
     """
     folder = Path(out)
     if folder.exists() and not folder.is_dir():

@@ -17,22 +17,21 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from . import _steps, devices, distributed
-from ._utils import NonFiniteLossError, check_positive_int
-from .callbacks import Callback
-from .checkpoint import Checkpointing, EpochPosition, rng_state
+from ._utils import check_positive_int
+from .callbacks import Callback, ProgressBar
+from .checkpoint import CheckpointConnector, EpochPosition, rng_state
 from .features import cache_head_inputs
 from .history import History
 from .metrics import ClassificationMeter
-from .progress import ProgressBar
 from .tta import flip_average
 
-__all__ = ["NonFiniteLossError", "Trainer"]
+__all__ = ["Trainer"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Step = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-class Trainer(Checkpointing):
+class Trainer:
     """Train and evaluate a classifier: plain PyTorch in, history and checkpoints out.
 
     Args:
@@ -125,6 +124,7 @@ class Trainer(Checkpointing):
         self.should_stop, self.last_step_taken = False, True
         self.batches_per_epoch: int | None = None
         self.position = EpochPosition()
+        self.checkpoints = CheckpointConnector(self)
         self.train_loader: Any = None  # the loader of the current (or last) fit
         self._losses = _steps.LossWatch()
         self.tta = False  # evaluate(tta=True): validation-style passes average flipped views
@@ -208,6 +208,40 @@ class Trainer(Checkpointing):
         return flip_average(self._module, x, log_probs=self.outputs_log_probs)
 
     # ------------------------------------------------------------------ fit
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs: model, optimizer, scaler, counters, callbacks, RNG, history.
+
+        Between epochs, the random state is the current one. Inside an epoch (a checkpoint
+        written by a callback's ``on_batch_end``, or on Ctrl-C) it is the state the epoch started
+        with, plus ``batches_done``, the running metrics and the random state after the last
+        batch done: a resume replays the epoch's data order, skips the batches done and
+        continues exactly where the run stopped. See [tlkit.checkpoint.trainer_state][].
+
+        Examples:
+            >>> sorted(Trainer(torch.nn.Linear(2, 2), device="cpu").state_dict())[:4]
+            ['batches_done', 'callbacks', 'epochs_done', 'global_step']
+        """
+        return self.checkpoints.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any], *, source: str = "the checkpoint") -> None:
+        """Load what [tlkit.Trainer.state_dict][] returned (all but the random state)."""
+        self.checkpoints.load_state_dict(state, source=source)
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write [tlkit.Trainer.state_dict][] to ``path`` atomically (rank 0 only).
+
+        Raises:
+            NonFiniteLossError: Instead of writing, when a loss since the last check or a
+                weight is NaN or infinite: a checkpoint never holds a diverged run.
+        """
+        self.checkpoints.save(path)
+
+    def resume(self, path: str | Path, *, loader: Any = None) -> int:
+        """Restore the state saved in ``path`` (see [tlkit.checkpoint.read_checkpoint][]) and
+        the generators of ``loader``, the training loader; returns the batches already done in
+        the epoch the checkpoint was written in."""
+        return self.checkpoints.resume(path, loader=loader)
+
     def fit(
         self,
         train_loader: Iterable[Any] | Dataset[Any],

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import math
 import re
-import time
-from typing import Any
 
-from ..callbacks import Callback
-
-__all__ = ["Deadline", "parse_budget"]
+__all__ = ["parse_budget"]
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DURATION = re.compile(rf"(?:{_NUMBER}h)?\s*(?:{_NUMBER}m)?\s*(?:{_NUMBER}s)?")
@@ -50,21 +46,3 @@ def parse_budget(text: str | float | int | None) -> float | None:
             f"seconds, got {text!r}"
         )
     return seconds
-
-
-class Deadline(Callback):
-    """Stop after the epoch that leaves too little time for another one.
-
-    Args:
-        deadline: A ``time.perf_counter()`` time, or ``None`` for no limit.
-        clock: The clock ``deadline`` is on (injectable for tests).
-    """
-
-    def __init__(self, deadline: float | None, *, clock: Any = time.perf_counter) -> None:
-        self.deadline, self.clock = deadline, clock
-
-    def on_epoch_end(
-        self, trainer: Any, *, epoch: int, metrics: dict[str, Any], **kwargs: Any
-    ) -> None:
-        if self.deadline is not None and self.clock() + metrics["seconds"] > self.deadline:
-            trainer.should_stop = True

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._utils import check_positive_int, check_seed
+from ..augment.presets import MAX_IMAGE_SIZE
 from ..backbones import check_key_map, check_name, weights_at_hand
 from ..data import ImageDataset
 from .budget import parse_budget
@@ -18,7 +19,6 @@ __all__ = ["DEFAULT_BACKBONES", "check_arguments", "default_backbones", "read_da
 # timm's tf_ variants: TensorFlow's "same" padding, as the ImageNet weights were trained (their
 # probe features beat the symmetric-padding variants by 4-5 points on the emoji folder of
 # benchmarks/real_folders.py)
-MAX_IMAGE_SIZE = 4096  # px; past it one training batch alone outgrows a large GPU
 DEFAULT_BACKBONES = (
     "timm/tf_efficientnet_lite0",
     "timm/tf_efficientnet_lite1",

@@ -124,6 +124,7 @@ def choose_probe(
     log: Callable[[str], None],
     n: int | None = None,
     files: list[str] | None = None,
+    deadline: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> ProbeChoice:
     """Fit a cross-validated [tlkit.LinearProbe][] on each candidate's features and, with
@@ -134,7 +135,11 @@ def choose_probe(
     images). The mirror images train too unless leaving them out is better (classes told apart
     by left and right). Only the first ``n`` images' features train (the rest are validation
     images). Folds keep together near-duplicate images and, given their ``files``, the images
-    whose names begin alike ([tlkit.file_name_groups][])."""
+    whose names begin alike ([tlkit.file_name_groups][]).
+
+    With a ``deadline`` (on ``clock``), each fit after the first is timed from the ones before
+    it (seconds per feature dimension on this machine) and left out when it would end past the
+    deadline: the concatenation, then the fit without mirror images, say so in the reasons."""
     n = len(labels) if n is None else n
     y = labels[:n]
     joined = torch.cat([c.features[:, :n] for c in candidates if c.features is not None], -1)
@@ -143,18 +148,27 @@ def choose_probe(
     groups = usable_groups(found if named is None else join_groups(found, named), y)
     options = [[c] for c in candidates] + ([candidates] if len(candidates) > 1 else [])
     probes: dict[str, LinearProbe] = {}
+    pace = _Pace(deadline, clock)
     for option in options:
+        if probes and not pace.fits(_dims(option), f"the probe on {_label(option)}"):
+            continue
         start = clock()
         probes[_label(option)] = probe = _cross_validated(option, y, classes, groups, seed, n)
+        pace.record(_dims(option), clock() - start)
         log(
             f"probe on {_label(option)}: cross-validated accuracy {_score(probe):.4f} "
             f"(C={probe.C_:g}, {clock() - start:.1f} s)"
         )
-    best = _preferred(options, probes, y)
+    best = _preferred([o for o in options if _label(o) in probes], probes, y)
     scores = {label: _score(probe) for label, probe in probes.items()}
-    unmirrored = _cross_validated(best, y, classes, groups, seed, n, views=1)
-    mirror = not clearly_better(_right(probes[_label(best)], y), _right(unmirrored, y))[0]
-    probe = probes[_label(best)] if mirror else unmirrored
+    unmirrored: LinearProbe | None = None
+    if pace.fits(_dims(best) / AUTO.probe_views, "the probe without mirror images"):
+        unmirrored = _cross_validated(best, y, classes, groups, seed, n, views=1)
+    mirror = (
+        unmirrored is None
+        or not clearly_better(_right(probes[_label(best)], y), _right(unmirrored, y))[0]
+    )
+    probe = probes[_label(best)] if mirror or unmirrored is None else unmirrored
     listed = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
     what = f"{scores[_label(best)]:.4f}"
     if len(options) > 1:
@@ -164,15 +178,51 @@ def choose_probe(
     reasons = [
         f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation accuracy "
         f"{what}; {_grouping(n, found, named, groups)}",
-        f"{'with' if mirror else 'without'} mirror images: {_score(unmirrored):.4f} without "
-        "them"
-        + (
-            " (left out only when better by more than one standard error)"
-            if mirror
-            else ", better by more than one standard error: left and right tell the classes apart"
-        ),
+        *pace.skipped,
     ]
+    if unmirrored is not None:
+        reasons.append(
+            f"{'with' if mirror else 'without'} mirror images: {_score(unmirrored):.4f} without "
+            "them"
+            + (
+                " (left out only when better by more than one standard error)"
+                if mirror
+                else ", better by more than one standard error: left and right tell the classes "
+                "apart"
+            )
+        )
     return ProbeChoice([c.name for c in best], probe, scores, groups, reasons, probes, mirror)
+
+
+def _dims(option: list[Candidate]) -> float:
+    """The width of the option's features (as computed)."""
+    return float(sum(c.features.shape[-1] if c.features is not None else c.dim for c in option))
+
+
+class _Pace:
+    """How long this machine's probe fits take per feature dimension, measured on the fits so
+    far, and whether another fits before the deadline (recording the ones left out)."""
+
+    def __init__(self, deadline: float | None, clock: Callable[[], float]) -> None:
+        self.deadline, self.clock = deadline, clock
+        self.seconds = self.dims = 0.0
+        self.skipped: list[str] = []
+
+    def record(self, dims: float, seconds: float) -> None:
+        self.dims += dims
+        self.seconds += seconds
+
+    def fits(self, dims: float, what: str) -> bool:
+        if self.deadline is None or self.dims == 0:
+            return True
+        need, left = self.seconds / self.dims * dims, self.deadline - self.clock()
+        if need <= left:
+            return True
+        self.skipped.append(
+            f"{what} not fitted: about {need:.0f} s at the pace of the fits before it, more "
+            f"than the {max(left, 0):.0f} s left"
+        )
+        return False
 
 
 def _preferred(
@@ -319,8 +369,10 @@ def run_probe(
     seed: int,
     log: Callable[[str], None],
     compute: Compute | None = None,
+    deadline: float | None = None,
 ) -> ProbeStage:
-    """Features of every candidate, the cross-validated choice, and its network."""
+    """Features of every candidate, the cross-validated choice (fits that would end past
+    ``deadline``, a ``time.perf_counter()`` time, left out), and its network."""
     images, labels, val_images = sets.images, sets.labels, sets.val_images
     both = sets.everything()
     for candidate in candidates:
@@ -330,8 +382,9 @@ def run_probe(
         )
         candidate.features = features(candidate, both, compute=compute)
     choice = choose_probe(
-        candidates, labels, classes, seed=seed, log=log, n=len(images), files=sets.files
-    )
+        candidates, labels, classes, seed=seed, log=log, n=len(images), files=sets.files,
+        deadline=deadline,
+    )  # fmt: skip
     singles = {c.name: choice.scores[c.name] for c in candidates}
     best = next(c for c in candidates if c.name == max(singles, key=lambda n: singles[n]))
     tuning_start = copy.deepcopy(best.model)  # on the device, as the features left it

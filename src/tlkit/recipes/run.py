@@ -99,10 +99,9 @@ def finetune(
     Raises:
         ValueError: For a bad ``recipe``, ``budget``, ``image_size``, ``geometry``, a
             ``device`` this machine does not have, too little disk for the decoded images, a
-            dataset
-            with fewer than
-            two classes or too few images to hold out a validation image per class, repeated
-            backbone names, one checkpoint file for several backbones, or a bad ``key_map``.
+            dataset with fewer than two classes or too few images to hold out a validation
+            image per class, repeated backbone names, one checkpoint file for several
+            backbones, or a bad ``key_map``.
         KeyError: For an unknown backbone name (before any image is read).
 
     Examples:
@@ -154,7 +153,7 @@ def finetune(
     sets = Decoded.read(data, held_out, max(c.size for c in candidates), geometry, cache_dir)
     probe, tuned = None, None
     if recipe != "full":
-        probe = run_probe(candidates, sets, len(data.classes), seed, log, compute)
+        probe = run_probe(candidates, sets, len(data.classes), seed, log, compute, deadline)
         plan.probe, plan.kept, plan.image_size = True, "probe", probe.size
         plan.reasons += probe.choice.reasons
     if recipe != "probe":

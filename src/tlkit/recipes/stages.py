@@ -10,13 +10,11 @@ from torch import nn
 
 from .._utils import plural
 from ..augment import BatchAugment
-from ..callbacks import LRScheduler
+from ..callbacks import Deadline, LRScheduler, ProgressBar
 from ..freeze import unfreeze
 from ..history import History
 from ..optim import discriminative_param_groups
-from ..progress import ProgressBar
 from ..trainer import Trainer
-from .budget import Deadline
 from .compute import CPU, Compute
 from .result import Recipe
 from .settings import AUTO

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .callbacks import Callback
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from .base import Callback, TrainerLike
 
 __all__ = ["ProgressBar"]
 
@@ -41,7 +38,7 @@ class ProgressBar(Callback):
         self.deadline = deadline
         self._bar: Any = None
 
-    def on_epoch_start(self, trainer: Trainer, *, epoch: int, **kwargs: Any) -> None:
+    def on_epoch_start(self, trainer: TrainerLike, *, epoch: int, **kwargs: Any) -> None:
         if not (self.enabled and trainer.is_global_zero):
             return
         from tqdm.auto import tqdm
@@ -53,7 +50,7 @@ class ProgressBar(Callback):
         )
 
     def on_batch_end(
-        self, trainer: Trainer, *, batch: int, optimizer_stepped: bool, **kwargs: Any
+        self, trainer: TrainerLike, *, batch: int, optimizer_stepped: bool, **kwargs: Any
     ) -> None:
         if self._bar is None:
             return
@@ -70,7 +67,7 @@ class ProgressBar(Callback):
             self._bar.set_postfix(shown)
 
     def on_epoch_end(
-        self, trainer: Trainer, *, epoch: int, metrics: dict[str, Any], **kwargs: Any
+        self, trainer: TrainerLike, *, epoch: int, metrics: dict[str, Any], **kwargs: Any
     ) -> None:
         if self._bar is None:
             return
@@ -84,10 +81,12 @@ class ProgressBar(Callback):
         self._bar.close()
         self._bar = None
 
-    def on_fit_end(self, trainer: Trainer, **kwargs: Any) -> None:
+    def on_fit_end(self, trainer: TrainerLike, **kwargs: Any) -> None:
         self._close()
 
-    def on_exception(self, trainer: Trainer, *, exception: BaseException, **kwargs: Any) -> None:
+    def on_exception(
+        self, trainer: TrainerLike, *, exception: BaseException, **kwargs: Any
+    ) -> None:
         self._close()
 
     def _close(self) -> None:
