@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -85,6 +85,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("--skip-errors", action="store_true",
                      help="leave unreadable images out (listed in the report)")  # fmt: skip
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--class-weight", default="auto", choices=["auto", "balanced", "none"],
+                     help="weigh classes against their size in the loss and choose by balanced "
+                          "accuracy (auto: when class sizes differ several-fold)")  # fmt: skip
     fit.add_argument(
         "--device",
         default="auto",
@@ -102,6 +105,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                           help="average with mirror images (default: as the model was "
                                "trained)")  # fmt: skip
+    evaluate.add_argument("--unknown", type=Path, default=None,
+                          help="folder of images of none of the classes: how many each "
+                               "--min-confidence rejects")  # fmt: skip
+    evaluate.add_argument("--min-confidence", type=float, default=None,
+                          help="answer unknown below this probability (0-1)")  # fmt: skip
     predict = sub.add_parser("predict", help="label and probability per image file")
     predict.add_argument("run", type=Path)
     predict.add_argument("files", type=Path, nargs="+")
@@ -109,6 +117,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                          help="average with mirror images (default: as the model was "
                               "trained)")  # fmt: skip
+    predict.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="answer unknown where the top probability is below this (0-1)",
+    )
     export = sub.add_parser("export", help="the model with its preprocessing inside")
     export.add_argument("run", type=Path)
     export.add_argument("--format", choices=["pt2", "onnx", "torchscript"], default="pt2",
@@ -173,6 +187,7 @@ def fit(args: argparse.Namespace) -> int:
         background=args.background,
         on_error=on_error,
         seed=args.seed,
+        class_weight=None if args.class_weight == "none" else args.class_weight,
         device=args.device,
         cache_dir=cache_dir,
         started=args.started,
@@ -189,44 +204,93 @@ def fit(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from .calibration import threshold_table
     from .data import ImageDataset
+    from .metrics import balanced_accuracy
     from .recipes import load_model
+    from .recipes.result import check_confidence
     from .report import class_table, per_class_metrics
 
+    check_confidence(args.min_confidence)
     model = load_model(args.run)
     on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
     data = ImageDataset.from_path(args.data, background=model.background, on_error=on_error)
     unknown = [c for c in data.classes if c not in model.classes]
     if unknown:
         raise ValueError(f"{args.data} has classes the model does not know: {unknown}")
+    others = None
+    if args.unknown is not None:
+        others = _unlabelled_images(args.unknown, model.background, on_error)
     mapping = [model.classes.index(c) for c in data.classes]
     targets = torch.tensor([mapping[t] for t in data.targets])
-    predicted = torch.cat([model.predict(data.files[i : i + 64], tta=args.tta).argmax(1)
-                           for i in range(0, len(data), 64)])  # fmt: skip
+    confidence, predicted = _top(model, data.files, args.tta)
     k = len(model.classes)
     matrix = torch.bincount(targets * k + predicted, minlength=k * k).view(k, k)
     accuracy = float((predicted == targets).double().mean())
     rows = per_class_metrics(matrix)
     left_out = f" ({len(data.skipped)} unreadable left out)" if data.skipped else ""
-    print(f"accuracy {accuracy:.2%} on {len(data)} images{left_out}")
+    balanced = balanced_accuracy(matrix)
+    print(f"accuracy {accuracy:.2%}, balanced accuracy {balanced:.2%} on {len(data)} "
+          f"images{left_out}")  # fmt: skip
     print(class_table(model.classes, rows))
     print("confusion matrix (rows: true, columns: predicted):")
     print(matrix.tolist())
+    summary = {
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced,
+        "images": len(data),
+        "skipped": [{"file": f, "reason": r} for f, r in data.skipped],
+        "per_class": dict(zip(model.classes, rows, strict=True)),
+        "confusion_matrix": matrix.tolist(),
+    }
+    if others is not None or args.min_confidence is not None:
+        unknown_confidence = _top(model, others.files, args.tta)[0] if others else None
+        thresholds = [args.min_confidence] if args.min_confidence is not None else None
+        table = threshold_table(confidence, predicted == targets, unknown_confidence, thresholds)
+        print(_threshold_text(table))
+        summary["thresholds"] = table
     if args.json:
-        summary = {
-            "accuracy": accuracy,
-            "images": len(data),
-            "skipped": [{"file": f, "reason": r} for f, r in data.skipped],
-            "per_class": dict(zip(model.classes, rows, strict=True)),
-            "confusion_matrix": matrix.tolist(),
-        }
         print(json.dumps(json_safe(summary), allow_nan=False))
     return 0
 
 
+def _top(model: Any, files: Sequence[str], tta: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top probability and the class of each image, 64 at a time."""
+    tops = [model.predict(files[i : i + 64], tta=tta).max(1) for i in range(0, len(files), 64)]
+    return torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops])
+
+
+def _unlabelled_images(folder: Path, background: Any, on_error: Literal["raise", "skip"]) -> Any:
+    """The images of ``--unknown``: every image under the folder, whatever its sub-folders."""
+    from .data import ImageDataset, image_files
+
+    if not folder.is_dir():
+        raise NotADirectoryError(f"--unknown {str(folder)!r} is not a folder of images")
+    files = image_files(folder)
+    if not files:
+        raise ValueError(f"--unknown {str(folder)!r} holds no image")
+    return ImageDataset(files, [0] * len(files), ["unknown"], background=background,
+                        on_error=on_error)  # fmt: skip
+
+
+def _threshold_text(table: list[dict[str, Any]]) -> str:
+    """The threshold table as text."""
+    lines = ["min confidence | known images answered | accuracy of those | unknown rejected"]
+    for row in table:
+        rejected = row["unknown_rejected"]
+        lines.append(
+            f"{row['min_confidence']:.2f} | {row['answered']:.1%} | "
+            f"{'-' if row['accuracy'] is None else format(row['accuracy'], '.1%')} | "
+            f"{'-' if rejected is None else format(rejected, '.1%')}"
+        )
+    return "\n".join(lines)
+
+
 def predict(args: argparse.Namespace) -> int:
     from .recipes import load_model
+    from .recipes.result import check_confidence
 
+    check_confidence(args.min_confidence)
     model = load_model(args.run)
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
@@ -234,12 +298,15 @@ def predict(args: argparse.Namespace) -> int:
     probs = model.predict(args.files, tta=args.tta)
     for file, row in zip(args.files, probs, strict=True):
         index = int(row.argmax())
-        label, probability = model.classes[index], float(row[index])
+        best, probability = model.classes[index], float(row[index])
+        sure = args.min_confidence is None or probability >= args.min_confidence
         if args.json:
-            record = {"file": str(file), "label": label, "probability": probability}
+            record = {"file": str(file), "label": best if sure else None,
+                      "probability": probability, "top_class": best}  # fmt: skip
             print(json.dumps(json_safe(record), allow_nan=False))
         else:
-            print(f"{file}\t{label}\t{probability:.4f}")
+            print(f"{file}\t{best if sure else 'unknown'}\t{probability:.4f}"
+                  + ("" if sure else f"\t({best})"))  # fmt: skip
     return 0
 
 

@@ -17,7 +17,14 @@ from torch.utils.data import Dataset
 from ._utils import check_positive_int
 from .decoding import check_background, read_image, to_rgb
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "WithTransform", "read_image", "to_rgb"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageDataset",
+    "WithTransform",
+    "image_files",
+    "read_image",
+    "to_rgb",
+]
 
 
 class WithTransform(Dataset[tuple[Any, Any]]):
@@ -92,22 +99,38 @@ def _once_each(
     return [rows[n] for n in keep], [files[n] for n in keep], repeated
 
 
-def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
-    """The image files under ``folder``, sorted: hidden files and folders (``.DS_Store``,
-    ``._x.png``, ``.thumbs/``) left out, symbolic links to folders not followed (a link loop
-    cannot hang the scan)."""
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def image_files(
+    folder: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> list[Path]:
+    """The image files under ``folder`` (searched recursively), sorted: hidden files and
+    folders (``.DS_Store``, ``._x.png``, ``.thumbs/``) left out, symbolic links to folders not
+    followed (a link loop cannot hang the scan).
+
+    Examples:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "a").mkdir()
+        >>> Image.new("RGB", (4, 4)).save(root / "a" / "x.png")
+        >>> _ = (root / ".DS_Store").write_bytes(b"")
+        >>> [p.relative_to(root).as_posix() for p in image_files(root)]
+        ['a/x.png']
+    """
+    wanted = tuple(e.lower() for e in extensions)
     found = []
     for parent, folders, names in os.walk(folder, followlinks=False):
         folders[:] = [f for f in folders if not f.startswith(".")]
         found += [
             Path(parent) / name
             for name in names
-            if not name.startswith(".") and Path(name).suffix.lower() in extensions
+            if not name.startswith(".") and Path(name).suffix.lower() in wanted
         ]
     return sorted(p for p in found if p.is_file())
 
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _PATH_COLUMNS = ("path", "file", "filename", "image")
 _LABEL_COLUMNS = ("label", "class", "target")
 OnError = Literal["raise", "skip"]
@@ -244,7 +267,7 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         targets: list[int] = []
         empty = []
         for index, folder in enumerate(folders):
-            found = _image_files(folder, wanted)
+            found = image_files(folder, wanted)
             if not found:
                 empty.append(str(folder))
             files += found

@@ -3,11 +3,11 @@ runtimes.
 
 [tlkit.export.Deployable] takes what a camera or a file decoder gives: a uint8 batch
 ``(N, C, H, W)`` with 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels and any height
-and width. It
-composites alpha onto the run's background, makes the image square as the model was trained
-(letterboxed: the long side resized to the model's size and the rest filled with the background;
-or the short side resized and the centre cropped), normalises, runs the network (on the image and
-its mirror image, averaged, when the model was trained so) and returns probabilities ``(N, K)``.
+and width. It composites alpha onto the run's background, makes the image square as the model
+was trained (letterboxed: the long side resized to the model's size and the rest filled with the
+background; or the short side resized and the centre cropped), normalises, runs the network (on
+the image and its mirror image, averaged, when the model was trained so) and returns
+probabilities ``(N, K)``, calibrated by the run's temperature ([tlkit.calibration][]).
 """
 
 import copy
@@ -48,6 +48,7 @@ class Deployable(nn.Module):
         *,
         pad: bool = False,
         mirror: bool = False,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.network = network
@@ -59,6 +60,7 @@ class Deployable(nn.Module):
         self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1))
         self.register_buffer("background", torch.tensor(list(background)).float().view(1, 3, 1, 1))
         self.register_buffer("channel_counts", torch.arange(1, 5), persistent=False)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         channels = images.shape[1]
@@ -92,7 +94,9 @@ class Deployable(nn.Module):
         probs = self.network(x).softmax(1)
         if self.mirror:
             probs = (probs + self.network(x.flip(3)).softmax(1)) / 2
-        return probs
+        temperature = self.temperature
+        assert isinstance(temperature, torch.Tensor)
+        return (probs.clamp_min(1e-12).log() / temperature).softmax(1)
 
     def _letterbox(self, x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
         """Long side to the model's size, the rest filled with ``fill``, image centred."""
@@ -230,15 +234,18 @@ def _write(result: FinetuneResult, target: Path, format: str) -> None:
     network = copy.deepcopy(result.model).eval().requires_grad_(False)
     args = (result.classes, result.image_size, result.mean, result.std, result.background)
     pad, mirror = result.geometry == "pad", result.tta
+    t = result.temperature
     if format == "torchscript":
         example = torch.zeros(1, 3, result.image_size, result.image_size)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
             traced = torch.jit.trace(network, example, check_trace=False)
-            scripted = torch.jit.script(Deployable(traced, *args, pad=pad, mirror=mirror))
+            scripted = torch.jit.script(
+                Deployable(traced, *args, pad=pad, mirror=mirror, temperature=t)
+            )
         scripted.save(str(target))
         return
-    module = _Exportable(network, *args, pad=pad, mirror=mirror).eval()
+    module = _Exportable(network, *args, pad=pad, mirror=mirror, temperature=t).eval()
     # 2 channels: no size of the example is 0 or 1, which torch.export would fix as constant
     example = torch.randint(0, 256, (2, 2, result.image_size + 9, result.image_size + 21),
                             dtype=torch.uint8)  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["ClassificationMeter"]
+__all__ = ["ClassificationMeter", "balanced_accuracy"]
 
 
 class ClassificationMeter:
@@ -144,8 +144,26 @@ class ClassificationMeter:
             support = cm.sum(1)
             per_class = torch.where(support > 0, cm.diag() / support.clamp_min(1), torch.nan)
             out["per_class_accuracy"] = per_class.tolist()
+            out["balanced_accuracy"] = balanced_accuracy(cm)
             out["confusion_matrix"] = cm
         return out
+
+
+def balanced_accuracy(confusion: torch.Tensor) -> float:
+    """The mean of the per-class recalls of a confusion matrix (rows: true classes), over the
+    classes that have images: on skewed data it does not reward always answering the largest
+    class, as accuracy does.
+
+    Examples:
+        >>> balanced_accuracy(torch.tensor([[90, 0], [10, 0]]))  # accuracy 0.9
+        0.5
+    """
+    cm = confusion.double()
+    support = cm.sum(1)
+    seen = support > 0
+    if not seen.any():
+        return float("nan")
+    return float((cm.diag()[seen] / support[seen]).mean())
 
 
 def _topk_correct(outputs: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ rows, stay together in one fold, and are averaged at prediction. Seconds on cach
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from .splits import kfold
 
-__all__ = ["LinearProbe"]
+__all__ = ["LinearProbe", "balancing_weights", "class_weights"]
 
 DEFAULT_C = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
@@ -37,11 +38,16 @@ class LinearProbe:
         folds: Cross-validation folds (fewer when a class has fewer images or groups).
         max_iter: L-BFGS iterations per fit.
         seed: Seed of the fold assignment.
+        class_weight: ``None`` (every image counts alike), ``"balanced"`` (each class weighs
+            as much as any other in the loss: an image of class ``c`` weighs
+            ``N / (K * count_c)``, as scikit-learn's) or one weight per class. With weights,
+            ``C`` is chosen by balanced accuracy (the mean per-class recall) instead of
+            accuracy: on skewed classes accuracy rewards answering the largest one.
 
     Attributes (after [fit][tlkit.LinearProbe.fit]):
         C_: The chosen ``C``.
-        cv_accuracy_: Cross-validated accuracy of each ``C`` (empty when one ``C`` was given
-            and ``cv=False``).
+        cv_accuracy_: Cross-validated accuracy of each ``C`` (balanced accuracy with
+            ``class_weight``; empty when one ``C`` was given and ``cv=False``).
         cv_probs_: Out-of-fold class probabilities ``(N, K)`` at the chosen ``C`` (each image
             predicted by the model that did not see it), or ``None``.
         weight_, bias_: The classifier on standardised features, ``(K, D)`` and ``(K,)``.
@@ -57,6 +63,7 @@ class LinearProbe:
         (True, torch.Size([60, 3]))
         >>> bool((probe.predict(x) == y).float().mean() > 0.8)
         True
+        >>> skewed = LinearProbe(class_weight="balanced").fit(x[:40], y[:40])  # any class sizes
     """
 
     def __init__(
@@ -66,6 +73,7 @@ class LinearProbe:
         folds: int = 5,
         max_iter: int = 500,
         seed: int = 0,
+        class_weight: str | Sequence[float] | None = None,
     ) -> None:
         values = [C] if isinstance(C, (int, float)) else list(C)
         if not values or any(
@@ -76,11 +84,27 @@ class LinearProbe:
             raise ValueError(f"folds must be an integer of at least 2, got {folds!r}")
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        if isinstance(class_weight, str) and class_weight != "balanced":
+            raise ValueError(
+                f"class_weight must be None, 'balanced' or one weight per class, got "
+                f"{class_weight!r}"
+            )
+        if class_weight is not None and not isinstance(class_weight, str):
+            weights = list(class_weight)
+            if not weights or any(
+                isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf
+                for w in weights
+            ):
+                raise ValueError(
+                    f"class weights must be positive finite numbers, got {class_weight!r}"
+                )
+        self.class_weight = class_weight
         self.C = tuple(float(c) for c in sorted(values))
         self.folds, self.max_iter, self.seed = folds, max_iter, seed
         self.C_: float | None = None
         self.cv_accuracy_: dict[float, float] = {}
         self.cv_probs_: torch.Tensor | None = None
+        self.class_weight_: torch.Tensor | None = None
         self.weight_ = self.bias_ = self.mean_ = self.std_ = torch.empty(0)
 
     def fit(
@@ -118,11 +142,12 @@ class LinearProbe:
         self.mean_, self.std_ = rows.mean(0), rows.std(0) + 1e-6
         x = (x - self.mean_) / self.std_
         self.cv_accuracy_, self.cv_probs_ = {}, None
+        self.class_weight_ = class_weights(self.class_weight, y, k)
         if cv if cv is not None else len(self.C) > 1:
             self.C_ = self._cross_validate(x, y, k, groups)
         else:
             self.C_ = self.C[0]
-        self.weight_, self.bias_ = _fit(x, y, k, self.C_, self.max_iter)
+        self.weight_, self.bias_ = _fit(x, y, k, self.C_, self.max_iter, None, self.class_weight_)
         return self
 
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
@@ -174,17 +199,55 @@ class LinearProbe:
             keep[held] = False
             start = None
             for c in self.C:  # strongest regularisation first, each fit warm-started
-                start = _fit(x[:, keep], y[keep], k, c, self.max_iter, start)
+                start = _fit(x[:, keep], y[keep], k, c, self.max_iter, start, self.class_weight_)
                 probs[c][held] = _probs(x[:, held], *start)
         scores = {}
+        per_image = None if self.class_weight_ is None else balancing_weights(y, k)
         for c, p in probs.items():
-            accuracy = float((p.argmax(1) == y).float().mean())
+            right = (p.argmax(1) == y).double()
+            accuracy = float(right.mean() if per_image is None else (right * per_image).mean())
             loss = float(nn.functional.nll_loss(p.clamp_min(1e-12).log(), y))
             scores[c] = (accuracy, -loss)
             self.cv_accuracy_[c] = accuracy
         best = max(self.C, key=lambda c: scores[c])
         self.cv_probs_ = probs[best]
         return best
+
+
+def class_weights(
+    class_weight: str | Sequence[float] | None, labels: torch.Tensor, classes: int
+) -> torch.Tensor | None:
+    """One weight per class from ``"balanced"`` (``N / (K * count_c)``, 0 for a class with no
+    image) or a list, or ``None``.
+
+    Examples:
+        >>> class_weights("balanced", torch.tensor([0, 0, 0, 1]), 2).tolist()
+        [0.6666666865348816, 2.0]
+    """
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str):
+        counts = torch.bincount(labels, minlength=classes).float()
+        return torch.where(counts > 0, len(labels) / (classes * counts.clamp_min(1)), 0.0)
+    weights = torch.tensor([float(w) for w in class_weight])
+    if len(weights) != classes:
+        raise ValueError(f"class_weight has {len(weights)} weights for {classes} classes")
+    return weights
+
+
+def balancing_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """A weight per image such that the weighted mean of "right" is the balanced accuracy:
+    ``N / (K' * count_c)`` for an image of class ``c``, over the ``K'`` classes present.
+
+    Examples:
+        >>> y = torch.tensor([0, 0, 0, 1])
+        >>> right = torch.tensor([1.0, 1.0, 1.0, 0.0])
+        >>> float((right * balancing_weights(y, 2)).mean())  # recall 1 and 0
+        0.5
+    """
+    counts = torch.bincount(labels, minlength=classes).double()
+    present = int((counts > 0).sum())
+    return len(labels) / (present * counts[labels])
 
 
 def _probs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -199,8 +262,10 @@ def _fit(
     c: float,
     max_iter: int,
     start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    class_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L-BFGS to convergence on every view of every image as a row."""
+    """L-BFGS to convergence on every view of every image as a row (the loss weighted by
+    ``class_weight``, normalised to a mean weight of 1 over the rows)."""
     rows, targets = x.reshape(-1, x.shape[-1]), y.repeat(x.shape[0])
     weight = torch.zeros(k, x.shape[-1]) if start is None else start[0].clone()
     bias = torch.zeros(k) if start is None else start[1].clone()
@@ -211,11 +276,17 @@ def _fit(
         tolerance_grad=1e-6, tolerance_change=1e-10,
     )  # fmt: skip
     penalty = 1.0 / (2 * c * len(targets))
+    row_weight = None
+    if class_weight is not None:
+        row_weight = class_weight[targets]
+        row_weight = row_weight / row_weight.mean()
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         logits = rows @ weight.T + bias
-        loss = nn.functional.cross_entropy(logits, targets) + penalty * weight.pow(2).sum()
+        losses = nn.functional.cross_entropy(logits, targets, reduction="none")
+        data = losses.mean() if row_weight is None else (losses * row_weight).mean()
+        loss = data + penalty * weight.pow(2).sum()
         loss.backward()
         return loss
 

@@ -3,11 +3,13 @@
 [tlkit.report.write_report][] writes, for a [tlkit.FinetuneResult][]:
 
 - ``model.pt``: weights and preprocessing, loadable with ``torch.load(weights_only=True)``;
-- ``metrics.json``: validation accuracy, per-class precision and recall, confusion matrix,
+- ``metrics.json``: validation accuracy and balanced accuracy, per-class precision and recall,
+  confusion matrix, the calibration (temperature, expected calibration error before and after),
   the recipe and its reasons, timings, skipped files;
 - ``history.csv``: every epoch of every stage;
-- ``curves.png``, ``confusion_matrix.png``, ``top_losses.png`` (the most confident mistakes,
-  with true and predicted labels; only when there are some), when matplotlib is installed
+- ``curves.png``, ``confusion_matrix.png``, ``reliability.png`` (accuracy against confidence,
+  before and after calibration), ``top_losses.png`` (the most confident mistakes, with true
+  and predicted labels; only when there are some), when matplotlib is installed
   (``pip install tlkit[plot]``);
 - ``report.md``: all of the above in one page.
 
@@ -28,12 +30,14 @@ from typing import Any
 import torch
 
 from ._utils import atomic_write_text, json_safe, replace_folder
+from .calibration import reliability
+from .metrics import balanced_accuracy
 from .recipes.result import FinetuneResult
 
 __all__ = ["check_run_folder", "class_table", "per_class_metrics", "write_report"]
 
 RUN_FILES = ("model.pt", "metrics.json", "report.md", "history.csv", "curves.png",
-             "confusion_matrix.png", "top_losses.png")  # fmt: skip
+             "confusion_matrix.png", "reliability.png", "top_losses.png")  # fmt: skip
 """What a run folder holds; a folder holding anything else is never replaced."""
 
 
@@ -128,6 +132,7 @@ def check_run_folder(out: str | Path, what: str = "the run folder") -> None:
         Traceback (most recent call last):
         ...
         FileExistsError: the run folder '...' holds files a tlkit run does not write (notes.txt)...
+
     """
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
@@ -151,7 +156,13 @@ def _write_run(result: FinetuneResult, folder: Path) -> None:
     per_class = per_class_metrics(matrix) if matrix is not None else []
     metrics = {
         "accuracy": result.val_metrics.get("accuracy"),
+        "balanced_accuracy": balanced_accuracy(matrix) if matrix is not None else None,
         "loss": result.val_metrics.get("loss"),
+        "calibration": {
+            "temperature": result.temperature,
+            "ece_before": result.val_metrics.get("ece_before"),
+            "ece": result.val_metrics.get("ece"),
+        },
         "images": result.val_metrics.get("count"),
         "method": result.val_metrics.get("method"),
         "classes": result.classes,
@@ -232,12 +243,38 @@ def _pictures(result: FinetuneResult, folder: Path) -> list[str]:
         fig.savefig(folder / "confusion_matrix.png", dpi=100)
         plt.close(fig)
         written.append("confusion_matrix.png")
+    if result.val_probs is not None and result.val_labels is not None:
+        _reliability_diagram(result, folder, plt)
+        written.append("reliability.png")
     if result.val_images is not None and result.val_probs is not None:
         if _top_losses(result, folder, plt):
             written.append("top_losses.png")
         else:  # none to show; an earlier run's picture in this folder would contradict the report
             (folder / "top_losses.png").unlink(missing_ok=True)
     return written
+
+
+def _reliability_diagram(result: FinetuneResult, folder: Path, plt: Any) -> None:
+    """Accuracy against confidence on the validation images, before and after calibration."""
+    assert result.val_probs is not None and result.val_labels is not None
+    after = result.val_probs
+    before = (after.double().clamp_min(1e-12).log() * result.temperature).softmax(1)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="calibrated")
+    for probs, name, style in (
+        (before, "before", "o-"),
+        (after, f"after (T={result.temperature:.2f})", "s-"),
+    ):
+        bins = reliability(probs, result.val_labels, bins=10)
+        ax.plot(bins.confidence, bins.accuracy, style, label=f"{name}: ECE {bins.ece:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "reliability.png", dpi=100)
+    plt.close(fig)
 
 
 def _top_losses(result: FinetuneResult, folder: Path, plt: Any) -> bool:
@@ -268,6 +305,27 @@ def _top_losses(result: FinetuneResult, folder: Path, plt: Any) -> bool:
     return True
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2%}"
+
+
+def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
+    """The calibration paragraph of the report."""
+    before, after = calibration.get("ece_before"), calibration.get("ece")
+    if before is None or after is None:
+        return []
+    return [
+        "## Calibration",
+        "",
+        f"Probabilities are divided by a temperature of {calibration['temperature']:.2f} "
+        "fitted on the validation predictions. Expected calibration error (the mean gap "
+        f"between confidence and accuracy): {before:.3f} before, {after:.3f} after (each half "
+        "of the images scaled by the temperature fitted on the other half). `tlkit predict "
+        "--min-confidence P` answers `unknown` below P.",
+        "",
+    ]
+
+
 def _markdown(
     result: FinetuneResult,
     metrics: dict[str, Any],
@@ -277,7 +335,8 @@ def _markdown(
     lines = [
         "# tlkit run report",
         "",
-        f"Validation accuracy **{metrics['accuracy']:.2%}** on {metrics['images']} images"
+        f"Validation accuracy **{metrics['accuracy']:.2%}** (balanced accuracy "
+        f"{_percent(metrics['balanced_accuracy'])}) on {metrics['images']} images"
         + (f" ({result.val_metrics['method']})" if result.val_metrics.get("method") else "")
         + ", "
         f"{len(result.classes)} classes; backbone `{result.backbone}` ({result.info.weights}); "
@@ -293,10 +352,12 @@ def _markdown(
         "",
         class_table(result.classes, per_class) if per_class else "(no validation metrics)",
         "",
+        *_calibration_lines(metrics["calibration"]),
     ]
     titles = {
         "curves.png": "Training curves",
         "confusion_matrix.png": "Confusion matrix (validation)",
+        "reliability.png": "Reliability (validation)",
         "top_losses.png": "Most confident mistakes (validation)",
     }
     for name in pictures:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .._utils import check_positive_int, check_seed
 from ..augment.presets import MAX_IMAGE_SIZE
@@ -13,8 +16,19 @@ from ..data import ImageDataset
 from .budget import parse_budget
 from .images import GEOMETRIES
 from .plan import RECIPES
+from .settings import AUTO
 
-__all__ = ["DEFAULT_BACKBONES", "check_arguments", "default_backbones", "read_datasets"]
+__all__ = [
+    "CLASS_WEIGHTS",
+    "DEFAULT_BACKBONES",
+    "check_arguments",
+    "check_class_weight",
+    "class_weight_for",
+    "default_backbones",
+    "read_datasets",
+]
+
+CLASS_WEIGHTS = ("auto", "balanced", None)
 
 # timm's tf_ variants: TensorFlow's "same" padding, as the ImageNet weights were trained (their
 # probe features beat the symmetric-padding variants by 4-5 points on the emoji folder of
@@ -105,3 +119,80 @@ def as_dataset(
     if isinstance(source, ImageDataset):
         return source
     return ImageDataset.from_path(source, background=background, on_error=on_error)
+
+
+def check_class_weight(class_weight: Any) -> None:
+    """Raise unless ``class_weight`` is ``"auto"``, ``"balanced"``, ``None`` or a mapping of
+    class names to positive weights (the names are checked once the classes are known).
+
+    Examples:
+        >>> check_class_weight({"cat": 2.0})
+        >>> check_class_weight("balance")
+        Traceback (most recent call last):
+        ...
+        ValueError: class_weight must be 'auto', 'balanced', None or {class name: weight}, ...
+    """
+    if class_weight is None or (isinstance(class_weight, str) and class_weight in CLASS_WEIGHTS):
+        return
+    if isinstance(class_weight, Mapping) and class_weight:
+        bad = {
+            k: v
+            for k, v in class_weight.items()
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf
+        }
+        if not bad:
+            return
+        raise ValueError(f"class weights must be positive finite numbers, got {bad}")
+    raise ValueError(
+        "class_weight must be 'auto', 'balanced', None or {class name: weight}, got "
+        f"{class_weight!r}"
+    )
+
+
+def class_weight_for(
+    class_weight: Any, targets: Sequence[int], classes: Sequence[str]
+) -> tuple[list[float] | None, str]:
+    """The loss weight of each of ``classes`` (``None``: all alike) for images of class
+    indices ``targets``, and the reason.
+    ``"auto"`` weighs the classes ``"balanced"`` when the largest has more than
+    ``AUTO.imbalance_ratio`` times the images of the smallest.
+
+    Raises:
+        ValueError: For a mapping that misses a class or names an unknown one.
+
+    Examples:
+        >>> weights, why = class_weight_for("auto", [0] * 10 + [1] * 2, ["big", "small"])
+        >>> weights, why.split(":")[0]
+        ([0.6, 3.0], 'classes differ in size up to 5.0 to 1 (more than 3)')
+    """
+    names = list(classes)
+    counts = torch.bincount(torch.tensor(list(targets)), minlength=len(names))
+    ratio = float(counts.max()) / max(float(counts.min()), 1.0)
+    sizes = f"classes differ in size up to {ratio:.1f} to 1"
+    if isinstance(class_weight, Mapping):
+        missing = [c for c in names if c not in class_weight]
+        unknown = [c for c in class_weight if c not in names]
+        if missing or unknown:
+            raise ValueError(
+                f"class_weight must give one weight to each class {names}: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"missing {missing}" if missing else "",
+                        f"unknown {unknown}" if unknown else "",
+                    )
+                    if part
+                )
+            )
+        weights = [float(class_weight[c]) for c in names]
+        return weights, f"{sizes}: class weights as given; choices by balanced accuracy"
+    if class_weight is None or (class_weight == "auto" and ratio <= AUTO.imbalance_ratio):
+        why = f"{sizes}: every image weighs alike"
+        return None, why + (f" (balanced above {AUTO.imbalance_ratio:g})" if class_weight else "")
+    n, k = float(counts.sum()), len(names)
+    weights = [n / (k * float(c)) if c else 0.0 for c in counts]
+    given = "" if class_weight == "balanced" else f" (more than {AUTO.imbalance_ratio:g})"
+    return [round(w, 6) for w in weights], (
+        f"{sizes}{given}: balanced class weights (each class weighs as much in the loss); "
+        "choices by balanced accuracy"
+    )

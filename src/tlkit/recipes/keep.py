@@ -14,11 +14,16 @@ __all__ = ["clearly_better", "fine_tuning_wins"]
 
 
 def clearly_better(
-    default_right: torch.Tensor, other_right: torch.Tensor, margin: float = AUTO.keep_margin
+    default_right: torch.Tensor,
+    other_right: torch.Tensor,
+    margin: float = AUTO.keep_margin,
+    weights: torch.Tensor | None = None,
 ) -> tuple[bool, float, float]:
     """``(other is better by more than margin standard errors, gain, standard error)`` from
     which images each of two models gets right: the mean paired difference and its standard
     error were the two equally accurate (McNemar's), sound even when few images differ.
+    ``weights`` (mean 1, such as [tlkit.probe.balancing_weights][]) weigh the images: the
+    gain is then one of balanced accuracy.
 
     Examples:
         >>> right = torch.tensor([True] * 70 + [False] * 5)
@@ -26,21 +31,26 @@ def clearly_better(
         (False, True)
     """
     n = len(default_right)
-    only_default = int((default_right & ~other_right).sum())
-    only_other = int((other_right & ~default_right).sum())
-    gain = (only_other - only_default) / n
-    error = math.sqrt(only_other + only_default) / n
+    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.double()
+    only_default = (default_right & ~other_right).double()
+    only_other = (other_right & ~default_right).double()
+    gain = float((w * (only_other - only_default)).sum()) / n
+    error = math.sqrt(float((w.pow(2) * (only_other + only_default)).sum())) / n
     return gain > margin * error, gain, error
 
 
 def fine_tuning_wins(
-    probe_right: torch.Tensor, tuned_right: torch.Tensor, margin: float = AUTO.keep_margin
+    probe_right: torch.Tensor,
+    tuned_right: torch.Tensor,
+    margin: float = AUTO.keep_margin,
+    weights: torch.Tensor | None = None,
 ) -> tuple[bool, str]:
     """Keep the fine-tuned model rather than the probe? Only when it is more accurate on the
     same validation images by more than one standard error of the paired difference: the
     one-standard-error rule (Breiman et al., "Classification and Regression Trees", 1984;
     Hastie, Tibshirani and Friedman, "The Elements of Statistical Learning", section 7.10),
     which keeps the simpler model unless the other is better beyond the noise of the estimate.
+    With ``weights`` (classes of very different sizes) the comparison is of balanced accuracy.
 
     The probe is the simpler and the steadier of the two: on Fashion-MNIST at 50 images per
     class, fine-tuning scored 75.9-79.8% on the test images in five runs of
@@ -59,10 +69,13 @@ def fine_tuning_wins(
     """
     only_probe = int((probe_right & ~tuned_right).sum())
     only_tuned = int((tuned_right & ~probe_right).sum())
-    wins, gain, error = clearly_better(probe_right, tuned_right, margin)
-    probe, tuned = probe_right.float().mean().item(), tuned_right.float().mean().item()
+    wins, gain, error = clearly_better(probe_right, tuned_right, margin, weights)
+    w = torch.ones(len(probe_right)) if weights is None else weights.float()
+    probe = float((probe_right.float() * w).mean())
+    tuned = float((tuned_right.float() * w).mean())
+    metric = "accuracy" if weights is None else "balanced accuracy"
     scores = (
-        f"validation accuracy {tuned:.4f} fine-tuned, {probe:.4f} probe: "
+        f"validation {metric} {tuned:.4f} fine-tuned, {probe:.4f} probe: "
         f"{plural(only_tuned, 'image')} right only when fine-tuned, "
         f"{only_probe} only by the probe"
     )

@@ -20,7 +20,7 @@ from torch import nn
 from .. import heads
 from ..backbones import BackboneInfo
 from ..metrics import ClassificationMeter
-from ..probe import LinearProbe
+from ..probe import LinearProbe, balancing_weights
 from ..splits import file_name_groups, join_groups, near_duplicate_groups
 from .compute import CPU, Compute
 from .keep import clearly_better
@@ -126,6 +126,7 @@ def choose_probe(
     files: list[str] | None = None,
     deadline: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    class_weight: list[float] | None = None,
 ) -> ProbeChoice:
     """Fit a cross-validated [tlkit.LinearProbe][] on each candidate's features and, with
     several, on all of them concatenated. The concatenation (the most the backbones know) is
@@ -139,7 +140,10 @@ def choose_probe(
 
     With a ``deadline`` (on ``clock``), each fit after the first is timed from the ones before
     it (seconds per feature dimension on this machine) and left out when it would end past the
-    deadline: the concatenation, then the fit without mirror images, say so in the reasons."""
+    deadline: the concatenation, then the fit without mirror images, say so in the reasons.
+
+    With ``class_weight`` (one per class) the probes weigh their loss so, and every choice is
+    made on balanced accuracy instead of accuracy."""
     n = len(labels) if n is None else n
     y = labels[:n]
     joined = torch.cat([c.features[:, :n] for c in candidates if c.features is not None], -1)
@@ -149,24 +153,32 @@ def choose_probe(
     options = [[c] for c in candidates] + ([candidates] if len(candidates) > 1 else [])
     probes: dict[str, LinearProbe] = {}
     pace = _Pace(deadline, clock)
+    weights = None if class_weight is None else balancing_weights(y, classes)
+    metric = "accuracy" if class_weight is None else "balanced accuracy"
+
+    def fit(option: list[Candidate], views: int | None = None) -> LinearProbe:
+        return _cross_validated(option, y, classes, groups, seed, n, views, class_weight)
+
     for option in options:
         if probes and not pace.fits(_dims(option), f"the probe on {_label(option)}"):
             continue
         start = clock()
-        probes[_label(option)] = probe = _cross_validated(option, y, classes, groups, seed, n)
+        probes[_label(option)] = probe = fit(option)
         pace.record(_dims(option), clock() - start)
         log(
-            f"probe on {_label(option)}: cross-validated accuracy {_score(probe):.4f} "
+            f"probe on {_label(option)}: cross-validated {metric} {_score(probe):.4f} "
             f"(C={probe.C_:g}, {clock() - start:.1f} s)"
         )
-    best = _preferred([o for o in options if _label(o) in probes], probes, y)
+    best = _preferred([o for o in options if _label(o) in probes], probes, y, weights)
     scores = {label: _score(probe) for label, probe in probes.items()}
     unmirrored: LinearProbe | None = None
     if pace.fits(_dims(best) / AUTO.probe_views, "the probe without mirror images"):
-        unmirrored = _cross_validated(best, y, classes, groups, seed, n, views=1)
+        unmirrored = fit(best, views=1)
     mirror = (
         unmirrored is None
-        or not clearly_better(_right(probes[_label(best)], y), _right(unmirrored, y))[0]
+        or not clearly_better(
+            _right(probes[_label(best)], y), _right(unmirrored, y), weights=weights
+        )[0]
     )
     probe = probes[_label(best)] if mirror or unmirrored is None else unmirrored
     listed = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
@@ -176,7 +188,7 @@ def choose_probe(
             f" ({listed}; all together unless one alone is better by more than one standard error)"
         )
     reasons = [
-        f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation accuracy "
+        f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation {metric} "
         f"{what}; {_grouping(n, found, named, groups)}",
         *pace.skipped,
     ]
@@ -226,14 +238,19 @@ class _Pace:
 
 
 def _preferred(
-    options: list[list[Candidate]], probes: dict[str, LinearProbe], y: torch.Tensor
+    options: list[list[Candidate]],
+    probes: dict[str, LinearProbe],
+    y: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> list[Candidate]:
     """The last option (all backbones together), unless the most accurate single backbone is
     clearly better out of fold."""
     default = options[-1]
     single = max(options[:-1] or options, key=lambda o: _score(probes[_label(o)]))
 
-    better = clearly_better(_right(probes[_label(default)], y), _right(probes[_label(single)], y))
+    better = clearly_better(
+        _right(probes[_label(default)], y), _right(probes[_label(single)], y), weights=weights
+    )
     return single if better[0] else default
 
 
@@ -251,9 +268,11 @@ def _cross_validated(
     seed: int,
     n: int,
     views: int | None = None,
+    class_weight: list[float] | None = None,
 ) -> LinearProbe:
     x = torch.cat([c.features[:views, :n] for c in option if c.features is not None], -1)
-    probe = LinearProbe(C=AUTO.probe_C, folds=AUTO.probe_folds, seed=seed)
+    probe = LinearProbe(C=AUTO.probe_C, folds=AUTO.probe_folds, seed=seed,
+                        class_weight=class_weight)  # fmt: skip
     return probe.fit(x, y, groups=groups, classes=classes, cv=True)
 
 
@@ -370,6 +389,7 @@ def run_probe(
     log: Callable[[str], None],
     compute: Compute | None = None,
     deadline: float | None = None,
+    class_weight: list[float] | None = None,
 ) -> ProbeStage:
     """Features of every candidate, the cross-validated choice (fits that would end past
     ``deadline``, a ``time.perf_counter()`` time, left out), and its network."""
@@ -383,7 +403,7 @@ def run_probe(
         candidate.features = features(candidate, both, compute=compute)
     choice = choose_probe(
         candidates, labels, classes, seed=seed, log=log, n=len(images), files=sets.files,
-        deadline=deadline,
+        deadline=deadline, class_weight=class_weight,
     )  # fmt: skip
     singles = {c.name: choice.scores[c.name] for c in candidates}
     best = next(c for c in candidates if c.name == max(singles, key=lambda n: singles[n]))

@@ -33,6 +33,7 @@ __all__ = [
     "StackedBackbones",
     "build_head",
     "build_network",
+    "check_confidence",
     "final_linear",
     "load_head",
     "load_model",
@@ -146,6 +147,8 @@ class Recipe:
     bodies' features, ``finetune_epochs`` how many epochs fine-tune everything. Once
     [tlkit.finetune][] has returned, ``kept`` says which trained model it returned: ``"probe"``
     (the head on the frozen bodies) or ``"fine-tuned"``; ``None`` before training.
+    ``class_weight`` is the loss weight of each class when classes are weighted (every choice
+    is then made on balanced accuracy), else ``None``.
 
     Examples:
         >>> Recipe(name="probe", image_size=96).name
@@ -161,6 +164,7 @@ class Recipe:
     crop_scale: float = AUTO.crop_scale
     batch_size: int = AUTO.batch_size
     channels_last: bool = False
+    class_weight: list[float] | None = None
     reasons: list[str] = field(default_factory=list)
     kept: Literal["probe", "fine-tuned"] | None = None
 
@@ -196,6 +200,8 @@ class FinetuneResult:
             ``"crop"``: short side to ``S``, centre crop.
         tta: Whether predictions average each image with its mirror image (the probe is
             trained on both).
+        temperature: Logits are divided by it before the softmax: probabilities calibrated
+            on the images that judged the model ([tlkit.calibration][]); 1 for none.
         recipe: The [tlkit.Recipe][] that ran, with its reasons.
         history: Every epoch of every stage (``stage`` column: ``probe`` or ``finetune``).
         val_metrics: Metrics of the kept model on the validation images.
@@ -238,6 +244,7 @@ class FinetuneResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     geometry: Geometry = "crop"
     tta: bool = False
+    temperature: float = 1.0
     backbones: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     val_images: torch.Tensor | ImageStore | None = field(default=None, repr=False)
@@ -262,14 +269,38 @@ class FinetuneResult:
     def predict(
         self, images: Sequence[Image.Image | str | Path], *, tta: bool | None = None
     ) -> torch.Tensor:
-        """Class probabilities ``(N, K)`` for PIL images or image paths; ``tta=True`` averages
-        them with the mirror images' (flip test-time augmentation, twice the compute); default
-        as the model was trained (``self.tta``)."""
+        """Class probabilities ``(N, K)`` for PIL images or image paths, calibrated by
+        ``temperature``; ``tta=True`` averages them with the mirror images' (flip test-time
+        augmentation, twice the compute); default as the model was trained (``self.tta``)."""
         self.model.eval()
         x = self.preprocess(images)
         if self.tta if tta is None else tta:
-            return flip_average(self.model, x, log_probs=False).exp()
-        return self.model(x).softmax(1)
+            scores = flip_average(self.model, x, log_probs=False)
+        else:
+            scores = self.model(x).float()
+        return (scores / self.temperature).softmax(1)
+
+    def predict_labels(
+        self,
+        images: Sequence[Image.Image | str | Path],
+        *,
+        min_confidence: float | None = None,
+        tta: bool | None = None,
+    ) -> list[tuple[str | None, float]]:
+        """The most likely class of each image with its probability; ``None`` for the class
+        where that probability is below ``min_confidence`` (an image of none of the classes,
+        or too unsure to answer: see "Unknown images" in the guide).
+
+        Raises:
+            ValueError: For ``min_confidence`` outside ``[0, 1]``.
+        """
+        check_confidence(min_confidence)
+        probs = self.predict(images, tta=tta)
+        top, index = probs.max(1)
+        return [
+            (None if min_confidence is not None and p < min_confidence else self.classes[i], p)
+            for p, i in zip(top.tolist(), index.tolist(), strict=True)
+        ]
 
     def save(self, path: str | Path) -> Path:
         """Save weights and preprocessing to ``path`` (loadable with ``weights_only=True``)."""
@@ -286,11 +317,34 @@ class FinetuneResult:
                 "kept": self.recipe.kept,
                 "geometry": self.geometry,
                 "tta": self.tta,
+                "temperature": float(self.temperature),
                 "backbones": list(self.backbones) or [self.backbone],
                 "sizes": list(self.sizes) or [self.image_size],
                 "state_dict": self.model.state_dict(),
             },
             path,
+        )
+
+
+def check_confidence(min_confidence: float | None) -> None:
+    """Raise unless ``min_confidence`` is ``None`` or a probability.
+
+    Examples:
+        >>> check_confidence(0.5)
+        >>> check_confidence(50)
+        Traceback (most recent call last):
+        ...
+        ValueError: min_confidence must be a probability from 0 to 1, got 50
+    """
+    if min_confidence is None:
+        return
+    if (
+        isinstance(min_confidence, bool)
+        or not isinstance(min_confidence, (int, float))
+        or not 0 <= min_confidence <= 1
+    ):
+        raise ValueError(
+            f"min_confidence must be a probability from 0 to 1, got {min_confidence!r}"
         )
 
 
@@ -325,6 +379,13 @@ def _check_description(state: dict[str, Any], file: Path) -> None:
             or not all(isinstance(v, int) and 0 <= v <= 255 for v in background)
         ):
             problems.append(f"background must be 3 values 0-255, got {background!r:.60}")
+        temperature = state.get("temperature", 1.0)
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not 0.01 <= temperature <= 1000
+        ):
+            problems.append(f"temperature must be a number 0.01 to 1000, got {temperature!r:.40}")
         if not isinstance(state["state_dict"], dict):
             problems.append("state_dict is not a dict of tensors")
     if problems:
@@ -397,6 +458,7 @@ def load_model(path: str | Path) -> FinetuneResult:
         seconds=0.0,
         geometry="pad" if state.get("geometry") == "pad" else "crop",
         tta=bool(state.get("tta", False)),
+        temperature=float(state.get("temperature", 1.0)),
         backbones=names,
         sizes=sizes,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -11,13 +11,14 @@ import torch
 
 from .._utils import check_writable_dir
 from ..backbones import KeyMap
+from ..calibration import cross_fitted_ece, expected_calibration_error, fit_temperature
 from ..data import ImageDataset
 from ..devices import loader_workers
 from ..history import History
 from ..splits import split
 from .compute import Compute
 from .images import Geometry
-from .inputs import check_arguments, read_datasets
+from .inputs import check_arguments, check_class_weight, class_weight_for, read_datasets
 from .measure import decode_seconds, sample_median_side
 from .plan import RecipeName, describe_images, plan_candidates, plan_sample
 from .probing import (
@@ -52,6 +53,7 @@ def finetune(
     background: Sequence[int] = (255, 255, 255),
     on_error: Literal["raise", "skip"] = "raise",
     seed: int = 0,
+    class_weight: str | Mapping[str, float] | None = "auto",
     device: str | torch.device = "auto",
     cache_dir: str | Path | None = None,
     verbose: bool = True,
@@ -81,6 +83,13 @@ def finetune(
         background: RGB colour under transparent pixels and around letterboxed images.
         on_error: ``"raise"`` or ``"skip"`` unreadable files (listed in ``result.skipped``).
         seed: Seed of the split, the head and the data order.
+        class_weight: ``"auto"`` (default): ``"balanced"`` when the largest class has more than
+            ``AUTO.imbalance_ratio`` times the images of the smallest, else ``None``;
+            ``"balanced"``: each class weighs as much in the loss (an image of class ``c``
+            ``N / (K * count_c)``); ``None``: every image alike; or ``{class name: weight}``.
+            With weights, the probe's ``C``, the backbones, the mirror images and the keep
+            rule are all chosen by balanced accuracy (the mean per-class recall) instead of
+            accuracy, which on skewed classes rewards answering the largest one.
         device: Where every stage computes: ``"auto"`` (a CUDA GPU, else Apple's MPS, else
             the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``. On a CUDA GPU the
             forward passes run in bf16 mixed precision (fp16 with a gradient scaler where bf16
@@ -97,11 +106,11 @@ def finetune(
         its preprocessing, the recipe and its reasons, history and validation metrics.
 
     Raises:
-        ValueError: For a bad ``recipe``, ``budget``, ``image_size``, ``geometry``, a
-            ``device`` this machine does not have, too little disk for the decoded images, a
-            dataset with fewer than two classes or too few images to hold out a validation
-            image per class, repeated backbone names, one checkpoint file for several
-            backbones, or a bad ``key_map``.
+        ValueError: For a bad ``recipe``, ``budget``, ``image_size``, ``geometry``,
+            ``class_weight``, a ``device`` this machine does not have, too little disk for the
+            decoded images, a dataset with fewer than two classes or too few images to hold
+            out a validation image per class, repeated backbone names, one checkpoint file for
+            several backbones, or a bad ``key_map``.
         KeyError: For an unknown backbone name (before any image is read).
 
     Examples:
@@ -122,6 +131,7 @@ def finetune(
     names, seconds = check_arguments(
         backbone_name, weights, key_map, budget, recipe, image_size, geometry, seed
     )
+    check_class_weight(class_weight)
     compute = Compute.resolve(device)
     if cache_dir is not None:
         check_writable_dir(cache_dir, "cache_dir")
@@ -136,6 +146,8 @@ def finetune(
 
     data, held_out = read_datasets(train, val, background, on_error)
     plan = start_plan(recipe, geometry, data, held_out, compute)
+    plan.class_weight, why = class_weight_for(class_weight, data.targets, data.classes)
+    plan.reasons.append(why)
     torch.manual_seed(seed)
     n_images = len(data) + (len(held_out) if held_out is not None else 0)
     candidates = load_candidates(names, weights, key_map, image_size, len(data.classes), n_images,
@@ -153,7 +165,8 @@ def finetune(
     sets = Decoded.read(data, held_out, max(c.size for c in candidates), geometry, cache_dir)
     probe, tuned = None, None
     if recipe != "full":
-        probe = run_probe(candidates, sets, len(data.classes), seed, log, compute, deadline)
+        probe = run_probe(candidates, sets, len(data.classes), seed, log, compute, deadline,
+                          plan.class_weight)  # fmt: skip
         plan.probe, plan.kept, plan.image_size = True, "probe", probe.size
         plan.reasons += probe.choice.reasons
     if recipe != "probe":
@@ -345,6 +358,12 @@ def build_result(
             if sets.val_images is None
             else "val images"
         )
+    temperature, probs, calibration = calibrate(probs, judged_labels)
+    plan.reasons.append(
+        f"probabilities calibrated on the {method}: temperature {temperature:.2f}, expected "
+        f"calibration error {calibration['ece_before']:.3f} before, {calibration['ece']:.3f} "
+        "after (the temperature of each half fitted on the other)"
+    )
     return FinetuneResult(
         model=model.eval().cpu(),
         classes=list(classes),
@@ -356,13 +375,39 @@ def build_result(
         background=(255, 255, 255),
         recipe=plan,
         history=history,
-        val_metrics={**metrics_from_probs(probs, judged_labels), "method": method},
+        val_metrics={**metrics_from_probs(probs, judged_labels), **calibration, "method": method},
         seconds=0.0,
         geometry=geometry,
         tta=plan.kept == "fine-tuned" or (probe is not None and probe.choice.mirror),
+        temperature=temperature,
         backbones=names,
         sizes=sizes,
         val_images=judged,
         val_labels=judged_labels,
         val_probs=probs,
     )
+
+
+def calibrate(
+    probs: torch.Tensor, labels: torch.Tensor
+) -> tuple[float, torch.Tensor, dict[str, float]]:
+    """The temperature fitted on the probabilities that judged the model, those probabilities
+    scaled by it, and the expected calibration error before and after (after: cross-fitted,
+    each half scaled by the temperature of the other, see [tlkit.calibration][]).
+
+    Examples:
+        >>> labels = torch.tensor([0, 1] * 50)
+        >>> probs = torch.tensor([[0.99, 0.01], [0.01, 0.99]]).repeat(50, 1)
+        >>> probs[:20] = probs[:20].flip(1)  # 80% right, all at 0.99
+        >>> t, scaled, figures = calibrate(probs, labels)
+        >>> t > 1, figures["ece"] < figures["ece_before"]
+        (True, True)
+    """
+    log_probs = probs.double().clamp_min(1e-12).log()
+    temperature = fit_temperature(log_probs, labels)
+    figures = {
+        "temperature": temperature,
+        "ece_before": expected_calibration_error(probs, labels),
+        "ece": cross_fitted_ece(log_probs, labels),
+    }
+    return temperature, (log_probs / temperature).softmax(1).float(), figures

@@ -21,6 +21,7 @@ class Settings:
     # which recipe
     few_per_class: int = 20  # below this many training images per class: the probe only
     keep_margin: float = 1.0  # standard errors by which fine-tuning must beat the probe
+    imbalance_ratio: float = 3.0  # largest class over smallest above which auto balances
     # validation
     val_fraction: float = 0.15  # held out of the training images when no val= is given
     memory_cache_bytes: int = 1_000_000_000  # decoded images beyond this go to a file on disk

@@ -82,7 +82,10 @@ def train_full(
     trainer = Trainer(
         model,
         optimizer=optimizer,
-        loss=nn.CrossEntropyLoss(label_smoothing=AUTO.label_smoothing),
+        loss=nn.CrossEntropyLoss(
+            weight=None if recipe.class_weight is None else torch.tensor(recipe.class_weight),
+            label_smoothing=AUTO.label_smoothing,
+        ),
         device=compute.device,
         precision=compute.precision,  # type: ignore[arg-type]
         verbose=False,

@@ -15,6 +15,7 @@ from .. import heads
 from ..augment import BatchAugment
 from ..backbones import BackboneInfo
 from ..history import History
+from ..probe import balancing_weights
 from ..splits import kfold
 from ..tta import flip_average
 from .compute import CPU, Compute
@@ -117,8 +118,11 @@ def run_finetune(
     plan.kept = "fine-tuned"
     if probe is not None:
         probe_probs = probe.val_probs if sets.val_images is not None else probe.val_probs[held]
+        weights = None
+        if plan.class_weight is not None:
+            weights = balancing_weights(judge_y, classes)
         keep, verdict = fine_tuning_wins(
-            probe_probs.argmax(1) == judge_y, probs.argmax(1) == judge_y
+            probe_probs.argmax(1) == judge_y, probs.argmax(1) == judge_y, weights=weights
         )
         plan.kept = "fine-tuned" if keep else "probe"
         plan.reasons.append(verdict)
