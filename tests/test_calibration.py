@@ -294,3 +294,20 @@ def test_a_bad_class_weight_is_refused_before_any_image_is_read(tmp_path: Path) 
         finetune(tmp_path / "no such folder", class_weight="balance")
     with pytest.raises(ValueError, match="positive finite"):
         finetune(tmp_path / "no such folder", class_weight={"a": 0})
+
+
+def test_the_threshold_travels_with_the_exported_model(
+    fitted: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = Path(fitted["base"])
+    run = base / "exported"
+    run.mkdir()
+    fitted["result"].save(run / "model.pt")
+    target = base / "model.pt2"
+    assert cli.main(["export", str(run), "--output", str(target), "--min-confidence", "0.7"]) == 0
+    extra = {"classes.json": "", "tlkit.json": ""}
+    torch.export.load(str(target), extra_files=extra)
+    settings = json.loads(extra["tlkit.json"])
+    assert settings == {"min_confidence": 0.7, "temperature": fitted["result"].temperature}
+    assert cli.main(["export", str(run), "--output", str(target), "--min-confidence", "-1"]) == 2
+    assert "min_confidence must be a probability from 0 to 1, got -1.0" in capsys.readouterr().err

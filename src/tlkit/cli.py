@@ -129,6 +129,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="pt2: torch.export program (default); onnx; torchscript "
                              "(deprecated by PyTorch)")  # fmt: skip
     export.add_argument("--output", type=Path, required=True)
+    export.add_argument("--min-confidence", type=float, default=None,
+                        help="the threshold below which to answer unknown, stored in the "
+                             "export's metadata (0-1)")  # fmt: skip
     return parser
 
 
@@ -329,7 +332,8 @@ def export(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # said above, in the command's words
-        path = write(load_model(args.run), output, format=args.format)
+        path = write(load_model(args.run), output, format=args.format,
+                     min_confidence=args.min_confidence)  # fmt: skip
     print(f"wrote {path} ({args.format})")
     return 0
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .recipes.result import FinetuneResult
+from .recipes.result import FinetuneResult, check_confidence
 
 __all__ = ["Deployable", "export"]
 
@@ -36,6 +36,7 @@ class Deployable(nn.Module):
     """
 
     classes: list[str]
+    min_confidence: float
 
     def __init__(
         self,
@@ -49,10 +50,12 @@ class Deployable(nn.Module):
         pad: bool = False,
         mirror: bool = False,
         temperature: float = 1.0,
+        min_confidence: float = -1.0,
     ) -> None:
         super().__init__()
         self.network = network
         self.classes = list(classes)
+        self.min_confidence = float(min_confidence)  # below it, answer "unknown"; -1: none
         self.image_size = image_size
         self.pad = pad
         self.mirror = mirror
@@ -155,6 +158,7 @@ def export(
     path: str | Path,
     *,
     format: Literal["pt2", "torchscript", "onnx"] = "pt2",
+    min_confidence: float | None = None,
 ) -> Path:
     """Write ``result``'s model with its preprocessing to ``path``.
 
@@ -163,17 +167,24 @@ def export(
 
     - ``"pt2"`` (default): a ``torch.export`` program saved with ``torch.export.save``; load it
       with ``torch.export.load(path, extra_files=...)`` and call ``.module()``, no tlkit needed.
-      The class names are the extra file ``classes.json``. A float batch, a fifth channel or a
+      The class names are the extra file ``classes.json``, the settings (``min_confidence``,
+      ``temperature``) the extra file ``tlkit.json``. A float batch, a fifth channel or a
       side under 2 px is refused.
     - ``"onnx"``: exported with ``torch.export`` (input ``images``, output
-      ``probabilities``), the class names in the metadata entry ``classes`` (JSON). Needs
+      ``probabilities``), the class names in the metadata entry ``classes`` (JSON), the
+      settings in ``tlkit`` (JSON). Needs
       ``pip install 'tlkit[onnx]'``.
     - ``"torchscript"``: a scripted [tlkit.export.Deployable][] with a ``classes`` attribute,
-      loaded with ``torch.jit.load``. PyTorch has deprecated TorchScript; this format warns and
-      stays for runtimes that still need it.
+      and a ``min_confidence`` attribute (-1 for none), loaded with ``torch.jit.load``.
+      PyTorch has deprecated TorchScript; this format warns and stays for runtimes that still
+      need it.
+
+    The probabilities are calibrated ([tlkit.calibration][]); ``min_confidence`` is the
+    threshold below which the model's user should answer "unknown" (see ``tlkit predict
+    --min-confidence``), stored with the model so that the threshold travels with it.
 
     Raises:
-        ValueError: For an unknown ``format``.
+        ValueError: For an unknown ``format`` or a ``min_confidence`` outside ``[0, 1]``.
         IsADirectoryError: For a ``path`` that is a folder.
         ImportError: For ``"onnx"`` without ``onnxscript``.
 
@@ -198,6 +209,7 @@ def export(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
+    check_confidence(min_confidence)
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(
@@ -213,7 +225,7 @@ def export(
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # moved into place at the end
     try:
-        _write(result, partial, format)
+        _write(result, partial, format, min_confidence)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -230,7 +242,8 @@ def _dynamic_shapes() -> dict[int, Any]:
     }
 
 
-def _write(result: FinetuneResult, target: Path, format: str) -> None:
+def _write(result: FinetuneResult, target: Path, format: str, min_confidence: float | None) -> None:
+    settings = json.dumps({"min_confidence": min_confidence, "temperature": result.temperature})
     network = copy.deepcopy(result.model).eval().requires_grad_(False)
     args = (result.classes, result.image_size, result.mean, result.std, result.background)
     pad, mirror = result.geometry == "pad", result.tta
@@ -240,8 +253,11 @@ def _write(result: FinetuneResult, target: Path, format: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
             traced = torch.jit.trace(network, example, check_trace=False)
+            threshold = -1.0 if min_confidence is None else min_confidence
             scripted = torch.jit.script(
-                Deployable(traced, *args, pad=pad, mirror=mirror, temperature=t)
+                Deployable(
+                    traced, *args, pad=pad, mirror=mirror, temperature=t, min_confidence=threshold
+                )
             )
         scripted.save(str(target))
         return
@@ -254,7 +270,7 @@ def _write(result: FinetuneResult, target: Path, format: str) -> None:
             program = torch.export.export(
                 module, (example,), dynamic_shapes={"images": _dynamic_shapes()}
             )
-        extra = {"classes.json": json.dumps(list(result.classes))}
+        extra = {"classes.json": json.dumps(list(result.classes)), "tlkit.json": settings}
         torch.export.save(program, str(target), extra_files=extra)
         return
     try:
@@ -274,6 +290,7 @@ def _write(result: FinetuneResult, target: Path, format: str) -> None:
     import onnx
 
     saved = onnx.load(str(target))
-    entry = saved.metadata_props.add()
-    entry.key, entry.value = "classes", json.dumps(list(result.classes))
+    for key, value in (("classes", json.dumps(list(result.classes))), ("tlkit", settings)):
+        entry = saved.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save(saved, str(target))
