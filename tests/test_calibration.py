@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -97,13 +98,15 @@ def test_finetune_calibrates_on_the_predictions_that_judged_it_and_saves_the_tem
     fitted: dict[str, Any],
 ) -> None:
     result, base = fitted["result"], fitted["base"]
-    assert hasattr(result, "temperature")
     metrics = result.val_metrics
-    t = result.temperature
-    assert t != 1.0 and t == metrics["temperature"]
-    assert {"ece", "ece_before"} <= set(metrics)
-    reasons = result.recipe.reasons
-    assert any(r.startswith("probabilities calibrated on the out-of-fold") for r in reasons)
+    assert result.temperature == metrics["temperature"]
+    # the fitted temperature is kept only when it lowers the error on the half it did not see
+    applied = metrics["ece_scaled"] < metrics["ece_before"]
+    assert result.temperature == (metrics["fitted_temperature"] if applied else 1.0)
+    said = "probabilities calibrated on the out-of-fold" if applied else "probabilities left as"
+    assert any(r.startswith(said) for r in result.recipe.reasons)
+    t = 2.5  # whatever was fitted, predictions are the logits divided by the temperature
+    result = dataclasses.replace(result, temperature=t)
     # predictions are the network's logits divided by the temperature
     files = sorted(Path(fitted["data"]).rglob("*.png"))[:5]
     x = result.preprocess(files)
@@ -196,12 +199,22 @@ def test_the_report_shows_calibration_and_balanced_accuracy(fitted: dict[str, An
     report = write_report(fitted["result"], out).read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["balanced_accuracy"] <= 1
-    calibration = metrics["calibration"]
-    assert calibration["temperature"] == fitted["result"].temperature
-    assert "## Calibration" in report and f"{calibration['ece']:.3f} after" in report
+    assert metrics["calibration"]["temperature"] == fitted["result"].temperature
+    assert "## Calibration" in report
     assert "![Reliability (validation)](reliability.png)" in report
     with Image.open(out / "reliability.png") as picture:
         assert picture.width >= 300
+    for applied in (True, False):
+        figures = {"ece_before": 0.2, "ece_scaled": 0.05 if applied else 0.3}
+        result = dataclasses.replace(
+            fitted["result"], temperature=2.0 if applied else 1.0,
+            val_metrics={**fitted["result"].val_metrics, **figures},
+        )  # fmt: skip
+        report = write_report(result, out).read_text()
+        assert ("temperature of 2.00" in report and "0.200 before, 0.050 after" in report) == (
+            applied
+        )
+        assert ("no lower than 0.200 without it" in report) == (not applied)
 
 
 def test_an_exported_model_carries_the_temperature(fitted: dict[str, Any]) -> None:
@@ -278,7 +291,7 @@ def test_finetune_balances_skewed_classes_by_itself_and_says_so(tmp_path: Path) 
     result = finetune(root, **kwargs)
     assert result.recipe.class_weight == pytest.approx([32 / 80, 2.0, 2.0, 2.0])  # N / (K n_c)
     reasons = "\n".join(result.recipe.reasons)
-    assert "up to 5.0 to 1 (more than 3): balanced class weights" in reasons
+    assert "up to 5.0 to 1 (more than 4): balanced class weights" in reasons
     assert "cross-validation balanced accuracy" in reasons
     plain = finetune(root, class_weight=None, **kwargs)
     assert plain.recipe.class_weight is None

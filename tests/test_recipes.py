@@ -175,7 +175,7 @@ def test_flip_tta_averages_the_image_and_its_mirror(tmp_path: Path) -> None:
                             image_size=24, verbose=False)  # fmt: skip
     torch.manual_seed(0)  # a network that tells left from right, unlike pooled features
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 24 * 24, 3))
-    result = dataclasses.replace(result, model=net, tta=False, geometry="crop")
+    result = dataclasses.replace(result, model=net, tta=False, geometry="crop", temperature=1.0)
     image = Image.new("RGB", (24, 24), (128, 128, 128))
     image.paste((220, 30, 30), (0, 0, 12, 24))
     mirror = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -301,7 +301,7 @@ def test_the_fine_tuned_model_is_kept_only_when_clearly_better_than_the_probe(
 
     monkeypatch.setattr(tuning, "train_full", fine_tune)
     if fine_tuned == "better":  # the rule's verdict (tested below) decides which model is kept
-        monkeypatch.setattr(tuning, "fine_tuning_wins", lambda *a: (True, "fine-tuning won"))
+        monkeypatch.setattr(tuning, "fine_tuning_wins", lambda *a, **k: (True, "fine-tuning won"))
     result = tlkit.finetune(train, val=val, backbone_name="resnet18", weights=None,
                             recipe="lp-ft", image_size=32, verbose=False)  # fmt: skip
     assert result.recipe.probe and result.recipe.finetune_epochs > 0

@@ -12,16 +12,16 @@ Examples:
     >>> import torch
     >>> from tlkit.calibration import expected_calibration_error, fit_temperature
     >>> g = torch.Generator().manual_seed(0)
-    >>> labels = torch.randint(0, 3, (600,), generator=g)
-    >>> logits = torch.randn(600, 3, generator=g) + 2.0 * nn.functional.one_hot(labels, 3)
+    >>> logits = 2.0 * torch.randn(2000, 3, generator=g)
+    >>> labels = torch.multinomial(logits.softmax(1), 1, generator=g).flatten()  # calibrated
     >>> over_confident = 4 * logits
     >>> t = fit_temperature(over_confident, labels)
-    >>> 3.0 < t < 5.0
-    True
+    >>> round(t, 1)
+    4.0
     >>> before = expected_calibration_error(over_confident.softmax(1), labels)
     >>> after = expected_calibration_error((over_confident / t).softmax(1), labels)
-    >>> after < before
-    True
+    >>> round(before, 2), round(after, 2)
+    (0.18, 0.02)
 """
 
 from __future__ import annotations

@@ -61,6 +61,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="tlkit", description="Fine-tune pretrained image classifiers on your images."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_fit(sub)
+    _add_use(sub)
+    return parser
+
+
+def _add_fit(sub: Any) -> None:
+    """The ``fit`` subcommand's arguments."""
     fit = sub.add_parser("fit", help="train a classifier on a folder or CSV of images")
     fit.add_argument("data", type=Path, help="folder of <class>/<image>, or CSV of path,label")
     fit.add_argument("--out", type=str, required=True, help="run folder for model and report")
@@ -96,15 +103,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("--cache-dir", default=None,
                      help="folder for the decoded images when they do not fit in memory "
                           "(default: beside the run folder)")  # fmt: skip
+
+
+def _add_use(sub: Any) -> None:
+    """The arguments of ``evaluate``, ``predict`` and ``export``, which use a run."""
     evaluate = sub.add_parser("evaluate", help="accuracy, per-class metrics, confusion matrix")
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("data", type=Path)
     evaluate.add_argument("--json", action="store_true", help="last line: one JSON object")
     evaluate.add_argument("--skip-errors", action="store_true",
                           help="leave unreadable images out (counted in the output)")  # fmt: skip
-    evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                          help="average with mirror images (default: as the model was "
-                               "trained)")  # fmt: skip
+    _add_tta(evaluate)
     evaluate.add_argument("--unknown", type=Path, default=None,
                           help="folder of images of none of the classes: how many each "
                                "--min-confidence rejects")  # fmt: skip
@@ -114,9 +123,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("run", type=Path)
     predict.add_argument("files", type=Path, nargs="+")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
-    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                         help="average with mirror images (default: as the model was "
-                              "trained)")  # fmt: skip
+    _add_tta(predict)
     predict.add_argument(
         "--min-confidence",
         type=float,
@@ -132,7 +139,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     export.add_argument("--min-confidence", type=float, default=None,
                         help="the threshold below which to answer unknown, stored in the "
                              "export's metadata (0-1)")  # fmt: skip
-    return parser
+
+
+def _add_tta(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average with mirror images (default: as the model was "
+                             "trained)")  # fmt: skip
 
 
 def check_run_folder(out: str, data: Path) -> Path:

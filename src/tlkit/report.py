@@ -161,6 +161,7 @@ def _write_run(result: FinetuneResult, folder: Path) -> None:
         "calibration": {
             "temperature": result.temperature,
             "ece_before": result.val_metrics.get("ece_before"),
+            "ece_scaled": result.val_metrics.get("ece_scaled"),
             "ece": result.val_metrics.get("ece"),
         },
         "images": result.val_metrics.get("count"),
@@ -311,17 +312,26 @@ def _percent(value: float | None) -> str:
 
 def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
     """The calibration paragraph of the report."""
-    before, after = calibration.get("ece_before"), calibration.get("ece")
-    if before is None or after is None:
+    before, scaled = calibration.get("ece_before"), calibration.get("ece_scaled")
+    if before is None or scaled is None:
         return []
+    if calibration["temperature"] != 1.0:
+        said = (
+            f"Probabilities are divided by a temperature of {calibration['temperature']:.2f} "
+            "fitted on the validation predictions. Expected calibration error (the mean gap "
+            f"between confidence and accuracy): {before:.3f} before, {scaled:.3f} after (each "
+            "half of the images scaled by the temperature fitted on the other half)."
+        )
+    else:
+        said = (
+            "Probabilities are left as the model gives them: a temperature fitted on the "
+            f"validation predictions gave an expected calibration error of {scaled:.3f} on the "
+            f"half it was not fitted on, no lower than {before:.3f} without it."
+        )
     return [
         "## Calibration",
         "",
-        f"Probabilities are divided by a temperature of {calibration['temperature']:.2f} "
-        "fitted on the validation predictions. Expected calibration error (the mean gap "
-        f"between confidence and accuracy): {before:.3f} before, {after:.3f} after (each half "
-        "of the images scaled by the temperature fitted on the other half). `tlkit predict "
-        "--min-confidence P` answers `unknown` below P.",
+        said + " `tlkit predict --min-confidence P` answers `unknown` below P.",
         "",
     ]
 

@@ -163,7 +163,7 @@ def class_weight_for(
     Examples:
         >>> weights, why = class_weight_for("auto", [0] * 10 + [1] * 2, ["big", "small"])
         >>> weights, why.split(":")[0]
-        ([0.6, 3.0], 'classes differ in size up to 5.0 to 1 (more than 3)')
+        ([0.6, 3.0], 'classes differ in size up to 5.0 to 1 (more than 4)')
     """
     names = list(classes)
     counts = torch.bincount(torch.tensor(list(targets)), minlength=len(names))

@@ -359,11 +359,7 @@ def build_result(
             else "val images"
         )
     temperature, probs, calibration = calibrate(probs, judged_labels)
-    plan.reasons.append(
-        f"probabilities calibrated on the {method}: temperature {temperature:.2f}, expected "
-        f"calibration error {calibration['ece_before']:.3f} before, {calibration['ece']:.3f} "
-        "after (the temperature of each half fitted on the other)"
-    )
+    plan.reasons.append(calibration_reason(method, calibration))
     return FinetuneResult(
         model=model.eval().cpu(),
         classes=list(classes),
@@ -392,8 +388,10 @@ def calibrate(
     probs: torch.Tensor, labels: torch.Tensor
 ) -> tuple[float, torch.Tensor, dict[str, float]]:
     """The temperature fitted on the probabilities that judged the model, those probabilities
-    scaled by it, and the expected calibration error before and after (after: cross-fitted,
-    each half scaled by the temperature of the other, see [tlkit.calibration][]).
+    scaled by it, and the expected calibration error before and after (see
+    [tlkit.calibration][]). "After" is cross-fitted: each half of the images scaled by the
+    temperature fitted on the other. When that is no lower than before (a model already
+    calibrated, or too few images to tell), the temperature is left at 1.
 
     Examples:
         >>> labels = torch.tensor([0, 1] * 50)
@@ -402,12 +400,41 @@ def calibrate(
         >>> t, scaled, figures = calibrate(probs, labels)
         >>> t > 1, figures["ece"] < figures["ece_before"]
         (True, True)
+        >>> calibrated = torch.tensor([[0.8, 0.2], [0.2, 0.8]]).repeat(50, 1)
+        >>> calibrated[:20] = calibrated[:20].flip(1)  # 80% right at 0.8: nothing to fix
+        >>> calibrate(calibrated, labels)[0]
+        1.0
     """
     log_probs = probs.double().clamp_min(1e-12).log()
-    temperature = fit_temperature(log_probs, labels)
+    fitted = fit_temperature(log_probs, labels)
+    before = expected_calibration_error(probs, labels)
+    scaled = cross_fitted_ece(log_probs, labels)
+    temperature = fitted if scaled < before else 1.0
     figures = {
         "temperature": temperature,
-        "ece_before": expected_calibration_error(probs, labels),
-        "ece": cross_fitted_ece(log_probs, labels),
+        "fitted_temperature": fitted,
+        "ece_before": before,
+        "ece_scaled": scaled,
+        "ece": scaled if scaled < before else before,
     }
     return temperature, (log_probs / temperature).softmax(1).float(), figures
+
+
+def calibration_reason(method: str, figures: dict[str, float]) -> str:
+    """What calibration did, in words."""
+    before, scaled, fitted = (
+        figures["ece_before"],
+        figures["ece_scaled"],
+        figures["fitted_temperature"],
+    )
+    if figures["temperature"] != 1.0:
+        return (
+            f"probabilities calibrated on the {method}: temperature {fitted:.2f}, expected "
+            f"calibration error {before:.3f} before, {scaled:.3f} after (the temperature of "
+            "each half fitted on the other)"
+        )
+    return (
+        f"probabilities left as they are: a temperature fitted on the {method} ({fitted:.2f}) "
+        f"gave an expected calibration error of {scaled:.3f} on the half it was not fitted on, "
+        f"no lower than {before:.3f} without it"
+    )
