@@ -245,6 +245,8 @@ def test_probe_fits_that_would_end_past_the_deadline_are_left_out_at_their_pace(
     assert set(shortest.scores) == {"a"} and shortest.names == ["a"]
     assert sum("not fitted" in r for r in shortest.reasons) == 3  # b, a+b, without mirror
     assert shortest.mirror  # the default when the check was not made
+    # a backbone whose probe was left out is not a candidate for fine-tuning either
+    assert probing.best_single(shortest, candidates).name == "a"
 
 
 def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:

@@ -7,7 +7,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["ClassificationMeter", "balanced_accuracy"]
+__all__ = [
+    "ClassificationMeter",
+    "average_precision",
+    "balanced_accuracy",
+    "choose_thresholds",
+    "f1_scores",
+    "mean_average_precision",
+]
 
 
 class ClassificationMeter:
@@ -169,3 +176,118 @@ def balanced_accuracy(confusion: torch.Tensor) -> float:
 def _topk_correct(outputs: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     k = min(k, outputs.shape[1])
     return (outputs.topk(k, dim=1).indices == targets[:, None]).any(1).sum()
+
+
+# --------------------------------------------------------------------------- several labels
+def _check_multi_label(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``targets`` as a bool ``(N, K)`` tensor matching ``scores``."""
+    if scores.ndim != 2 or targets.shape != scores.shape:
+        raise ValueError(
+            f"scores and targets must both be (N, K) multi-hot, got {tuple(scores.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    if not bool(((targets == 0) | (targets == 1)).all()):
+        raise ValueError("targets must be 0 or 1 (one column per class, 1 where it applies)")
+    if not bool(torch.isfinite(scores.float()).all()):
+        raise ValueError("scores hold NaN or infinite values")
+    return targets.bool()
+
+
+def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Average precision of each class ``(K,)``: the mean, over its positive images, of the
+    precision among the images scored at least as high (tied scores taken together, as
+    scikit-learn's ``average_precision_score``). NaN for a class with no positive image.
+
+    Args:
+        scores: ``(N, K)`` probabilities or logits.
+        targets: ``(N, K)`` multi-hot labels.
+
+    Examples:
+        >>> scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.2, 0.6]])
+        >>> targets = torch.tensor([[1, 0], [0, 1], [1, 0]])
+        >>> [round(v, 3) for v in average_precision(scores, targets).tolist()]
+        [0.833, 1.0]
+    """
+    truth = _check_multi_label(scores, targets)
+    out = torch.full((scores.shape[1],), float("nan"), dtype=torch.float64)
+    for k in range(scores.shape[1]):
+        positives = truth[:, k]
+        if not positives.any():
+            continue
+        s = scores[:, k].double()
+        # for each positive: how many images score at least as high, and how many are positive
+        above = s[None, :] >= s[positives][:, None]
+        precision = (above & positives[None, :]).sum(1).double() / above.sum(1).double()
+        out[k] = precision.mean()
+    return out
+
+
+def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """The mean of [average_precision][tlkit.metrics.average_precision] over the classes with
+    a positive image (mAP).
+
+    Examples:
+        >>> mean_average_precision(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.eye(2))
+        1.0
+    """
+    ap = average_precision(scores, targets)
+    seen = ~ap.isnan()
+    return float(ap[seen].mean()) if seen.any() else float("nan")
+
+
+def f1_scores(predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """Micro F1 (every image-class pair counted together), macro F1 (the mean of the classes'
+    F1) and each class's F1 of multi-hot predictions; a class never predicted nor present has
+    no F1 (``None``) and is left out of the macro mean.
+
+    Examples:
+        >>> f1 = f1_scores(torch.tensor([[1, 0], [1, 1]]), torch.tensor([[1, 0], [0, 1]]))
+        >>> round(f1["micro"], 3), round(f1["macro"], 3), f1["per_class"]
+        (0.8, 0.833, [0.6666666666666666, 1.0])
+    """
+    truth = _check_multi_label(predicted.float(), targets)
+    said = predicted.bool()
+    tp = (said & truth).sum(0).double()
+    fp = (said & ~truth).sum(0).double()
+    fn = (~said & truth).sum(0).double()
+    per_class = [
+        None if float(2 * t + p + n) == 0 else float(2 * t / (2 * t + p + n))
+        for t, p, n in zip(tp, fp, fn, strict=True)
+    ]
+    defined = [f for f in per_class if f is not None]
+    total = float(2 * tp.sum() + fp.sum() + fn.sum())
+    return {
+        "micro": float(2 * tp.sum()) / total if total else float("nan"),
+        "macro": sum(defined) / len(defined) if defined else float("nan"),
+        "per_class": per_class,
+    }
+
+
+def choose_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One threshold per class ``(K,)``, each maximising that class's F1 on these
+    (validation) probabilities: the midpoint between the lowest score taken and the next one
+    below. 0.5 for a class with no positive image.
+
+    Examples:
+        >>> probs = torch.tensor([[0.9, 0.2], [0.6, 0.7], [0.3, 0.4], [0.1, 0.35]])
+        >>> targets = torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]])
+        >>> [round(t, 3) for t in choose_thresholds(probs, targets).tolist()]
+        [0.45, 0.375]
+    """
+    truth = _check_multi_label(probs, targets)
+    out = torch.full((probs.shape[1],), 0.5, dtype=torch.float64)
+    for k in range(probs.shape[1]):
+        positives = truth[:, k]
+        if not positives.any():
+            continue
+        s, order = probs[:, k].double().sort(descending=True)
+        hits = positives[order].double().cumsum(0)
+        taken = torch.arange(1, len(s) + 1, dtype=torch.float64)
+        f1 = 2 * hits / (taken + positives.sum())
+        distinct = torch.ones(len(s), dtype=torch.bool)
+        distinct[:-1] = s[:-1] > s[1:]  # cut only between different scores
+        f1[~distinct] = -1.0
+        best = int(f1.argmax())
+        below = float(s[best + 1]) if best + 1 < len(s) else 0.0
+        out[k] = (float(s[best]) + below) / 2
+    return out

@@ -262,11 +262,12 @@ def _reliability_diagram(result: FinetuneResult, folder: Path, plt: Any) -> None
     before = (after.double().clamp_min(1e-12).log() * result.temperature).softmax(1)
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="calibrated")
-    for probs, name, style in (
-        (before, "before", "o-"),
-        (after, f"after (T={result.temperature:.2f})", "s-"),
-    ):
-        bins = reliability(probs, result.val_labels, bins=10)
+    curves = [(after, "as the model gives them", "o-")]
+    if result.temperature != 1.0:
+        after_name = f"after (T={result.temperature:.2f}, fitted on these)"
+        curves = [(before, "before", "o-"), (after, after_name, "s-")]
+    for probs, name, style in curves:
+        bins = reliability(probs, result.val_labels)
         ax.plot(bins.confidence, bins.accuracy, style, label=f"{name}: ECE {bins.ece:.3f}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

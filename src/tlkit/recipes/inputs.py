@@ -188,7 +188,8 @@ def class_weight_for(
         return weights, f"{sizes}: class weights as given; choices by balanced accuracy"
     if class_weight is None or (class_weight == "auto" and ratio <= AUTO.imbalance_ratio):
         why = f"{sizes}: every image weighs alike"
-        return None, why + (f" (balanced above {AUTO.imbalance_ratio:g})" if class_weight else "")
+        limit = f" (classes are weighted from {AUTO.imbalance_ratio:g} to 1)"
+        return None, why + (limit if class_weight else "")
     n, k = float(counts.sum()), len(names)
     weights = [n / (k * float(c)) if c else 0.0 for c in counts]
     given = "" if class_weight == "balanced" else f" (more than {AUTO.imbalance_ratio:g})"

@@ -298,6 +298,12 @@ def _grouping(n: int, found: torch.Tensor, named: torch.Tensor | None, groups: t
     return f"no near-duplicate or alike-named images found ({similar})"
 
 
+def best_single(choice: ProbeChoice, candidates: list[Candidate]) -> Candidate:
+    """The backbone whose probe alone scored best, of those fitted before the deadline."""
+    fitted = [c for c in candidates if c.name in choice.scores]
+    return max(fitted, key=lambda c: choice.scores[c.name])
+
+
 def probe_network(choice: ProbeChoice, candidates: list[Candidate], classes: int) -> nn.Module:
     """The chosen candidates' network with the fitted probe as its head's last layer."""
     chosen = [c for c in candidates if c.name in choice.names]
@@ -405,8 +411,7 @@ def run_probe(
         candidates, labels, classes, seed=seed, log=log, n=len(images), files=sets.files,
         deadline=deadline, class_weight=class_weight,
     )  # fmt: skip
-    singles = {c.name: choice.scores[c.name] for c in candidates}
-    best = next(c for c in candidates if c.name == max(singles, key=lambda n: singles[n]))
+    best = best_single(choice, candidates)
     tuning_start = copy.deepcopy(best.model)  # on the device, as the features left it
     model = probe_network(choice, candidates, classes)
     chosen = [c for c in candidates if c.name in choice.names]

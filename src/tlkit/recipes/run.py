@@ -178,8 +178,8 @@ def finetune(
     over = time.perf_counter() - deadline if deadline is not None else 0.0
     if over > 0:
         plan.reasons.append(f"the budget is spent ({over:.0f} s over)")
-    log(plan.describe())
     result = build_result(plan, probe, tuned, sets, data.classes, geometry)
+    log(plan.describe())
     result.background, result.seconds = data.background, time.perf_counter() - start
     result.skipped = list(data.skipped) + (list(held_out.skipped) if held_out else [])
     return result
