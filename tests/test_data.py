@@ -306,3 +306,75 @@ def test_a_csv_that_is_not_utf8_is_named_with_the_way_out(tmp_path) -> None:
     table.write_bytes("path,label\na.png,caf\xe9\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"labels\.csv' is not UTF-8 text .* save it as UTF-8"):
         tlkit.ImageDataset.from_csv(table)
+
+
+def _images(root: Path, n: int) -> list[str]:
+    for i in range(n):
+        Image.new("RGB", (6, 6), (i * 20, 0, 0)).save(root / f"{i}.png")
+    return [f"{i}.png" for i in range(n)]
+
+
+def test_multi_label_csvs_in_both_layouts_give_the_same_multi_hot_targets(tmp_path) -> None:
+    names = _images(tmp_path, 4)
+    tags = ["cat|outdoor", "dog", "", "outdoor|dog|cat"]
+    (tmp_path / "tags.csv").write_text(
+        "path,tags\n" + "".join(f"{n},{t}\n" for n, t in zip(names, tags, strict=True))
+    )
+    rows = ["1,0,1", "0,1,0", "0,0,0", "1,1,1"]
+    (tmp_path / "onehot.csv").write_text(
+        "image,cat,dog,outdoor\n" + "".join(f"{n},{r}\n" for n, r in zip(names, rows, strict=True))
+    )
+    (tmp_path / "sep.csv").write_text(
+        'path,label\n0.png,"cat, outdoor"\n1.png,dog\n2.png,\n3.png,"dog, cat, outdoor"\n'
+    )
+    a = tlkit.ImageDataset.from_csv(tmp_path / "tags.csv")
+    b = tlkit.ImageDataset.from_csv(tmp_path / "onehot.csv")
+    c = tlkit.ImageDataset.from_csv(tmp_path / "sep.csv", label_sep=",")
+    expected = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    for ds in (a, b, c):
+        assert ds.multi_label and ds.classes == ["cat", "dog", "outdoor"]
+        assert torch.equal(ds.targets, expected)
+    image, target = a[3]
+    assert image.size == (6, 6) and torch.equal(target, expected[3])
+    part = a.subset([3, 0])
+    assert part.multi_label and torch.equal(part.targets, expected[[3, 0]])
+    with pytest.raises(ValueError, match="no label"):  # without label_sep: one label each
+        tlkit.ImageDataset.from_csv(tmp_path / "sep.csv")
+
+
+def test_multi_label_csv_mistakes_are_named(tmp_path) -> None:
+    names = _images(tmp_path, 3)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"path,cat,dog\n{names[0]},1,0\n{names[1]},yes,0\n")
+    with pytest.raises(ValueError, match="must hold 0 or 1; line 3 holds 'yes'"):
+        tlkit.ImageDataset.from_csv(bad)
+    bad.write_text(f"path,cat,dog\n{names[0]},1,0\n{names[1]},1,0\n")
+    with pytest.raises(ValueError, match=r"class column\(s\) 'dog' .* hold no 1"):
+        tlkit.ImageDataset.from_csv(bad)
+    bad.write_text(f"path,tags\n{names[0]},a|b\n{names[0]},a\n")
+    with pytest.raises(ValueError, match=r"as 'a\|b' on line 2 and as 'a' on line 3"):
+        tlkit.ImageDataset.from_csv(bad)
+    bad.write_text(f"path,tags\n{names[0]},\n{names[1]},\n")
+    with pytest.raises(ValueError, match="gives no image a label"):
+        tlkit.ImageDataset.from_csv(bad)
+    bad.write_text(f"path,label,weight\n{names[0]},a,1\n")
+    with pytest.raises(ValueError, match="or one 0/1 column per class"):
+        tlkit.ImageDataset.from_csv(bad)
+    bad.write_text(f"path,tags\n{names[0]},a|b,extra\n")
+    with pytest.raises(ValueError, match="another number of values than its 2 columns, on line"):
+        tlkit.ImageDataset.from_csv(bad)
+    with pytest.raises(ValueError, match="label_sep must be a non-empty string"):
+        tlkit.ImageDataset.from_csv(bad, label_sep="")
+    with pytest.raises(ValueError, match=r"multi-label targets must be a \(N, 2\) matrix"):
+        tlkit.ImageDataset([tmp_path / names[0]], [[1, 0, 1]], ["a", "b"])
+
+
+def test_a_label_whose_every_image_is_unreadable_is_refused_in_a_multi_label_set(tmp_path) -> None:
+    names = _images(tmp_path, 2)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    files = [tmp_path / names[0], tmp_path / names[1], tmp_path / "broken.png"]
+    targets = [[1, 0], [1, 0], [0, 1]]
+    with pytest.raises(ValueError, match="every image of class"):
+        tlkit.ImageDataset(files, targets, ["a", "b"], on_error="skip")
+    kept = tlkit.ImageDataset(files, [[1, 0], [1, 1], [0, 1]], ["a", "b"], on_error="skip")
+    assert len(kept) == 2 and kept.skipped[0][0].endswith("broken.png")

@@ -96,3 +96,56 @@ def test_bad_input_is_refused_with_the_value() -> None:
         LinearProbe().fit(x, y, classes=2)
     with pytest.raises(RuntimeError, match="not fitted yet"):
         LinearProbe().predict_proba(x)
+
+
+def tagged(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and three labels per image: two common, one rare (1 in 6), each readable from
+    one feature direction with noise."""
+    g = torch.Generator().manual_seed(seed)
+    tags = (torch.rand(n, 3, generator=g) < torch.tensor([0.5, 0.4, 1 / 6])).long()
+    x = torch.randn(n, 8, generator=g) + torch.cat([2.5 * tags.float(), torch.zeros(n, 5)], 1)
+    return x, tags
+
+
+def test_multi_hot_labels_fit_one_converged_logistic_regression_per_label() -> None:
+    x, tags = tagged()
+    probe = LinearProbe(C=0.3).fit(x, tags)
+    assert probe.multi_label_
+    w = probe.weight_.clone().requires_grad_(True)
+    b = probe.bias_.clone().requires_grad_(True)
+    z = (x - probe.mean_) / probe.std_
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        z @ w.T + b, tags.float(), reduction="none"
+    )
+    loss = bce.sum(1).mean() + (w**2).sum() / (2 * 0.3 * len(x))
+    loss.backward()
+    assert w.grad is not None and float(w.grad.abs().max()) < 1e-4
+    probs = probe.predict_proba(x)
+    assert probs.shape == (120, 3) and not torch.allclose(probs.sum(1), torch.ones(120))
+    assert torch.equal(probe.thresholds_, torch.full((3,), 0.5))  # no cross-validation
+
+
+def test_multi_label_c_is_chosen_by_out_of_fold_map_and_thresholds_by_out_of_fold_f1() -> None:
+    from tlkit.metrics import choose_thresholds, f1_scores, mean_average_precision
+
+    x, tags = tagged(240)
+    probe = LinearProbe(C=(0.001, 0.1, 10.0), folds=4).fit(x, tags)
+    assert probe.cv_probs_ is not None
+    assert probe.cv_accuracy_[probe.C_] == max(probe.cv_accuracy_.values())
+    assert probe.cv_accuracy_[probe.C_] == pytest.approx(
+        mean_average_precision(probe.cv_probs_, tags)
+    )
+    assert torch.equal(probe.thresholds_, choose_thresholds(probe.cv_probs_, tags))
+    fresh_x, fresh_tags = tagged(600, seed=1)
+    chosen = f1_scores(probe.predict(fresh_x), fresh_tags)["macro"]
+    at_half = f1_scores((probe.predict_proba(fresh_x) >= 0.5).long(), fresh_tags)["macro"]
+    assert chosen >= at_half - 0.01  # thresholds picked out of fold carry to new images
+    assert mean_average_precision(probe.predict_proba(fresh_x), fresh_tags) > 0.8
+
+
+def test_balanced_multi_label_weights_raise_the_rare_labels_probabilities() -> None:
+    x, tags = tagged(240)
+    plain = LinearProbe(C=0.1).fit(x, tags)
+    weighted = LinearProbe(C=0.1, class_weight="balanced").fit(x, tags)
+    rare = tags[:, 2] == 1
+    assert weighted.predict_proba(x)[rare, 2].mean() > plain.predict_proba(x)[rare, 2].mean()

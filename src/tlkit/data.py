@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ._csv import read_table
 from ._utils import check_positive_int
 from .decoding import check_background, read_image, to_rgb
+from .stratify import is_multi_hot
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -76,29 +77,6 @@ class WithTransform(Dataset[tuple[Any, Any]]):
         return f"WithTransform({self.dataset!r}, transform={self.transform!r})"
 
 
-def _once_each(
-    rows: list[dict[str, str]], files: list[Path], label_col: str, csv_path: Path
-) -> tuple[list[dict[str, str]], list[Path], list[tuple[str, str]]]:
-    """Each file once: a row repeated is kept once (a copy would land on both sides of a
-    split), and a file under two labels is refused."""
-    first: dict[str, int] = {}
-    keep, repeated = [], []
-    for n, file in enumerate(files):
-        key = os.path.normpath(os.path.abspath(file))
-        if key not in first:
-            first[key] = n
-            keep.append(n)
-        elif rows[first[key]][label_col] != rows[n][label_col]:
-            raise ValueError(
-                f"{str(csv_path)!r} lists {str(file)!r} as {rows[first[key]][label_col]!r} on "
-                f"line {first[key] + 2} and as {rows[n][label_col]!r} on line {n + 2}; an image "
-                "has one label"
-            )
-        else:
-            repeated.append((str(file), f"listed again on line {n + 2}: kept once"))
-    return [rows[n] for n in keep], [files[n] for n in keep], repeated
-
-
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -131,13 +109,12 @@ def image_files(
     return sorted(p for p in found if p.is_file())
 
 
-_PATH_COLUMNS = ("path", "file", "filename", "image")
-_LABEL_COLUMNS = ("label", "class", "target")
 OnError = Literal["raise", "skip"]
 
 
-class ImageDataset(Dataset[tuple[Any, int]]):
-    """Labelled image files: items are ``(RGB PIL image, class index)``, or transformed images.
+class ImageDataset(Dataset[tuple[Any, Any]]):
+    """Labelled image files: items are ``(RGB PIL image, class index)``, or transformed images
+    (``(image, multi-hot float tensor)`` for a multi-label dataset).
 
     Build one with [tlkit.ImageDataset.from_folder][] (``root/<class>/<image>``) or
     [tlkit.ImageDataset.from_csv][] (``path,label`` rows). Every file is checked when the
@@ -147,7 +124,8 @@ class ImageDataset(Dataset[tuple[Any, int]]):
 
     Args:
         files: Image paths.
-        targets: Class index of each file.
+        targets: Class index of each file, or a multi-hot ``(N, K)`` matrix of 0/1 (a tensor
+            or nested lists) for several labels per image.
         classes: Class names; ``targets`` index into them.
         background: RGB colour under transparent pixels.
         transform: Applied to each RGB PIL image.
@@ -157,7 +135,9 @@ class ImageDataset(Dataset[tuple[Any, int]]):
     Attributes:
         classes: Class names, sorted.
         targets: Class index of each item, known without decoding any image (so
-            ``tlkit.split(ds, ..., stratify=ds.targets)`` is instant).
+            ``tlkit.split(ds, ..., stratify=ds.targets)`` is instant); for a multi-label
+            dataset a multi-hot ``(N, K)`` float tensor (``split`` stratifies it too).
+        multi_label: Whether ``targets`` is multi-hot.
         files: The image paths, in item order.
         skipped: ``(path, reason)`` of each file left out (``on_error="skip"``).
 
@@ -183,7 +163,7 @@ class ImageDataset(Dataset[tuple[Any, int]]):
     def __init__(
         self,
         files: Sequence[str | os.PathLike[str]],
-        targets: Sequence[int],
+        targets: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor,
         classes: Sequence[str],
         *,
         background: Sequence[int] = (255, 255, 255),
@@ -194,7 +174,8 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         self.min_side: int | None = None
         if len(files) != len(targets):
             raise ValueError(f"{len(files)} files but {len(targets)} targets")
-        bad = [t for t in targets if not 0 <= int(t) < len(classes)]
+        matrix = _multi_hot(targets, len(classes))
+        bad = [] if matrix is not None else [t for t in targets if not 0 <= int(t) < len(classes)]  # type: ignore[arg-type]
         if bad:
             raise ValueError(f"target {bad[0]} is out of range for {len(classes)} classes")
         self.background = check_background(background)
@@ -210,19 +191,28 @@ class ImageDataset(Dataset[tuple[Any, int]]):
             )
         self.skipped = problems
         dropped = {path for path, _ in problems}
-        kept = [
-            (str(f), int(t)) for f, t in zip(files, targets, strict=True) if str(f) not in dropped
-        ]
-        self.files = [f for f, _ in kept]
-        self.targets = [t for _, t in kept]
+        keep = [i for i, f in enumerate(files) if str(f) not in dropped]
+        self.files = [str(files[i]) for i in keep]
+        self.targets: Any = (
+            [int(targets[i]) for i in keep] if matrix is None else matrix[keep]  # type: ignore[arg-type]
+        )
         if not self.files:
             raise ValueError(f"no readable image among the {len(files)} files")
-        emptied = sorted(set(map(int, targets)) - set(self.targets))
+        if matrix is None:
+            emptied = sorted(set(map(int, targets)) - set(self.targets))  # type: ignore[arg-type]
+        else:
+            emptied = (matrix.sum(0) > 0) & (self.targets.sum(0) == 0)
+            emptied = emptied.nonzero().flatten().tolist()
         if emptied:
             raise ValueError(
                 f"every image of class(es) {', '.join(repr(self.classes[i]) for i in emptied)} "
                 "is unreadable: the model would have a class it never saw; fix or remove them"
             )
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether each image has a multi-hot row of labels (``targets`` is ``(N, K)``)."""
+        return isinstance(self.targets, torch.Tensor)
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -290,11 +280,22 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         background: Sequence[int] = (255, 255, 255),
         transform: Callable[[Any], Any] | None = None,
         on_error: OnError = "raise",
+        label_sep: str | None = None,
     ) -> ImageDataset:
-        """Images listed in a CSV file with a header ``path,label`` (or ``file``/``filename``/
-        ``image`` and ``class``/``target``). Relative paths are taken from ``root`` (default:
-        the CSV's folder); classes are the sorted label names (numerically when all are
-        integers).
+        """Images listed in a CSV file, in one of three layouts (the header says which):
+
+        - ``path,label``: one label per image (``file``/``filename``/``image`` and
+          ``class``/``target`` work too);
+        - ``path,labels`` or ``path,tags``: several labels per image in one column, separated
+          by ``label_sep`` (default: the first of ``|``, ``;``, ``,`` and a space that the
+          column holds; quote a value holding a comma). An empty cell is an image with none of
+          the labels. ``label_sep`` given makes a ``label`` column multi-label too;
+        - a path column and one column per class holding 0 or 1 (the header's names are the
+          classes, in its order).
+
+        The last two give a multi-label dataset: ``targets`` is a multi-hot ``(N, K)`` float
+        tensor. Relative paths are taken from ``root`` (default: the CSV's folder); classes
+        are the sorted label names (numerically when all are integers).
 
         Raises:
             FileNotFoundError: If the CSV does not exist.
@@ -305,57 +306,29 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         csv_path = Path(path)
         if not csv_path.is_file():
             raise FileNotFoundError(f"CSV file {str(csv_path)!r} does not exist")
+        if label_sep is not None and (not isinstance(label_sep, str) or not label_sep):
+            raise ValueError(f"label_sep must be a non-empty string, got {label_sep!r}")
         base = Path(root) if root is not None else csv_path.parent
-        try:
-            text = csv_path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise ValueError(
-                f"{str(csv_path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); save "
-                "it as UTF-8"
-            ) from exc
-        with io.StringIO(text, newline="") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip().lower() for c in reader.fieldnames or []]
-            path_col = next((c for c in columns if c in _PATH_COLUMNS), None)
-            label_col = next((c for c in columns if c in _LABEL_COLUMNS), None)
-            unknown = [c for c in columns if c not in (path_col, label_col)]
-            if path_col is None or label_col is None or unknown:
-                raise ValueError(
-                    f"{str(csv_path)!r} has columns {columns}; it needs a header with one path "
-                    f"column ({'/'.join(_PATH_COLUMNS)}) and one label column "
-                    f"({'/'.join(_LABEL_COLUMNS)}) and nothing else"
-                )
-            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-                    for row in reader]  # fmt: skip
-        if not rows:
-            raise ValueError(f"{str(csv_path)!r} lists no image")
-        unlabelled = [n + 2 for n, r in enumerate(rows) if not r[label_col] or not r[path_col]]
-        if unlabelled:
-            raise ValueError(
-                f"{str(csv_path)!r} has rows with no path or no label, on line(s) "
-                f"{', '.join(map(str, unlabelled[:10]))}; fill them in or remove them"
-            )
-        files = [Path(r[path_col]) if Path(r[path_col]).is_absolute() else base / r[path_col]
-                 for r in rows]  # fmt: skip
-        rows, files, repeated = _once_each(rows, files, label_col, csv_path)
-        missing = [str(f) for f in files if not f.is_file()]
+        table = read_table(csv_path, base, label_sep)
+        missing = {str(f) for f in table.files if not f.is_file()}
         if missing and on_error == "raise":
+            listed = [str(f) for f in table.files if str(f) in missing]
             raise ValueError(
                 f"{len(missing)} file(s) listed in {str(csv_path)!r} do not exist (paths are "
-                f"relative to {str(base)!r}): " + ", ".join(missing[:10])
+                f"relative to {str(base)!r}): " + ", ".join(listed[:10])
             )
-        labels = [r[label_col] for r in rows]
-        names = sorted(set(labels), key=lambda v: (0, int(v), "") if _is_int(v) else (1, 0, v))
-        index = {name: i for i, name in enumerate(names)}
+        present = [i for i, f in enumerate(table.files) if str(f) not in missing]
+        targets = table.targets()
         dataset = cls(
-            [f for f in files if str(f) not in missing],
-            [index[lab] for f, lab in zip(files, labels, strict=True) if str(f) not in missing],
-            names,
+            [table.files[i] for i in present],
+            [targets[i] for i in present],
+            table.classes,
             background=background,
             transform=transform,
             on_error=on_error,
         )
-        dataset.skipped = [(m, "file does not exist") for m in missing] + repeated + dataset.skipped
+        gone = [(str(f), "file does not exist") for f in table.files if str(f) in missing]
+        dataset.skipped = gone + table.repeated + dataset.skipped
         return dataset
 
     @classmethod
@@ -374,7 +347,7 @@ class ImageDataset(Dataset[tuple[Any, int]]):
         when ``min_side`` is set: see [tlkit.ImageDataset.with_min_side][])."""
         return read_image(self.files[index], background=self.background, min_side=self.min_side)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
         image: Any = self.load(index)
         if self.transform is not None:
             image = self.transform(image)
@@ -407,7 +380,9 @@ class ImageDataset(Dataset[tuple[Any, int]]):
             raise IndexError(f"subset index {bad[0]} is out of range for {len(self)} images")
         clone = copy.copy(self)
         clone.files = [self.files[i] for i in chosen]
-        clone.targets = [self.targets[i] for i in chosen]
+        clone.targets = (
+            self.targets[chosen] if self.multi_label else [self.targets[i] for i in chosen]
+        )
         clone.skipped = list(self.skipped)  # the files left out when the whole was read
         return clone
 
@@ -447,8 +422,22 @@ def _check_arguments(background: Sequence[int], on_error: str) -> None:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
-def _is_int(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+def _multi_hot(targets: Any, classes: int) -> torch.Tensor | None:
+    """``targets`` as a float ``(N, K)`` tensor when they are multi-hot rows, else ``None``."""
+    if isinstance(targets, torch.Tensor):
+        if targets.dim() != 2:
+            return None
+        matrix = targets
+    elif len(targets) and all(isinstance(t, (list, tuple)) for t in targets):
+        matrix = torch.tensor([list(t) for t in targets])
+    else:
+        return None
+    if matrix.dim() != 2 or matrix.shape[1] != classes or not is_multi_hot(matrix):
+        raise ValueError(
+            f"multi-label targets must be a (N, {classes}) matrix of 0 and 1 (one column per "
+            f"class), got shape {tuple(matrix.shape)}"
+        )
+    return matrix.float()
 
 
 def _verify(path: Path) -> str | None:

@@ -7,6 +7,11 @@ to convergence with L-BFGS (no epochs, learning rates or schedules to get wrong)
 ``C`` chosen by stratified k-fold cross-validation on the training images, then the model refit
 on all of them. Several views of each image (the image and its mirror, crops) train as extra
 rows, stay together in one fold, and are averaged at prediction. Seconds on cached features.
+
+Given multi-hot labels ``(N, K)`` (several labels per image), the same protocol fits one
+logistic regression per label (binary cross-entropy, one shared ``C``), chooses ``C`` by the
+out-of-fold mean average precision, and picks each label's decision threshold on the
+out-of-fold probabilities (the one that maximises its F1).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .metrics import choose_thresholds, mean_average_precision
 from .splits import kfold
+from .stratify import is_multi_hot
 
 __all__ = ["LinearProbe", "balancing_weights", "class_weights"]
 
@@ -42,14 +49,21 @@ class LinearProbe:
             as much as any other in the loss: an image of class ``c`` weighs
             ``N / (K * count_c)``, as scikit-learn's) or one weight per class. With weights,
             ``C`` is chosen by balanced accuracy (the mean per-class recall) instead of
-            accuracy: on skewed classes accuracy rewards answering the largest one.
+            accuracy: on skewed classes accuracy rewards answering the largest one. With
+            multi-hot labels, the weight of each label's positive images (``pos_weight`` of
+            ``BCEWithLogitsLoss``; ``"balanced"``: negatives / positives).
 
     Attributes (after [fit][tlkit.LinearProbe.fit]):
         C_: The chosen ``C``.
         cv_accuracy_: Cross-validated accuracy of each ``C`` (balanced accuracy with
-            ``class_weight``; empty when one ``C`` was given and ``cv=False``).
+            ``class_weight``, mean average precision with multi-hot labels; empty when one
+            ``C`` was given and ``cv=False``).
         cv_probs_: Out-of-fold class probabilities ``(N, K)`` at the chosen ``C`` (each image
             predicted by the model that did not see it), or ``None``.
+        multi_label_: Whether the labels were multi-hot (then probabilities are per label,
+            sigmoid, and do not sum to 1).
+        thresholds_: Multi-label only: each label's threshold ``(K,)``, chosen on the
+            out-of-fold probabilities for its best F1 (0.5 without cross-validation).
         weight_, bias_: The classifier on standardised features, ``(K, D)`` and ``(K,)``.
         mean_, std_: The standardisation.
 
@@ -64,6 +78,10 @@ class LinearProbe:
         >>> bool((probe.predict(x) == y).float().mean() > 0.8)
         True
         >>> skewed = LinearProbe(class_weight="balanced").fit(x[:40], y[:40])  # any class sizes
+        >>> tags = torch.stack([x[:, 0] > 1, x[:, 1] > 1], 1).long()  # two labels per image
+        >>> multi = LinearProbe(folds=3).fit(x, tags)
+        >>> multi.predict_proba(x).shape, multi.predict(x).shape, multi.thresholds_.shape
+        (torch.Size([60, 2]), torch.Size([60, 2]), torch.Size([2]))
     """
 
     def __init__(
@@ -105,6 +123,8 @@ class LinearProbe:
         self.cv_accuracy_: dict[float, float] = {}
         self.cv_probs_: torch.Tensor | None = None
         self.class_weight_: torch.Tensor | None = None
+        self.multi_label_ = False
+        self.thresholds_ = torch.empty(0)
         self.weight_ = self.bias_ = self.mean_ = self.std_ = torch.empty(0)
 
     def fit(
@@ -120,7 +140,7 @@ class LinearProbe:
 
         Args:
             features: ``(N, D)``, or ``(V, N, D)`` for ``V`` views of each of ``N`` images.
-            labels: ``N`` class indices.
+            labels: ``N`` class indices, or a multi-hot ``(N, K)`` matrix of 0/1.
             groups: ``N`` group ids: images of one group (near-duplicates, frames of one video)
                 are held out together. Default: every image its own group.
             classes: Number of classes (default ``max(labels) + 1``).
@@ -135,8 +155,11 @@ class LinearProbe:
                 or labels that are not class indices.
         """
         x, y = self._check(features, labels)
-        k = int(y.max()) + 1 if classes is None else classes
-        if int(y.max()) >= k:
+        self.multi_label_ = y.dim() == 2
+        k = y.shape[1] if self.multi_label_ else int(y.max()) + 1 if classes is None else classes
+        if classes is not None and classes != k:
+            raise ValueError(f"labels have {k} columns but classes={classes}")
+        if not self.multi_label_ and int(y.max()) >= k:
             raise ValueError(f"labels go up to {int(y.max())}, more than classes={k} allow")
         rows = x.reshape(-1, x.shape[-1])
         self.mean_, self.std_ = rows.mean(0), rows.std(0) + 1e-6
@@ -148,20 +171,32 @@ class LinearProbe:
         else:
             self.C_ = self.C[0]
         self.weight_, self.bias_ = _fit(x, y, k, self.C_, self.max_iter, None, self.class_weight_)
+        if self.multi_label_:
+            self.thresholds_ = (
+                torch.full((k,), 0.5)
+                if self.cv_probs_ is None
+                else choose_thresholds(self.cv_probs_, y)
+            )
         return self
 
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, K)``, averaged over views when ``features`` is
-        ``(V, N, D)``."""
+        """Class probabilities ``(N, K)`` (per label with multi-hot labels), averaged over
+        views when ``features`` is ``(V, N, D)``."""
         if self.C_ is None:
             raise RuntimeError("this LinearProbe is not fitted yet: call fit(features, labels)")
         x = torch.as_tensor(features, dtype=torch.float32)
         x = x if x.dim() == 3 else x.unsqueeze(0)
-        return _probs((x - self.mean_) / self.std_, self.weight_, self.bias_)
+        return _probs(
+            (x - self.mean_) / self.std_, self.weight_, self.bias_, multi=self.multi_label_
+        )
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """Class indices ``(N,)``."""
-        return self.predict_proba(features).argmax(1)
+        """Class indices ``(N,)``, or with multi-hot labels the multi-hot ``(N, K)`` of the
+        labels whose probability reaches their threshold."""
+        probs = self.predict_proba(features)
+        if self.multi_label_:
+            return (probs >= self.thresholds_).long()
+        return probs.argmax(1)
 
     def to_linear(self) -> nn.Linear:
         """An ``nn.Linear`` on raw features with the standardisation folded in: a model's head."""
@@ -179,10 +214,14 @@ class LinearProbe:
         y = torch.as_tensor(labels)
         if x.dim() != 3 or x.shape[1] == 0 or x.shape[2] == 0:
             raise ValueError(f"features must be (N, D) or (V, N, D), got {tuple(features.shape)}")
+        if y.dim() == 2 and is_multi_hot(y) and len(y) == x.shape[1] and y.shape[1] > 0:
+            if not torch.isfinite(x).all():
+                raise ValueError("features hold NaN or infinite values")
+            return x, y.float()
         if y.dim() != 1 or y.is_floating_point() or y.is_complex() or len(y) != x.shape[1]:
             raise ValueError(
-                f"labels must be {x.shape[1]} class indices (one per image), got "
-                f"{y.dtype} of shape {tuple(y.shape)}"
+                f"labels must be {x.shape[1]} class indices (one per image) or a multi-hot "
+                f"({x.shape[1]}, K) matrix of 0/1, got {y.dtype} of shape {tuple(y.shape)}"
             )
         if int(y.min()) < 0:
             raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")
@@ -194,16 +233,22 @@ class LinearProbe:
         """The ``C`` with the best out-of-fold accuracy (ties: the lower log loss)."""
         held_out = kfold(y, self.folds, groups=groups, seed=self.seed)
         probs = {c: torch.zeros(len(y), k) for c in self.C}
+        multi = y.dim() == 2
         for held in held_out:
             keep = torch.ones(len(y), dtype=torch.bool)
             keep[held] = False
             start = None
             for c in self.C:  # strongest regularisation first, each fit warm-started
                 start = _fit(x[:, keep], y[keep], k, c, self.max_iter, start, self.class_weight_)
-                probs[c][held] = _probs(x[:, held], *start)
+                probs[c][held] = _probs(x[:, held], *start, multi=multi)
         scores = {}
         per_image = None if self.class_weight_ is None else balancing_weights(y, k)
         for c, p in probs.items():
+            if multi:
+                loss = float(nn.functional.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), y))
+                scores[c] = (mean_average_precision(p, y), -loss)
+                self.cv_accuracy_[c] = scores[c][0]
+                continue
             right = (p.argmax(1) == y).double()
             accuracy = float(right.mean() if per_image is None else (right * per_image).mean())
             loss = float(nn.functional.nll_loss(p.clamp_min(1e-12).log(), y))
@@ -218,7 +263,7 @@ def class_weights(
     class_weight: str | Sequence[float] | None, labels: torch.Tensor, classes: int
 ) -> torch.Tensor | None:
     """One weight per class from ``"balanced"`` (``N / (K * count_c)``, 0 for a class with no
-    image) or a list, or ``None``.
+    image; for multi-hot labels each label's negatives / positives) or a list, or ``None``.
 
     Examples:
         >>> class_weights("balanced", torch.tensor([0, 0, 0, 1]), 2).tolist()
@@ -226,6 +271,9 @@ def class_weights(
     """
     if class_weight is None:
         return None
+    if isinstance(class_weight, str) and labels.dim() == 2:
+        positives = labels.sum(0)
+        return torch.where(positives > 0, (len(labels) - positives) / positives.clamp_min(1), 1.0)
     if isinstance(class_weight, str):
         counts = torch.bincount(labels, minlength=classes).float()
         return torch.where(counts > 0, len(labels) / (classes * counts.clamp_min(1)), 0.0)
@@ -250,9 +298,13 @@ def balancing_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return len(labels) / (present * counts[labels])
 
 
-def _probs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Softmax of ``(V, N, D)`` standardised features, averaged over the views."""
-    return (x @ weight.T + bias).softmax(-1).mean(0)
+def _probs(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, multi: bool = False
+) -> torch.Tensor:
+    """Softmax (sigmoid when ``multi``) of ``(V, N, D)`` standardised features, averaged over
+    the views."""
+    logits = x @ weight.T + bias
+    return (logits.sigmoid() if multi else logits.softmax(-1)).mean(0)
 
 
 def _fit(
@@ -265,8 +317,11 @@ def _fit(
     class_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L-BFGS to convergence on every view of every image as a row (the loss weighted by
-    ``class_weight``, normalised to a mean weight of 1 over the rows)."""
-    rows, targets = x.reshape(-1, x.shape[-1]), y.repeat(x.shape[0])
+    ``class_weight``, normalised to a mean weight of 1 over the rows; for multi-hot ``y``, the
+    sum over labels of each label's binary cross-entropy, ``class_weight`` weighing positives).
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    targets = y.repeat(x.shape[0], 1) if y.dim() == 2 else y.repeat(x.shape[0])
     weight = torch.zeros(k, x.shape[-1]) if start is None else start[0].clone()
     bias = torch.zeros(k) if start is None else start[1].clone()
     weight.requires_grad_(True)
@@ -277,14 +332,18 @@ def _fit(
     )  # fmt: skip
     penalty = 1.0 / (2 * c * len(targets))
     row_weight = None
-    if class_weight is not None:
+    multi_loss = nn.BCEWithLogitsLoss(reduction="none", pos_weight=class_weight)
+    if y.dim() == 1 and class_weight is not None:
         row_weight = class_weight[targets]
         row_weight = row_weight / row_weight.mean()
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         logits = rows @ weight.T + bias
-        losses = nn.functional.cross_entropy(logits, targets, reduction="none")
+        if y.dim() == 2:
+            losses = multi_loss(logits, targets).sum(1)
+        else:
+            losses = nn.functional.cross_entropy(logits, targets, reduction="none")
         data = losses.mean() if row_weight is None else (losses * row_weight).mean()
         loss = data + penalty * weight.pow(2).sum()
         loss.backward()

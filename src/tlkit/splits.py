@@ -12,14 +12,16 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import re
+import warnings
 from collections import defaultdict, deque
 from collections.abc import Hashable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import torch
 from torch.utils.data import Dataset, Subset
+
+from .groups import file_name_groups, join_groups, near_duplicate_groups
+from .stratify import is_multi_hot, iterative_parts, label_sets, labels_list, rare_labels
 
 __all__ = [
     "file_name_groups",
@@ -94,24 +96,6 @@ def part_sizes(total: int, fractions_or_counts: Sequence[float]) -> list[int]:
             "would be empty; use larger fractions or counts"
         )
     return sizes
-
-
-def _labels_list(labels: Any, total: int, name: str = "stratify") -> list[Hashable]:
-    shape = getattr(labels, "shape", None)
-    if shape is not None and len(shape) != 1:
-        raise ValueError(
-            f"{name} must hold one label per sample (1-D), got shape {tuple(shape)}; for "
-            "one-hot labels pass labels.argmax(1)"
-        )
-    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
-        raise TypeError(f"{name} must be a sequence of labels, got {type(labels).__name__}")
-    values = labels.tolist() if hasattr(labels, "tolist") else list(labels)
-    unhashable = next((v for v in values if not isinstance(v, Hashable)), None)
-    if unhashable is not None:
-        raise TypeError(f"{name} labels must be hashable scalars, got {unhashable!r}")
-    if len(values) != total:
-        raise ValueError(f"{name} has {len(values)} labels but there are {total} samples")
-    return values
 
 
 def _stratified_counts(
@@ -236,7 +220,9 @@ def split(
         stratify: Optional label per sample (a list, tensor or array such as STL10's ``.labels``,
             no images loaded). Each class is then divided in the same proportions, each class's
             count in each part within one sample of its exact share, while the part sizes stay
-            exactly those of the unstratified split.
+            exactly those of the unstratified split. A multi-hot ``(N, K)`` matrix (several
+            labels per sample) is split by iterative stratification
+            ([tlkit.stratify][]), with a warning naming the labels too rare to reach every part.
 
     Returns:
         One ``Subset`` per part for a dataset, or one sorted ``int64`` index tensor per part for
@@ -266,13 +252,15 @@ def split(
         raise TypeError(f"data must be a dataset with __len__ or an int, got {type(data).__name__}")
     sizes = part_sizes(total, fractions_or_counts)
     rng = random.Random(seed)
-    if stratify is None:
+    if stratify is not None and is_multi_hot(stratify):
+        parts = _multi_label_parts(stratify, total, sizes, rng)
+    elif stratify is None:
         order = list(range(total))
         rng.shuffle(order)
         bounds = list(itertools.accumulate(sizes, initial=0))
         parts = [order[a:b] for a, b in itertools.pairwise(bounds)]
     else:
-        labels = _labels_list(stratify, total)
+        labels = labels_list(stratify, total)
         by_class: dict[Hashable, list[int]] = defaultdict(list)
         for index, label in enumerate(labels):
             by_class[label].append(index)
@@ -296,6 +284,27 @@ def split(
     return [Subset(data, t.tolist()) for t in index_tensors]
 
 
+def _multi_label_parts(
+    targets: Any, total: int, sizes: list[int], rng: random.Random
+) -> list[list[int]]:
+    if len(targets) != total:
+        raise ValueError(f"stratify has {len(targets)} label rows but there are {total} samples")
+    _warn_rare(targets, len(sizes), "part")
+    return iterative_parts(targets, sizes, rng)
+
+
+def _warn_rare(targets: Any, parts: int, what: str) -> None:
+    rare = rare_labels(targets, parts)
+    if rare:
+        counts = torch.as_tensor(targets).sum(0)
+        listed = ", ".join(f"{c} ({int(counts[c])} sample(s))" for c in rare[:10])
+        warnings.warn(
+            f"label(s) {listed} have fewer positive samples than the {parts} {what}s: they "
+            f"cannot appear in every {what}",
+            stacklevel=3,
+        )
+
+
 def kfold(
     labels: Sequence[Hashable] | torch.Tensor,
     k: int = 5,
@@ -309,10 +318,12 @@ def kfold(
     folds whole, largest first, each to the fold where its classes are scarcest so far (the
     greedy method of scikit-learn's ``StratifiedGroupKFold``); without groups every sample is
     its own and each class is spread evenly. ``k`` is lowered to the number of groups when there
-    are fewer.
+    are fewer. Multi-hot labels ``(N, K)`` are stratified label by label: groups holding the
+    rarest labels are dealt first (as in iterative stratification, [tlkit.stratify][]), with a
+    warning naming the labels too rare to reach every fold.
 
     Args:
-        labels: One label per sample.
+        labels: One label per sample, or a multi-hot ``(N, K)`` matrix.
         k: Number of folds, at least 2.
         groups: Optional group id per sample.
         seed: Seed of the order in which groups of equal size are dealt.
@@ -333,9 +344,13 @@ def kfold(
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ValueError(f"k must be an integer of at least 2, got {k!r}")
-    label_list = _labels_list(labels, len(labels))
+    multi = is_multi_hot(labels)
+    if multi:
+        label_list: list[Any] = label_sets(labels)
+    else:
+        label_list = [(label,) for label in labels_list(labels, len(labels))]
     group_list = (
-        list(range(len(label_list))) if groups is None else _labels_list(groups, len(label_list))
+        list(range(len(label_list))) if groups is None else labels_list(groups, len(label_list))
     )
     members: dict[Hashable, list[int]] = defaultdict(list)
     for index, group in enumerate(group_list):
@@ -343,18 +358,26 @@ def kfold(
     if len(members) < 2:
         raise ValueError(f"cross-validation needs at least 2 groups, got {len(members)}")
     k = min(k, len(members))
-    class_index = {c: i for i, c in enumerate(dict.fromkeys(label_list))}
+    if multi:
+        _warn_rare(labels, k, "fold")
+    keys = [labels_of or ("no label",) for labels_of in label_list]
+    class_index = {c: i for i, c in enumerate(dict.fromkeys(c for key in keys for c in key))}
     totals = [0] * len(class_index)
-    for label in label_list:
-        totals[class_index[label]] += 1
+    for key in keys:
+        for c in key:
+            totals[class_index[c]] += 1
     order = list(members)
     random.Random(seed).shuffle(order)
-    order.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the shuffled order
+    present_of = {g: [class_index[c] for i in members[g] for c in keys[i]] for g in order}
+    if multi:  # the rarest labels first, then the largest groups
+        order.sort(key=lambda g: (min(totals[c] for c in present_of[g]), -len(members[g])))
+    else:
+        order.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the shuffled order
     counts = [[0] * len(class_index) for _ in range(k)]
     sizes = [0] * k
     folds: list[list[int]] = [[] for _ in range(k)]
     for group in order:
-        present = [class_index[label_list[i]] for i in members[group]]
+        present = present_of[group]
 
         def load(f: int, present: list[int] = present) -> tuple[float, int]:
             return sum(counts[f][c] / totals[c] for c in present), sizes[f]
@@ -365,124 +388,3 @@ def kfold(
         for c in present:
             counts[best][c] += 1
     return [torch.tensor(sorted(f), dtype=torch.int64) for f in folds]
-
-
-def near_duplicate_groups(features: torch.Tensor, *, threshold: float = 0.95) -> torch.Tensor:
-    """Group ids joining samples whose features are nearly the same (cosine similarity of the
-    centred features at least ``threshold``), transitively: frames of one animation, crops and
-    re-saves of one picture. Give them to [kfold][tlkit.splits.kfold] so that no near-copy of a
-    held-out image is trained on.
-
-    Args:
-        features: ``(N, D)`` features of the images (a pretrained body's pooled output).
-        threshold: Cosine similarity from which two images count as near-duplicates.
-
-    Returns:
-        ``(N,)`` int64 group ids, numbered in order of first appearance.
-
-    Raises:
-        ValueError: For features that are not ``(N, D)`` or a threshold outside (0, 1].
-
-    Examples:
-        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [-1.0, 0.0]])
-        >>> near_duplicate_groups(x).tolist()
-        [0, 1, 0, 2]
-    """
-    if features.dim() != 2:
-        raise ValueError(f"features must be (N, D), got shape {tuple(features.shape)}")
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-    x = features.float() - features.float().mean(0)
-    x = torch.nn.functional.normalize(x, dim=1)
-    pairs = []
-    for start in range(0, len(x), 1024):  # blocks keep memory at 1024 x N similarities
-        similar = (x[start : start + 1024] @ x.T >= threshold).nonzero()
-        pairs += [(start + a, b) for a, b in similar.tolist() if start + a != b]
-    return _components(len(x), pairs)
-
-
-def file_name_groups(files: Sequence[Any], labels: Any, *, folds: int = 5) -> torch.Tensor:
-    """Group ids joining files of one class whose names begin alike: the frames and poses of
-    one sprite (``bowman-attack-1.png``, ``bowman-defend.png``), the shots of one video
-    (``clip7_0001.png``), the views of one object.
-
-    A name is cut into words at ``-``, ``_``, ``.`` and spaces. For each class, the files are
-    grouped by their first word, or if that makes a group too large, their first two words,
-    and so on: the first (coarsest) grouping in which no group holds more than ``1 / folds``
-    of its class (so that stratified folds remain possible) and some group holds more than one
-    file. A class where no such grouping exists (``IMG_0001.jpg``, ``IMG_0002.jpg``... share a
-    first word and then nothing) is left ungrouped. Grouping errs on the safe side: images
-    wrongly grouped only make cross-validation a little pessimistic, while related images on
-    both sides of a fold make it say what new images will not confirm.
-
-    Args:
-        files: One path per image (only the file name's stem is read).
-        labels: One class label per image.
-        folds: The folds the groups must allow.
-
-    Returns:
-        ``(N,)`` int64 group ids, numbered in order of first appearance.
-
-    Raises:
-        ValueError: For files and labels of different lengths or ``folds`` below 2.
-
-    Examples:
-        >>> names = ["orc-1.png", "orc-2.png", "elf.png", "elf-bow.png", "imp.png", "ent.png"]
-        >>> file_name_groups(names, [0] * 6, folds=2).tolist()
-        [0, 0, 1, 1, 2, 3]
-    """
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ValueError(f"folds must be an integer of at least 2, got {folds!r}")
-    classes = _labels_list(labels, len(files), "labels")
-    words = [[w for w in re.split(r"[-_. ]+", Path(str(f)).stem.lower()) if w] for f in files]
-    members: defaultdict[Hashable, list[int]] = defaultdict(list)
-    for index, label in enumerate(classes):
-        members[label].append(index)
-    pairs = []
-    for indices in members.values():
-        for depth in range(1, max((len(words[i]) for i in indices), default=0) + 1):
-            keys: defaultdict[tuple[str, ...], list[int]] = defaultdict(list)
-            for i in indices:
-                keys[tuple(words[i][:depth]) or (str(i),)].append(i)
-            largest = max(len(group) for group in keys.values())
-            if largest < 2:
-                break  # every file alone: deeper words split no further
-            if largest * folds <= len(indices):
-                pairs += [(group[0], i) for group in keys.values() for i in group[1:]]
-                break
-    return _components(len(files), pairs)
-
-
-def _components(n: int, pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Connected components of ``n`` items joined by ``pairs``: ids in order of first item."""
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    ids: dict[int, int] = {}
-    return torch.tensor([ids.setdefault(root(i), len(ids)) for i in range(n)], dtype=torch.long)
-
-
-def join_groups(*groupings: Any) -> torch.Tensor:
-    """Group ids joining items that share a group in any of ``groupings`` (transitively).
-
-    Examples:
-        >>> join_groups(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 2])).tolist()
-        [0, 0, 0, 1]
-    """
-    ids = [torch.as_tensor(g).tolist() for g in groupings]
-    if not ids or len({len(g) for g in ids}) != 1:
-        raise ValueError("give one or more groupings of the same length")
-    pairs = []
-    for grouping in ids:
-        first: dict[Any, int] = {}
-        pairs += [(first.setdefault(g, i), i) for i, g in enumerate(grouping)]
-    return _components(len(ids[0]), pairs)
