@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import multi_label
 import numpy as np
 import torch
 from _common import table, write_json
@@ -264,10 +265,22 @@ def main() -> None:
     parser.add_argument("--folders-only", action="store_true",
                         help="keep the imbalance rows of beyond_single_label.json; run the "
                              "real folders only")  # fmt: skip
+    parser.add_argument("--multi-label-only", action="store_true",
+                        help="keep the other rows of beyond_single_label.json; run the "
+                             "multi-label rows only")  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     out: dict[str, Any] = {"runs": 1}
     earlier = Path(__file__).with_suffix(".json")
+    budget = None if args.no_fit else args.fit_budget
+    if args.multi_label_only:
+        out.update({k: v for k, v in json.loads(earlier.read_text()).items() if k != "machine"})
+        print("multi-label (Noto emoji, group + subgroup + name words):", flush=True)
+        out["multi_label"] = multi_label.rows(args.work / "emoji-tags", args.work, budget)
+        write_json(__file__, out)
+        print(table(list(out["multi_label"][0])[:5],
+                    [list(r.values())[:5] for r in out["multi_label"]]))  # fmt: skip
+        return
     if args.folders_only:
         out.update({k: v for k, v in json.loads(earlier.read_text()).items()
                     if k in ("imbalance", "fit")})  # fmt: skip
@@ -288,6 +301,8 @@ def main() -> None:
         data = folder_features(root)
         out["folders"].append(skewed_and_calibration(name, data))
         out["unknown"] += unknown_rows(name, data, known)
+    print("multi-label (Noto emoji, group + subgroup + name words):", flush=True)
+    out["multi_label"] = multi_label.rows(args.work / "emoji-tags", args.work, budget)
     write_json(__file__, out)
     print(table(["ratio", "train", "tlkit plain", "tlkit balanced", "hand plain", "hand balanced"],
                 [[r["ratio"], r["train"], r["tlkit plain"], r["tlkit balanced"], r["hand plain"],

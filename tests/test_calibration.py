@@ -321,6 +321,11 @@ def test_the_threshold_travels_with_the_exported_model(
     extra = {"classes.json": "", "tlkit.json": ""}
     torch.export.load(str(target), extra_files=extra)
     settings = json.loads(extra["tlkit.json"])
-    assert settings == {"min_confidence": 0.7, "temperature": fitted["result"].temperature}
+    assert settings == {
+        "min_confidence": 0.7,
+        "temperature": fitted["result"].temperature,
+        "multi_label": False,
+        "thresholds": None,
+    }
     assert cli.main(["export", str(run), "--output", str(target), "--min-confidence", "-1"]) == 2
     assert "min_confidence must be a probability from 0 to 1, got -1.0" in capsys.readouterr().err

@@ -99,7 +99,25 @@ def check_outputs(outputs: Any) -> torch.Tensor:
     return outputs
 
 
+MULTI_LABEL_LOSSES = (nn.BCEWithLogitsLoss, nn.MultiLabelSoftMarginLoss)
+
+
+def to_targets(y: Any, loss: Any) -> torch.Tensor:
+    """Labels for ``loss``: multi-hot ``(N, K)`` targets as floats for a multi-label loss
+    (``BCEWithLogitsLoss``, ``MultiLabelSoftMarginLoss``), else [to_labels][]'s class indices."""
+    if isinstance(loss, MULTI_LABEL_LOSSES) and isinstance(y, torch.Tensor) and y.ndim == 2:
+        return y.float()
+    return to_labels(y)
+
+
 def check_label_range(y: torch.Tensor, classes: int) -> None:
+    if y.ndim == 2:  # multi-hot targets: one column per output
+        if y.shape[1] != classes:
+            raise ValueError(
+                f"targets have {y.shape[1]} labels per sample but the head has {classes} "
+                "outputs; check num_classes of the head"
+            )
+        return
     low, high = (int(v) for v in torch.aminmax(y))
     if low < 0 or high >= classes:
         bad = high if high >= classes else low

@@ -69,7 +69,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _add_fit(sub: Any) -> None:
     """The ``fit`` subcommand's arguments."""
     fit = sub.add_parser("fit", help="train a classifier on a folder or CSV of images")
-    fit.add_argument("data", type=Path, help="folder of <class>/<image>, or CSV of path,label")
+    fit.add_argument(
+        "data",
+        type=Path,
+        help="folder of <class>/<image>, or CSV of path,label "
+        "(path,labels or one 0/1 column per class: several labels per image)",
+    )
+    fit.add_argument(
+        "--label-sep",
+        default=None,
+        help="separator of several labels in a CSV's label column (multi-label)",
+    )
     fit.add_argument("--out", type=str, required=True, help="run folder for model and report")
     fit.add_argument("--backbone", action="append", default=None,
                      help="backbone name; give several to probe each and their concatenation "
@@ -111,6 +121,9 @@ def _add_use(sub: Any) -> None:
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("data", type=Path)
     evaluate.add_argument("--json", action="store_true", help="last line: one JSON object")
+    evaluate.add_argument(
+        "--label-sep", default=None, help="separator of several labels in a CSV's label column"
+    )
     evaluate.add_argument("--skip-errors", action="store_true",
                           help="leave unreadable images out (counted in the output)")  # fmt: skip
     _add_tta(evaluate)
@@ -189,13 +202,16 @@ def fit(args: argparse.Namespace) -> int:
     names = args.backbone or None
     weights = None if str(args.weights).lower() == "none" else args.weights
     on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
+    data, val = args.data, args.val
+    if args.label_sep is not None:  # a CSV with several labels in one column
+        data, val = (_dataset(d, args.background, on_error, args.label_sep) for d in (data, val))
     result = finetune(
-        args.data,
+        data,
         backbone_name=names,
         weights=weights,
         key_map=args.key_map,
         budget=args.budget,
-        val=args.val,
+        val=val,
         recipe=args.recipe,
         image_size=args.image_size,
         geometry=args.geometry,
@@ -211,11 +227,22 @@ def fit(args: argparse.Namespace) -> int:
     took = time.perf_counter() - args.started
     budget = parse_budget(args.budget)
     over = f", {took - budget:.0f} s over the budget" if budget and took > budget + 1 else ""
-    print(
-        f"validation accuracy {result.val_metrics['accuracy']:.2%} "
-        f"({took:.0f} s{over}); report: {report}"
-    )
+    figure = "mean average precision" if result.multi_label else "accuracy"
+    value = result.val_metrics["map" if result.multi_label else "accuracy"]
+    print(f"validation {figure} {value:.2%} ({took:.0f} s{over}); report: {report}")
     return 0
+
+
+def _dataset(source: Path | None, background: Any, on_error: Any, label_sep: str | None) -> Any:
+    """The dataset of a CSV read with ``label_sep`` (a folder as it is), or ``None``."""
+    from .data import ImageDataset
+
+    if source is None:
+        return None
+    if source.suffix.lower() != ".csv":
+        raise ValueError(f"--label-sep reads a CSV, but {str(source)!r} is not a .csv file")
+    return ImageDataset.from_csv(source, background=background, on_error=on_error,
+                                 label_sep=label_sep)  # fmt: skip
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -229,10 +256,19 @@ def evaluate(args: argparse.Namespace) -> int:
     check_confidence(args.min_confidence)
     model = load_model(args.run)
     on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
-    data = ImageDataset.from_path(args.data, background=model.background, on_error=on_error)
+    if args.label_sep is not None:
+        data = _dataset(args.data, model.background, on_error, args.label_sep)
+    else:
+        data = ImageDataset.from_path(args.data, background=model.background, on_error=on_error)
     unknown = [c for c in data.classes if c not in model.classes]
     if unknown:
         raise ValueError(f"{args.data} has classes the model does not know: {unknown}")
+    if model.multi_label or data.multi_label:
+        if not model.multi_label:
+            raise ValueError(f"{args.data} gives several labels per image; this model one")
+        from ._multilabel_cli import evaluate as evaluate_label_sets
+
+        return evaluate_label_sets(model, data, args)
     others = None
     if args.unknown is not None:
         others = _unlabelled_images(args.unknown, model.background, on_error)
@@ -310,6 +346,10 @@ def predict(args: argparse.Namespace) -> int:
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
+    if model.multi_label:
+        from ._multilabel_cli import predict as predict_label_sets
+
+        return predict_label_sets(model, args.files, args)
     probs = model.predict(args.files, tta=args.tta)
     for file, row in zip(args.files, probs, strict=True):
         index = int(row.argmax())

@@ -199,10 +199,10 @@ class ImageDataset(Dataset[tuple[Any, Any]]):
         if not self.files:
             raise ValueError(f"no readable image among the {len(files)} files")
         if matrix is None:
-            emptied = sorted(set(map(int, targets)) - set(self.targets))  # type: ignore[arg-type]
+            emptied = sorted(set(map(int, targets)) - set(self.targets))
         else:
-            emptied = (matrix.sum(0) > 0) & (self.targets.sum(0) == 0)
-            emptied = emptied.nonzero().flatten().tolist()
+            gone = (matrix.sum(0) > 0) & (matrix[keep].sum(0) == 0)
+            emptied = gone.nonzero().flatten().tolist()
         if emptied:
             raise ValueError(
                 f"every image of class(es) {', '.join(repr(self.classes[i]) for i in emptied)} "
@@ -318,7 +318,7 @@ class ImageDataset(Dataset[tuple[Any, Any]]):
                 f"relative to {str(base)!r}): " + ", ".join(listed[:10])
             )
         present = [i for i, f in enumerate(table.files) if str(f) not in missing]
-        targets = table.targets()
+        targets: Any = table.targets()
         dataset = cls(
             [table.files[i] for i in present],
             [targets[i] for i in present],

@@ -37,6 +37,8 @@ class Deployable(nn.Module):
 
     classes: list[str]
     min_confidence: float
+    multi_label: bool
+    thresholds: list[float]
 
     def __init__(
         self,
@@ -51,10 +53,13 @@ class Deployable(nn.Module):
         mirror: bool = False,
         temperature: float = 1.0,
         min_confidence: float = -1.0,
+        thresholds: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.network = network
         self.classes = list(classes)
+        self.multi_label = thresholds is not None  # each label's own probability (sigmoid)
+        self.thresholds = [float(t) for t in thresholds or []]
         self.min_confidence = float(min_confidence)  # below it, answer "unknown"; -1: none
         self.image_size = image_size
         self.pad = pad
@@ -94,6 +99,11 @@ class Deployable(nn.Module):
         mean, std = self.mean, self.std
         assert isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)
         x = (x - mean) / std
+        if self.multi_label:
+            probs = self.network(x).sigmoid()
+            if self.mirror:
+                probs = (probs + self.network(x.flip(3)).sigmoid()) / 2
+            return probs
         probs = self.network(x).softmax(1)
         if self.mirror:
             probs = (probs + self.network(x.flip(3)).softmax(1)) / 2
@@ -179,12 +189,18 @@ def export(
       PyTorch has deprecated TorchScript; this format warns and stays for runtimes that still
       need it.
 
+    A multi-label model's probabilities are each label's own (they do not sum to 1); its
+    per-label thresholds are in the settings (``"thresholds"``, and ``"multi_label": true``),
+    and a TorchScript model's ``thresholds`` attribute: an image has the labels whose
+    probability reaches their threshold.
+
     The probabilities are calibrated ([tlkit.calibration][]); ``min_confidence`` is the
     threshold below which the model's user should answer "unknown" (see ``tlkit predict
     --min-confidence``), stored with the model so that the threshold travels with it.
 
     Raises:
-        ValueError: For an unknown ``format`` or a ``min_confidence`` outside ``[0, 1]``.
+        ValueError: For an unknown ``format``, a ``min_confidence`` outside ``[0, 1]``, or
+            a ``min_confidence`` for a multi-label model (it has per-label thresholds).
         IsADirectoryError: For a ``path`` that is a folder.
         ImportError: For ``"onnx"`` without ``onnxscript``.
 
@@ -210,6 +226,11 @@ def export(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
     check_confidence(min_confidence)
+    if min_confidence is not None and result.multi_label:
+        raise ValueError(
+            "min_confidence is for a model with one label per image; a multi-label model "
+            "decides each label at its own threshold (stored with the export)"
+        )
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(
@@ -223,7 +244,8 @@ def export(
             stacklevel=2,
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # moved into place at the end
+    # written beside, moved into place at the end; the suffix kept (torch.export checks it)
+    partial = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
     try:
         _write(result, partial, format, min_confidence)
         os.replace(partial, target)
@@ -243,11 +265,12 @@ def _dynamic_shapes() -> dict[int, Any]:
 
 
 def _write(result: FinetuneResult, target: Path, format: str, min_confidence: float | None) -> None:
-    settings = json.dumps({"min_confidence": min_confidence, "temperature": result.temperature})
+    settings = _settings(result, min_confidence)
     network = copy.deepcopy(result.model).eval().requires_grad_(False)
     args = (result.classes, result.image_size, result.mean, result.std, result.background)
     pad, mirror = result.geometry == "pad", result.tta
     t = result.temperature
+    labels = (result.thresholds or [0.5] * len(result.classes)) if result.multi_label else None
     if format == "torchscript":
         example = torch.zeros(1, 3, result.image_size, result.image_size)
         with torch.no_grad(), warnings.catch_warnings():
@@ -256,12 +279,19 @@ def _write(result: FinetuneResult, target: Path, format: str, min_confidence: fl
             threshold = -1.0 if min_confidence is None else min_confidence
             scripted = torch.jit.script(
                 Deployable(
-                    traced, *args, pad=pad, mirror=mirror, temperature=t, min_confidence=threshold
+                    traced,
+                    *args,
+                    pad=pad,
+                    mirror=mirror,
+                    temperature=t,
+                    min_confidence=threshold,
+                    thresholds=labels,
                 )
             )
         scripted.save(str(target))
         return
-    module = _Exportable(network, *args, pad=pad, mirror=mirror, temperature=t).eval()
+    module = _Exportable(network, *args, pad=pad, mirror=mirror, temperature=t,
+                         thresholds=labels).eval()  # fmt: skip
     # 2 channels: no size of the example is 0 or 1, which torch.export would fix as constant
     example = torch.randint(0, 256, (2, 2, result.image_size + 9, result.image_size + 21),
                             dtype=torch.uint8)  # fmt: skip
@@ -273,6 +303,24 @@ def _write(result: FinetuneResult, target: Path, format: str, min_confidence: fl
         extra = {"classes.json": json.dumps(list(result.classes)), "tlkit.json": settings}
         torch.export.save(program, str(target), extra_files=extra)
         return
+    _write_onnx(module, example, target, result, settings)
+
+
+def _settings(result: FinetuneResult, min_confidence: float | None) -> str:
+    """What the exported model's user needs besides the class names, as JSON."""
+    return json.dumps(
+        {
+            "min_confidence": min_confidence,
+            "temperature": result.temperature,
+            "multi_label": result.multi_label,
+            "thresholds": result.thresholds if result.multi_label else None,
+        }
+    )
+
+
+def _write_onnx(
+    module: nn.Module, example: torch.Tensor, target: Path, result: FinetuneResult, settings: str
+) -> None:
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as exc:

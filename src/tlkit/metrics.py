@@ -24,6 +24,11 @@ class ClassificationMeter:
     [compute][tlkit.ClassificationMeter.compute]
     synchronises once (and all-reduces across processes under ``torch.distributed``).
 
+    With multi-hot targets ``(N, K)`` (several labels per image, a loss such as
+    ``BCEWithLogitsLoss`` on logits), accuracy is the share of the image-label decisions that
+    are right at logit 0 (probability 0.5), and there is no top-5 or confusion matrix (see
+    [tlkit.metrics.multi_label_metrics][] for mAP and F1 on the predictions).
+
     Args:
         confusion: Also accumulate a confusion matrix and per-class accuracy.
         top5: Also accumulate top-5 accuracy (reported when there are 5 classes or more).
@@ -44,6 +49,7 @@ class ClassificationMeter:
         self._sums: torch.Tensor | None = None  # loss, correct, top-5 correct
         self._matrix: torch.Tensor | None = None
         self.num_classes: int | None = None
+        self.multi_label = False
         # per-batch values not yet added to the sums: keeping the predictions and targets and
         # folding them every so often costs one kernel per batch (argmax) instead of five
         self._losses: list[torch.Tensor] = []
@@ -59,9 +65,14 @@ class ClassificationMeter:
         outputs = outputs.detach()
         self._losses.append(loss.detach())
         self._sizes.append(targets.shape[0])
-        self._preds.append(outputs.argmax(1))
-        self._targets.append(targets)
-        if self.top5:
+        if targets.dim() == 2:  # multi-hot: each label decided at logit 0
+            self.multi_label = True
+            self._preds.append(outputs > 0)
+            self._targets.append(targets.detach() > 0.5)
+        else:
+            self._preds.append(outputs.argmax(1))
+            self._targets.append(targets)
+        if self.top5 and not self.multi_label:
             self._top5.append(_topk_correct(outputs, targets, 5))
         self.count += targets.shape[0]
         if len(self._losses) >= 256:
@@ -77,10 +88,13 @@ class ClassificationMeter:
         sizes = torch.tensor(self._sizes, dtype=torch.float64).to(device, non_blocking=True)
         preds, targets = torch.cat(self._preds), torch.cat(self._targets)
         self._sums[0] += (torch.stack(self._losses).double() * sizes).sum()
-        self._sums[1] += (preds == targets).sum()
+        if self.multi_label:
+            self._sums[1] += (preds == targets).double().mean(1).sum()
+        else:
+            self._sums[1] += (preds == targets).sum()
         if self._top5:
             self._sums[2] += torch.stack(self._top5).sum()
-        if self.confusion:
+        if self.confusion and not self.multi_label:
             classes = self.num_classes
             assert classes is not None
             if self._matrix is None:
@@ -144,7 +158,7 @@ class ClassificationMeter:
         loss, correct, top5 = (sums / total).tolist()
         out: dict[str, Any] = {"loss": loss, "accuracy": correct, "count": int(total)}
         assert self.num_classes is not None
-        if self.top5 and self.num_classes >= 5:
+        if self.top5 and self.num_classes >= 5 and not self.multi_label:
             out["top5_accuracy"] = top5
         if matrix is not None:
             cm = matrix.view(self.num_classes, self.num_classes).cpu()
@@ -291,3 +305,59 @@ def choose_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
         below = float(s[best + 1]) if best + 1 < len(s) else 0.0
         out[k] = (float(s[best]) + below) / 2
     return out
+
+
+def label_ranking_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each image's label-ranking average precision ``(N,)``: the mean, over its labels, of
+    the share of its labels among the labels it scores at least as high (1 for an image with
+    no label; the mean over images is scikit-learn's
+    ``label_ranking_average_precision_score``). A per-image score, for paired comparisons of
+    two multi-label models on the same images.
+
+    Examples:
+        >>> scores = torch.tensor([[0.9, 0.2, 0.5], [0.1, 0.8, 0.3]])
+        >>> targets = torch.tensor([[1, 0, 1], [1, 0, 0]])
+        >>> [round(v, 3) for v in label_ranking_precision(scores, targets).tolist()]
+        [1.0, 0.333]
+    """
+    truth = _check_multi_label(scores, targets)
+    s = scores.double()
+    above = s[:, None, :] >= s[:, :, None]  # [n, l, m]: label m scored at least as label l
+    share = (above & truth[:, None, :]).sum(2).double() / above.sum(2).double()
+    counts = truth.sum(1)
+    total = (share * truth.double()).sum(1)
+    return torch.where(counts > 0, total / counts.clamp_min(1), 1.0)
+
+
+def multi_label_metrics(
+    probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Everything tlkit reports of a multi-label model on labelled images: mean average
+    precision and each class's AP, micro and macro F1 and each class's F1 at ``thresholds``
+    (default 0.5 each), the share of images whose whole label set is right, the mean binary
+    cross-entropy, and the count. Undefined values (a class with no positive image) are
+    ``None``.
+
+    Examples:
+        >>> probs = torch.tensor([[0.9, 0.2], [0.6, 0.7], [0.3, 0.4]])
+        >>> m = multi_label_metrics(probs, torch.tensor([[1, 0], [1, 1], [0, 1]]))
+        >>> m["map"], m["exact_match"], m["count"]
+        (1.0, 0.6666666666666666, 3)
+    """
+    truth = _check_multi_label(probs, targets)
+    limits = torch.full((probs.shape[1],), 0.5) if thresholds is None else thresholds
+    said = probs >= limits.to(probs.dtype)
+    f1 = f1_scores(said.long(), truth.long())
+    ap = average_precision(probs, truth.long())
+    clipped = probs.double().clamp(1e-7, 1 - 1e-7)
+    return {
+        "map": mean_average_precision(probs, truth.long()),
+        "ap": [None if v != v else float(v) for v in ap.tolist()],
+        "micro_f1": f1["micro"],
+        "macro_f1": f1["macro"],
+        "f1": f1["per_class"],
+        "thresholds": [float(t) for t in limits.tolist()],
+        "exact_match": float((said == truth).all(1).double().mean()),
+        "loss": float(torch.nn.functional.binary_cross_entropy(clipped, truth.double())),
+        "count": len(probs),
+    }

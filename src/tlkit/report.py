@@ -34,10 +34,11 @@ from .calibration import reliability
 from .metrics import balanced_accuracy
 from .recipes.result import FinetuneResult
 
-__all__ = ["check_run_folder", "class_table", "per_class_metrics", "write_report"]
+__all__ = ["check_run_folder", "class_table", "label_table", "per_class_metrics", "write_report"]
 
 RUN_FILES = ("model.pt", "metrics.json", "report.md", "history.csv", "curves.png",
-             "confusion_matrix.png", "reliability.png", "top_losses.png")  # fmt: skip
+             "confusion_matrix.png", "reliability.png", "top_losses.png",
+             "average_precision.png")  # fmt: skip
 """What a run folder holds; a folder holding anything else is never replaced."""
 
 
@@ -152,6 +153,9 @@ def check_run_folder(out: str | Path, what: str = "the run folder") -> None:
 
 def _write_run(result: FinetuneResult, folder: Path) -> None:
     result.save(folder / "model.pt")
+    if result.multi_label:
+        _write_multi_label(result, folder)
+        return
     matrix = result.val_metrics.get("confusion_matrix")
     per_class = per_class_metrics(matrix) if matrix is not None else []
     metrics = {
@@ -188,6 +192,97 @@ def _write_run(result: FinetuneResult, folder: Path) -> None:
     atomic_write_text(_history_csv(result), folder / "history.csv")
     pictures = _pictures(result, folder)
     atomic_write_text(_markdown(result, metrics, per_class, pictures), folder / "report.md")
+
+
+def _write_multi_label(result: FinetuneResult, folder: Path) -> None:
+    """``metrics.json``, ``report.md`` and the AP chart of a multi-label run."""
+    m = result.val_metrics
+    images = [] if result.val_labels is None else result.val_labels.sum(0).long().tolist()
+    per_label = {
+        name: {"ap": m["ap"][i], "f1": m["f1"][i], "threshold": m["thresholds"][i],
+               "images": images[i] if images else None}
+        for i, name in enumerate(result.classes)
+    }  # fmt: skip
+    metrics = {
+        "multi_label": True,
+        **{k: m.get(k) for k in ("map", "micro_f1", "macro_f1", "exact_match", "loss")},
+        "images": m.get("count"),
+        "method": m.get("method"),
+        "classes": result.classes,
+        "per_class": per_label,
+        "backbone": result.backbone,
+        "weights": result.info.weights,
+        "recipe": {"name": result.recipe.name, "image_size": result.recipe.image_size,
+                   "reasons": result.recipe.reasons, "kept": result.recipe.kept},
+        "seconds": result.seconds,
+        "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
+    }  # fmt: skip
+    atomic_write_text(
+        json.dumps(json_safe(metrics), indent=2, allow_nan=False), folder / "metrics.json"
+    )
+    atomic_write_text(_history_csv(result), folder / "history.csv")
+    chart = _ap_chart(result, folder)
+    head = (
+        f"Validation mean average precision **{_percent(m['map'])}** (micro F1 "
+        f"{_percent(m['micro_f1'])}, macro F1 {_percent(m['macro_f1'])}, every label right on "
+        f"{_percent(m['exact_match'])} of the images) on {m['count']} images "
+        f"({m['method']}), {len(result.classes)} labels; backbone `{result.backbone}` "
+        f"({result.info.weights}); {result.seconds:.0f} s in all."
+    )
+    lines = ["# tlkit run report", "", head, "", "## Recipe", "", "```text",
+             result.recipe.describe(), "```", "", "## Per label", "",
+             "Each label's average precision (AP), and its F1 at its threshold: an image has "
+             "the labels whose probability reaches their threshold, chosen for each label's F1 "
+             "on out-of-fold predictions of the training images.", "",
+             "```text", label_table(result.classes, m, images), "```", ""]  # fmt: skip
+    if chart:
+        lines += ["## Average precision per label", "", f"![AP per label]({chart})", ""]
+    lines += ["## Files", "", "`model.pt` (weights, preprocessing and thresholds; "
+              "`tlkit predict`, `tlkit export`), `metrics.json`, `history.csv`.", ""]  # fmt: skip
+    atomic_write_text("\n".join(lines), folder / "report.md")
+
+
+def label_table(classes: Sequence[str], metrics: dict[str, Any], images: Sequence[int]) -> str:
+    """Each label's images, average precision, F1 and threshold, as text.
+
+    Examples:
+        >>> metrics = {"ap": [0.9, None], "f1": [0.8, None], "thresholds": [0.4, 0.5]}
+        >>> print(label_table(["cat", "dog"], metrics, [12, 0]))
+        label  images  AP       F1       threshold
+        cat        12   90.00%   80.00%  0.400
+        dog         0        -        -  0.500
+    """
+    width = max(len(c) for c in ("label", *classes))
+    lines = [f"{'label':<{width}}  images  AP       F1       threshold"]
+    for i, name in enumerate(classes):
+        count = str(images[i]) if images else "-"
+        lines.append(
+            f"{name:<{width}}  {count:>6}  {_percent(metrics['ap'][i]):>7}  "
+            f"{_percent(metrics['f1'][i]):>7}  {metrics['thresholds'][i]:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _ap_chart(result: FinetuneResult, folder: Path) -> str | None:
+    """A bar per label of its average precision, lowest first; ``None`` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ap = [v if v is not None else 0.0 for v in result.val_metrics["ap"]]
+    order = sorted(range(len(ap)), key=lambda i: ap[i])
+    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.28 * len(ap)))
+    ax.barh(range(len(ap)), [ap[i] for i in order], color="tab:blue")
+    ax.set_yticks(range(len(ap)), [result.classes[i] for i in order], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("average precision (validation)")
+    fig.tight_layout()
+    fig.savefig(folder / "average_precision.png", dpi=100)
+    plt.close(fig)
+    return "average_precision.png"
 
 
 def _history_csv(result: FinetuneResult) -> str:

@@ -180,8 +180,11 @@ class Trainer:
         return x
 
     def labels(self, y: torch.Tensor) -> torch.Tensor:
-        """Class indices on the device (int32, integral float, ``(N, 1)``, one-hot converted)."""
-        return _steps.to_labels(y).to(self.device, non_blocking=self.device.type == "cuda")
+        """Class indices on the device (int32, integral float, ``(N, 1)``, one-hot converted);
+        multi-hot ``(N, K)`` targets as floats when the loss is a multi-label one
+        (``BCEWithLogitsLoss``, ``MultiLabelSoftMarginLoss``)."""
+        targets = _steps.to_targets(y, self.loss)
+        return targets.to(self.device, non_blocking=self.device.type == "cuda")
 
     def train_step(self, batch: Any) -> Step:
         """Forward one training batch: ``(loss, outputs, labels)``; the loop does the rest."""
@@ -415,6 +418,11 @@ class Trainer:
         Raises:
             ValueError: For an empty loader or labels out of range.
         """
+        if tta and isinstance(self.loss, _steps.MULTI_LABEL_LOSSES):
+            raise ValueError(
+                "evaluate(tta=True) averages softmax probabilities; with a multi-label loss "
+                "average the mirror images' predict() probabilities instead"
+            )
         batches: Any = _steps.as_loader("loader", loader, batch_size, shuffle=False)
         batches = distributed.distributed_loader(batches, train=False)
         self.tta, tta = tta, self.tta
@@ -443,7 +451,8 @@ class Trainer:
     ) -> torch.Tensor:
         """Class probabilities ``(N, C)`` on the CPU for a tensor of inputs or a loader (targets
         ignored), whether the model ends in logits or in ``LogSoftmax``; ``tta=True`` averages
-        each image's with its mirror image's.
+        each image's with its mirror image's. With a multi-label loss (``BCEWithLogitsLoss``,
+        ``MultiLabelSoftMarginLoss``), each label's own probability (sigmoid).
 
         Raises:
             ValueError: For ``batch_size < 1`` or no input at all.
@@ -458,6 +467,12 @@ class Trainer:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             _steps.check_inputs(x)
             x = self.inputs(x, train=False)
+            if isinstance(self.loss, _steps.MULTI_LABEL_LOSSES):
+                views = torch.cat([x, x.flip(-1)]) if tta else x
+                with self.autocast():
+                    out = _steps.check_outputs(self._module(views)).float().sigmoid()
+                probs.append(out.view(1 + tta, len(x), -1).mean(0).cpu())
+                continue
             with self.autocast():
                 out = self._flip_average(x) if tta else _steps.check_outputs(self._module(x))
             log_probs = tta or self.outputs_log_probs

@@ -102,7 +102,19 @@ def read_datasets(
         raise ValueError(f"a classifier needs at least two classes, found {data.classes}")
     if held_out is not None and held_out.classes != data.classes:
         raise ValueError(f"val has classes {held_out.classes}, train has {data.classes}")
-    if held_out is None:
+    if held_out is not None and held_out.multi_label != data.multi_label:
+        kinds = {True: "several labels per image", False: "one label per image"}
+        raise ValueError(
+            f"val has {kinds[held_out.multi_label]}, train has {kinds[data.multi_label]}"
+        )
+    if held_out is None and data.multi_label:
+        counts = [int(c) for c in data.targets.sum(0)]
+        if min(counts) < 2:
+            raise ValueError(
+                f"label {data.classes[counts.index(min(counts))]!r} has {min(counts)} image; "
+                "validating without val= needs at least 2 images of each label (or pass val=)"
+            )
+    elif held_out is None:
         counts = [data.targets.count(c) for c in range(len(data.classes))]
         if min(counts) < 2:
             raise ValueError(
@@ -150,7 +162,7 @@ def check_class_weight(class_weight: Any) -> None:
 
 
 def class_weight_for(
-    class_weight: Any, targets: Sequence[int], classes: Sequence[str]
+    class_weight: Any, targets: Sequence[int] | torch.Tensor, classes: Sequence[str]
 ) -> tuple[list[float] | None, str]:
     """The loss weight of each of ``classes`` (``None``: all alike) for images of class
     indices ``targets``, and the reason.
@@ -166,6 +178,8 @@ def class_weight_for(
         ([0.6, 3.0], 'classes differ in size up to 5.0 to 1 (more than 4)')
     """
     names = list(classes)
+    if isinstance(targets, torch.Tensor) and targets.dim() == 2:
+        return multi_label_weight(class_weight, targets, names)
     counts = torch.bincount(torch.tensor(list(targets)), minlength=len(names))
     ratio = float(counts.max()) / max(float(counts.min()), 1.0)
     sizes = f"classes differ in size up to {ratio:.1f} to 1"
@@ -197,3 +211,35 @@ def class_weight_for(
         f"{sizes}{given}: balanced class weights (each class weighs as much in the loss); "
         "choices by balanced accuracy"
     )
+
+
+def multi_label_weight(
+    class_weight: Any, targets: torch.Tensor, names: list[str]
+) -> tuple[list[float] | None, str]:
+    """The weight of each label's positive images (``pos_weight``) for multi-hot ``targets``,
+    and the reason. ``"auto"`` and ``None`` weigh every image alike: choices are made on the
+    mean average precision, which a label's rarity does not bias as it biases accuracy.
+
+    Examples:
+        >>> class_weight_for("balanced", torch.tensor([[1, 0], [1, 1], [1, 0]]), ["a", "b"])[0]
+        [0.0, 2.0]
+    """
+    targets = targets.float()
+    positives = targets.sum(0)
+    rarest = names[int(positives.argmin())]
+    sizes = (
+        f"{len(names)} labels, {float(targets.sum(1).mean()):.2f} per image; the rarest "
+        f"({rarest!r}) on {int(positives.min())} of {len(targets)} images"
+    )
+    if isinstance(class_weight, Mapping):
+        unknown = [c for c in class_weight if c not in names]
+        if unknown:
+            raise ValueError(f"class_weight names unknown labels {unknown}; the labels: {names}")
+        weights = [float(class_weight.get(c, 1.0)) for c in names]
+        return weights, f"{sizes}: positive images of each label weighed as given"
+    if class_weight == "balanced":
+        weights = ((len(targets) - positives) / positives.clamp_min(1)).tolist()
+        return [round(float(w), 6) for w in weights], (
+            f"{sizes}: each label's positive images weighed by its negatives / positives"
+        )
+    return None, f"{sizes}: every image weighs alike; choices by mean average precision"

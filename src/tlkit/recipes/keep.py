@@ -23,7 +23,9 @@ def clearly_better(
     which images each of two models gets right: the mean paired difference and its standard
     error were the two equally accurate (McNemar's), sound even when few images differ.
     ``weights`` (mean 1, such as [tlkit.probe.balancing_weights][]) weigh the images: the
-    gain is then one of balanced accuracy.
+    gain is then one of balanced accuracy. Scores from 0 to 1 per image (a multi-label
+    model's [label-ranking precision][tlkit.metrics.label_ranking_precision]) compare the same
+    way.
 
     Examples:
         >>> right = torch.tensor([True] * 70 + [False] * 5)
@@ -32,10 +34,9 @@ def clearly_better(
     """
     n = len(default_right)
     w = torch.ones(n, dtype=torch.float64) if weights is None else weights.double()
-    only_default = (default_right & ~other_right).double()
-    only_other = (other_right & ~default_right).double()
-    gain = float((w * (only_other - only_default)).sum()) / n
-    error = math.sqrt(float((w.pow(2) * (only_other + only_default)).sum())) / n
+    difference = other_right.double() - default_right.double()
+    gain = float((w * difference).sum()) / n
+    error = math.sqrt(float((w.pow(2) * difference.pow(2)).sum())) / n
     return gain > margin * error, gain, error
 
 
@@ -67,18 +68,27 @@ def fine_tuning_wins(
         >>> fine_tuning_wins(torch.tensor([True] * 40 + [False] * 35), right)[0]
         True
     """
-    only_probe = int((probe_right & ~tuned_right).sum())
-    only_tuned = int((tuned_right & ~probe_right).sum())
     wins, gain, error = clearly_better(probe_right, tuned_right, margin, weights)
     w = torch.ones(len(probe_right)) if weights is None else weights.float()
     probe = float((probe_right.float() * w).mean())
     tuned = float((tuned_right.float() * w).mean())
     metric = "accuracy" if weights is None else "balanced accuracy"
-    scores = (
-        f"validation {metric} {tuned:.4f} fine-tuned, {probe:.4f} probe: "
-        f"{plural(only_tuned, 'image')} right only when fine-tuned, "
-        f"{only_probe} only by the probe"
-    )
+    if probe_right.dtype == torch.bool:
+        only_probe = int((probe_right & ~tuned_right).sum())
+        only_tuned = int((tuned_right & ~probe_right).sum())
+        detail = (
+            f"{plural(only_tuned, 'image')} right only when fine-tuned, "
+            f"{only_probe} only by the probe"
+        )
+    else:  # per-image scores: a multi-label model's label-ranking precision
+        metric = "label-ranking precision"
+        better = int((tuned_right > probe_right).sum())
+        detail = (
+            f"{plural(better, 'image')} better ranked when fine-tuned, "
+            + str(int((probe_right > tuned_right).sum()))
+            + " by the probe"
+        )
+    scores = f"validation {metric} {tuned:.4f} fine-tuned, {probe:.4f} probe: {detail}"
     if wins:
         return True, (
             f"kept the fine-tuned model ({scores}; +{gain:.4f} > {margin:g} s.e. {error:.4f})"

@@ -119,11 +119,13 @@ def plan_finetune(
     infer_rate: float,
     train_rate: float,
     remaining: float | None,
+    multi_label: bool = False,
 ) -> None:
     """Whether and how long to fine-tune, into ``recipe`` (its epochs, rates, crops and the
     reasons). ``"auto"`` fine-tunes from ``AUTO.few_per_class`` training images per class
     when ``AUTO.min_finetune_epochs`` fit the time left (after the probe); the keep rule then
-    decides between the two models."""
+    decides between the two models. With several labels per image the crops are mild (a
+    hard crop cuts a labelled object out while its label stays)."""
     per_class = n_train / classes
     epoch = n_train / train_rate + n_val / infer_rate
     speed = (
@@ -159,11 +161,16 @@ def plan_finetune(
     recipe.finetune_epochs = epochs
     recipe.lr = AUTO.lr
     # few passes over the data are better spent on the images than on hard crops of them
-    recipe.crop_scale = AUTO.crop_scale if epochs >= AUTO.crop_epochs else AUTO.mild_crop_scale
+    hard = epochs >= AUTO.crop_epochs and not multi_label
+    recipe.crop_scale = AUTO.crop_scale if hard else AUTO.mild_crop_scale
     start = "from the probe's head" if name == "lp-ft" else "from a new head"
+    loss = (
+        "binary cross-entropy per label"
+        if multi_label
+        else f"label smoothing {AUTO.label_smoothing:g}"
+    )
     recipe.reasons.append(
         f"fine-tuning everything {start}: {speed}; {why}; AdamW at {recipe.lr:g} for the "
         f"head, x{recipe.layer_decay:g} per stage towards the input, one-cycle schedule, "
-        f"label smoothing {AUTO.label_smoothing:g}, flips and random crops of at least "
-        f"{recipe.crop_scale:.0%} of the image"
+        f"{loss}, flips and random crops of at least {recipe.crop_scale:.0%} of the image"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +19,12 @@ import torch
 from torch import nn
 
 from .. import heads
+from .._utils import plural
 from ..backbones import BackboneInfo
-from ..metrics import ClassificationMeter
+from ..metrics import ClassificationMeter, label_ranking_precision, multi_label_metrics
 from ..probe import LinearProbe, balancing_weights
 from ..splits import file_name_groups, join_groups, near_duplicate_groups
+from ..stratify import label_sets, rare_labels
 from .compute import CPU, Compute
 from .keep import clearly_better
 from .measure import time_batches
@@ -146,15 +149,14 @@ def choose_probe(
     made on balanced accuracy instead of accuracy."""
     n = len(labels) if n is None else n
     y = labels[:n]
-    joined = torch.cat([c.features[:, :n] for c in candidates if c.features is not None], -1)
-    found = near_duplicate_groups(joined[0], threshold=AUTO.duplicate_similarity)
-    named = file_name_groups(files[:n], y, folds=AUTO.probe_folds) if files else None
-    groups = usable_groups(found if named is None else join_groups(found, named), y)
+    multi = y.dim() == 2
+    found, named, groups = _groups(candidates, y, files, n)
     options = [[c] for c in candidates] + ([candidates] if len(candidates) > 1 else [])
     probes: dict[str, LinearProbe] = {}
     pace = _Pace(deadline, clock)
-    weights = None if class_weight is None else balancing_weights(y, classes)
+    weights = None if class_weight is None or multi else balancing_weights(y, classes)
     metric = "accuracy" if class_weight is None else "balanced accuracy"
+    metric = "mean average precision" if multi else metric
 
     def fit(option: list[Candidate], views: int | None = None) -> LinearProbe:
         return _cross_validated(option, y, classes, groups, seed, n, views, class_weight)
@@ -206,6 +208,19 @@ def choose_probe(
     return ProbeChoice([c.name for c in best], probe, scores, groups, reasons, probes, mirror)
 
 
+def _groups(
+    candidates: list[Candidate], y: torch.Tensor, files: list[str] | None, n: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The near-duplicates found from the features, the files named alike, and the groups the
+    folds keep together."""
+    joined = torch.cat([c.features[:, :n] for c in candidates if c.features is not None], -1)
+    found = near_duplicate_groups(joined[0], threshold=AUTO.duplicate_similarity)
+    keys = label_sets(y) if y.dim() == 2 else y
+    named = file_name_groups(files[:n], keys, folds=AUTO.probe_folds) if files else None
+    groups = usable_groups(found if named is None else join_groups(found, named), y)
+    return found, named, groups
+
+
 def _dims(option: list[Candidate]) -> float:
     """The width of the option's features (as computed)."""
     return float(sum(c.features.shape[-1] if c.features is not None else c.dim for c in option))
@@ -255,8 +270,11 @@ def _preferred(
 
 
 def _right(probe: LinearProbe, y: torch.Tensor) -> torch.Tensor:
-    """Which images the probe's out-of-fold predictions get right."""
+    """Which images the probe's out-of-fold predictions get right (multi-label: how well
+    each image's labels are ranked, from 0 to 1)."""
     assert probe.cv_probs_ is not None
+    if y.dim() == 2:
+        return label_ranking_precision(probe.cv_probs_, y)
     return probe.cv_probs_.argmax(1) == y
 
 
@@ -315,8 +333,13 @@ def probe_network(choice: ProbeChoice, candidates: list[Candidate], classes: int
     return model.eval()
 
 
-def metrics_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """Accuracy, loss, per-class accuracy and confusion matrix of probabilities ``(N, K)``."""
+def metrics_from_probs(
+    probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Accuracy, loss, per-class accuracy and confusion matrix of probabilities ``(N, K)``;
+    for multi-hot labels, [tlkit.metrics.multi_label_metrics][] at ``thresholds``."""
+    if labels.dim() == 2:
+        return multi_label_metrics(probs, labels, thresholds)
     meter = ClassificationMeter(confusion=True)
     log_probs = probs.clamp_min(1e-12).log()
     meter.update(nn.functional.nll_loss(log_probs, labels), log_probs, labels)
@@ -333,8 +356,9 @@ def usable_groups(groups: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         [3, 4, 1, 1, 2]
     """
     out, fresh = groups.clone(), int(groups.max()) + 1
-    for label in labels.unique():
-        members = (labels == label).nonzero().flatten()
+    columns = labels.T.bool() if labels.dim() == 2 else [labels == c for c in labels.unique()]
+    for column in columns:
+        members = column.nonzero().flatten()
         if len(groups[members].unique()) < 2:
             out[members] = torch.arange(fresh, fresh + len(members))
             fresh += len(members)
@@ -407,10 +431,19 @@ def run_probe(
             f"mirror images (about {candidate.seconds:.0f} s here)"
         )
         candidate.features = features(candidate, both, compute=compute)
-    choice = choose_probe(
-        candidates, labels, classes, seed=seed, log=log, n=len(images), files=sets.files,
-        deadline=deadline, class_weight=class_weight,
-    )  # fmt: skip
+    with warnings.catch_warnings():  # labels too rare for every fold: said in the reasons
+        warnings.simplefilter("ignore")
+        choice = choose_probe(
+            candidates, labels, classes, seed=seed, log=log, n=len(images), files=sets.files,
+            deadline=deadline, class_weight=class_weight,
+        )  # fmt: skip
+    rare = rare_labels(labels[: len(images)], AUTO.probe_folds) if labels.dim() == 2 else []
+    if rare:
+        choice.reasons.append(
+            f"{plural(len(rare), 'label')} on fewer images than the {AUTO.probe_folds} folds "
+            "(some folds train without them, so their average precision is a rough figure): "
+            + ", ".join(str(i) for i in rare[:10])
+        )
     best = best_single(choice, candidates)
     tuning_start = copy.deepcopy(best.model)  # on the device, as the features left it
     model = probe_network(choice, candidates, classes)

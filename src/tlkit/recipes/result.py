@@ -22,6 +22,7 @@ from ..backbones import BackboneInfo, backbone
 from ..history import History
 from ..tta import flip_average
 from .images import Geometry, decode, normalise
+from .saved import check_confidence, check_description
 from .settings import AUTO
 
 if TYPE_CHECKING:
@@ -202,6 +203,11 @@ class FinetuneResult:
             trained on both).
         temperature: Logits are divided by it before the softmax: probabilities calibrated
             on the images that judged the model ([tlkit.calibration][]); 1 for none.
+        multi_label: Whether each image may have several of the classes (labels): then
+            ``predict`` gives each label's own probability (sigmoid), and an image has the
+            labels whose probability reaches their ``thresholds``.
+        thresholds: Multi-label only: each label's decision threshold, chosen for its best F1
+            on the images that judged the model.
         recipe: The [tlkit.Recipe][] that ran, with its reasons.
         history: Every epoch of every stage (``stage`` column: ``probe`` or ``finetune``).
         val_metrics: Metrics of the kept model on the validation images.
@@ -245,6 +251,8 @@ class FinetuneResult:
     geometry: Geometry = "crop"
     tta: bool = False
     temperature: float = 1.0
+    multi_label: bool = False
+    thresholds: list[float] | None = None
     backbones: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     val_images: torch.Tensor | ImageStore | None = field(default=None, repr=False)
@@ -270,14 +278,16 @@ class FinetuneResult:
         self, images: Sequence[Image.Image | str | Path], *, tta: bool | None = None
     ) -> torch.Tensor:
         """Class probabilities ``(N, K)`` for PIL images or image paths, calibrated by
-        ``temperature``; ``tta=True`` averages them with the mirror images' (flip test-time
-        augmentation, twice the compute); default as the model was trained (``self.tta``)."""
+        ``temperature`` (for a multi-label model, each label's own probability); ``tta=True``
+        averages them with the mirror images' (flip test-time augmentation, twice the
+        compute); default as the model was trained (``self.tta``)."""
         self.model.eval()
         x = self.preprocess(images)
-        if self.tta if tta is None else tta:
-            scores = flip_average(self.model, x, log_probs=False)
-        else:
-            scores = self.model(x).float()
+        mirror = self.tta if tta is None else tta
+        if self.multi_label:
+            both = torch.cat([x, x.flip(-1)]) if mirror else x
+            return self.model(both).float().sigmoid().view(1 + mirror, len(x), -1).mean(0)
+        scores = flip_average(self.model, x, log_probs=False) if mirror else self.model(x).float()
         return (scores / self.temperature).softmax(1)
 
     def predict_labels(
@@ -292,15 +302,42 @@ class FinetuneResult:
         or too unsure to answer: see "Unknown images" in the guide).
 
         Raises:
-            ValueError: For ``min_confidence`` outside ``[0, 1]``.
+            ValueError: For ``min_confidence`` outside ``[0, 1]``, or a multi-label model
+                (see [predict_label_sets][tlkit.FinetuneResult.predict_label_sets]).
         """
         check_confidence(min_confidence)
+        if self.multi_label:
+            raise ValueError(
+                "this model gives each image a set of labels: use predict_label_sets(images)"
+            )
         probs = self.predict(images, tta=tta)
         top, index = probs.max(1)
         return [
             (None if min_confidence is not None and p < min_confidence else self.classes[i], p)
             for p, i in zip(top.tolist(), index.tolist(), strict=True)
         ]
+
+    def predict_label_sets(
+        self, images: Sequence[Image.Image | str | Path], *, tta: bool | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """A multi-label model's labels for each image: ``(label, probability)`` of each label
+        whose probability reaches its threshold, most likely first (an empty list when none
+        does). A single-label model gives its one most likely class.
+        """
+        probs = self.predict(images, tta=tta)
+        if not self.multi_label:
+            top, index = probs.max(1)
+            return [
+                [(self.classes[i], p)] for p, i in zip(top.tolist(), index.tolist(), strict=True)
+            ]
+        limits = torch.tensor(self.thresholds or [0.5] * len(self.classes))
+        out = []
+        for row in probs:
+            chosen = (row >= limits).nonzero().flatten().tolist()
+            out.append(
+                sorted(((self.classes[i], float(row[i])) for i in chosen), key=lambda t: -t[1])
+            )
+        return out
 
     def save(self, path: str | Path) -> Path:
         """Save weights and preprocessing to ``path`` (loadable with ``weights_only=True``)."""
@@ -318,79 +355,15 @@ class FinetuneResult:
                 "geometry": self.geometry,
                 "tta": self.tta,
                 "temperature": float(self.temperature),
+                "multi_label": bool(self.multi_label),
+                "thresholds": None
+                if self.thresholds is None
+                else [float(t) for t in self.thresholds],
                 "backbones": list(self.backbones) or [self.backbone],
                 "sizes": list(self.sizes) or [self.image_size],
                 "state_dict": self.model.state_dict(),
             },
             path,
-        )
-
-
-def check_confidence(min_confidence: float | None) -> None:
-    """Raise unless ``min_confidence`` is ``None`` or a probability.
-
-    Examples:
-        >>> check_confidence(0.5)
-        >>> check_confidence(50)
-        Traceback (most recent call last):
-        ...
-        ValueError: min_confidence must be a probability from 0 to 1, got 50
-    """
-    if min_confidence is None:
-        return
-    if (
-        isinstance(min_confidence, bool)
-        or not isinstance(min_confidence, (int, float))
-        or not 0 <= min_confidence <= 1
-    ):
-        raise ValueError(
-            f"min_confidence must be a probability from 0 to 1, got {min_confidence!r}"
-        )
-
-
-def _check_description(state: dict[str, Any], file: Path) -> None:
-    """Refuse a ``model.pt`` whose description was damaged or edited: each field named."""
-    missing = [k for k in ("classes", "backbone", "image_size", "mean", "std", "background",
-                           "recipe", "state_dict") if k not in state]  # fmt: skip
-    classes, size = state.get("classes"), state.get("image_size")
-    problems = [f"it lacks {', '.join(missing)}"] if missing else []
-    if not missing:
-        if (
-            not isinstance(classes, list)
-            or not classes
-            or len(set(map(str, classes))) != len(classes)
-            or not all(isinstance(c, str) and c for c in classes)
-        ):
-            problems.append(f"classes must be distinct names, got {classes!r:.80}")
-        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
-            problems.append(f"image_size must be 8 to 4096 pixels, got {size!r:.40}")
-        for key, low in (("mean", -10.0), ("std", 1e-6)):
-            values = state[key]
-            if (
-                not isinstance(values, (list, tuple))
-                or len(values) != 3
-                or not all(isinstance(v, (int, float)) and low <= v <= 10 for v in values)
-            ):
-                problems.append(f"{key} must be 3 numbers, got {values!r:.60}")
-        background = state["background"]
-        if (
-            not isinstance(background, (list, tuple))
-            or len(background) != 3
-            or not all(isinstance(v, int) and 0 <= v <= 255 for v in background)
-        ):
-            problems.append(f"background must be 3 values 0-255, got {background!r:.60}")
-        temperature = state.get("temperature", 1.0)
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not 0.01 <= temperature <= 1000
-        ):
-            problems.append(f"temperature must be a number 0.01 to 1000, got {temperature!r:.40}")
-        if not isinstance(state["state_dict"], dict):
-            problems.append("state_dict is not a dict of tensors")
-    if problems:
-        raise ValueError(
-            f"{str(file)!r} is damaged or was edited after tlkit wrote it: {'; '.join(problems)}"
         )
 
 
@@ -427,7 +400,7 @@ def load_model(path: str | Path) -> FinetuneResult:
     state = load_file(file, what="model")
     if not isinstance(state, dict) or state.get("tlkit_model") != 1:
         raise ValueError(f"{str(file)!r} is not a model written by tlkit fit / finetune")
-    _check_description(state, file)
+    check_description(state, file)
     names = [str(n) for n in state.get("backbones", [state["backbone"]])]
     sizes = [int(s) for s in state.get("sizes", [state["image_size"]])]
     model, info = build_network(names, sizes, len(state["classes"]))
@@ -459,6 +432,8 @@ def load_model(path: str | Path) -> FinetuneResult:
         geometry="pad" if state.get("geometry") == "pad" else "crop",
         tta=bool(state.get("tta", False)),
         temperature=float(state.get("temperature", 1.0)),
+        multi_label=bool(state.get("multi_label", False)),
+        thresholds=state.get("thresholds"),
         backbones=names,
         sizes=sizes,
     )

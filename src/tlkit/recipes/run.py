@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from ..calibration import cross_fitted_ece, expected_calibration_error, fit_temp
 from ..data import ImageDataset
 from ..devices import loader_workers
 from ..history import History
+from ..metrics import choose_thresholds
 from ..splits import split
 from .compute import Compute
 from .images import Geometry
@@ -202,6 +204,13 @@ def start_plan(
         else "centre-cropped: short side resized"
     )
     where = "validated on val" if held_out is not None else "judged by cross-validation"
+    if data.multi_label:
+        plan.reasons.append(
+            f"{len(data)} training images with several labels each (multi-label) over "
+            f"{len(data.classes)} labels; {where}; binary cross-entropy per label, a "
+            "threshold per label chosen for its F1"
+        )
+        return plan
     plan.reasons.append(describe_images(len(data), len(data.classes), where))
     return plan
 
@@ -227,7 +236,9 @@ def sample_within_budget(
     if why is None:
         return data
     plan.reasons.append(why)
-    keep = split(len(data), (n, len(data) - n), seed=seed, stratify=data.targets)[0]
+    with warnings.catch_warnings():  # a label too rare for both parts: the plan says so
+        warnings.simplefilter("ignore")
+        keep = split(len(data), (n, len(data) - n), seed=seed, stratify=data.targets)[0]
     for candidate in chosen:
         candidate.seconds *= (n + n_val) / total
     return data.subset(keep.tolist())
@@ -285,7 +296,7 @@ def choose_candidates(
 
     seconds = {c.name: c.seconds for c in candidates}
     kept, why = plan_candidates(seconds, left(), share)
-    if len(kept) < len(candidates) and len(data) > AUTO.rank_images:
+    if len(kept) < len(candidates) and len(data) > AUTO.rank_images and not data.multi_label:
         if ranking_can_change(seconds, left(), share):
             names = [c.name for c in candidates]
             ranking, ranked = rank_within_budget(
@@ -358,8 +369,19 @@ def build_result(
             if sets.val_images is None
             else "val images"
         )
-    temperature, probs, calibration = calibrate(probs, judged_labels)
-    plan.reasons.append(calibration_reason(method, calibration))
+    thresholds = None
+    if judged_labels.dim() == 2:  # multi-label: thresholds for each label's F1
+        thresholds = (
+            probe.choice.probe.thresholds_  # out of fold on the training images
+            if probe is not None and plan.kept != "fine-tuned"
+            else choose_thresholds(probs, judged_labels)  # on the held-out images
+        )
+        plan.reasons.append(_threshold_reason(method if plan.kept == "fine-tuned" else None))
+        temperature, calibration = 1.0, dict[str, float]()
+    else:
+        temperature, probs, calibration = calibrate(probs, judged_labels)
+        plan.reasons.append(calibration_reason(method, calibration))
+    metrics = metrics_from_probs(probs, judged_labels, thresholds)
     return FinetuneResult(
         model=model.eval().cpu(),
         classes=list(classes),
@@ -371,16 +393,32 @@ def build_result(
         background=(255, 255, 255),
         recipe=plan,
         history=history,
-        val_metrics={**metrics_from_probs(probs, judged_labels), **calibration, "method": method},
+        val_metrics={**metrics, **calibration, "method": method},
         seconds=0.0,
         geometry=geometry,
         tta=plan.kept == "fine-tuned" or (probe is not None and probe.choice.mirror),
         temperature=temperature,
+        multi_label=thresholds is not None,
+        thresholds=None if thresholds is None else [float(t) for t in thresholds],
         backbones=names,
         sizes=sizes,
         val_images=judged,
         val_labels=judged_labels,
         val_probs=probs,
+    )
+
+
+def _threshold_reason(method: str | None) -> str:
+    """Where the multi-label thresholds were chosen, in words."""
+    where = (
+        "the out-of-fold predictions of the training images"
+        if method is None
+        else f"the {method} (which also score the model: its F1 there is optimistic; its "
+        "mean average precision does not depend on them)"
+    )
+    return (
+        f"a threshold per label, chosen for its F1 on {where}; per-label probabilities left "
+        "as they are (no temperature)"
     )
 
 

@@ -51,6 +51,15 @@ def stage_records(history: History, stage: str) -> list[dict[str, Any]]:
     return [{"stage": stage, **record} for record in history.records]
 
 
+def _loss(recipe: Recipe, *, multi_label: bool) -> nn.Module:
+    """Cross-entropy with label smoothing and the recipe's class weights; for multi-hot
+    targets, binary cross-entropy per label with the class weights on positives."""
+    weights = None if recipe.class_weight is None else torch.tensor(recipe.class_weight)
+    if multi_label:
+        return nn.BCEWithLogitsLoss(pos_weight=weights)
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=AUTO.label_smoothing)
+
+
 def train_full(
     model: nn.Module,
     data: tuple[ImageStore, torch.Tensor, ImageStore, torch.Tensor],
@@ -64,7 +73,8 @@ def train_full(
 ) -> History:
     """Fine-tune all of ``model`` at ``size`` px for ``recipe.finetune_epochs`` (fewer when
     ``deadline`` comes first) on ``compute``'s device and precision (default the CPU, fp32):
-    AdamW at layer-wise decaying rates, one-cycle schedule, label smoothing; the last epoch's
+    AdamW at layer-wise decaying rates, one-cycle schedule, label smoothing (binary
+    cross-entropy per label for multi-hot labels); the last epoch's
     weights are kept (no epoch is picked on the images that judge the model)."""
     compute = compute or CPU
     train_x, train_y, val_x, val_y = data
@@ -82,10 +92,7 @@ def train_full(
     trainer = Trainer(
         model,
         optimizer=optimizer,
-        loss=nn.CrossEntropyLoss(
-            weight=None if recipe.class_weight is None else torch.tensor(recipe.class_weight),
-            label_smoothing=AUTO.label_smoothing,
-        ),
+        loss=_loss(recipe, multi_label=train_y.dim() == 2),
         device=compute.device,
         precision=compute.precision,  # type: ignore[arg-type]
         verbose=False,

@@ -222,9 +222,9 @@ class Decoded:
         n = len(data)
         return cls(
             store.subset(torch.arange(n)),
-            torch.tensor(data.targets),
+            torch.as_tensor(data.targets),
             store.subset(torch.arange(n, count)) if val is not None else None,
-            torch.tensor(val.targets) if val is not None else None,
+            torch.as_tensor(val.targets) if val is not None else None,
             [str(f) for f in data.files],
             store,
         )

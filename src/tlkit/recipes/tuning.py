@@ -15,6 +15,7 @@ from .. import heads
 from ..augment import BatchAugment
 from ..backbones import BackboneInfo
 from ..history import History
+from ..metrics import label_ranking_precision
 from ..probe import balancing_weights
 from ..splits import kfold
 from ..tta import flip_average
@@ -55,16 +56,22 @@ def predict_probs(
     *,
     batch: int = 128,
     compute: Compute | None = None,
+    multi_label: bool = False,
 ) -> torch.Tensor:
     """Probabilities (on the CPU) of decoded images resized to ``size``, each averaged with its
-    mirror image's, computed on ``compute``'s device (default the CPU)."""
+    mirror image's, computed on ``compute``'s device (default the CPU); each label's own
+    (sigmoid) when ``multi_label``."""
     compute = compute or CPU
     model.eval().to(compute.device)
     parts = []
     for chunk in images.batches(batch):
         x = to_model_input(chunk, size, mean, std, compute.device)
         with compute.autocast():
-            parts.append(flip_average(model, x, log_probs=False).exp().float().cpu())
+            if multi_label:
+                both = model(torch.cat([x, x.flip(-1)])).float().sigmoid()
+                parts.append(both.view(2, len(x), -1).mean(0).cpu())
+            else:
+                parts.append(flip_average(model, x, log_probs=False).exp().float().cpu())
     return torch.cat(parts)
 
 
@@ -102,7 +109,8 @@ def run_finetune(
     n_val = len(held) if sets.val_images is None else len(sets.val_images)
     remaining = None if deadline is None else deadline - time.perf_counter()
     plan_finetune(name, plan, n_train=len(train_at), n_val=n_val, classes=classes,  # type: ignore[arg-type]
-                  infer_rate=infer, train_rate=train_rate, remaining=remaining)  # fmt: skip
+                  infer_rate=infer, train_rate=train_rate, remaining=remaining,
+                  multi_label=sets.labels.dim() == 2)  # fmt: skip
     if not plan.finetune_epochs:
         return None
     plan.name = "lp-ft" if name == "lp-ft" else "full"
@@ -114,19 +122,29 @@ def run_finetune(
     augment = BatchAugment(size, scale=(plan.crop_scale, 1.0), info=best.info)
     split = (sets.images.subset(train_at), sets.labels[train_at], judge_x, judge_y)
     history = train_full(model, split, augment, plan, deadline, log, size=size, compute=compute)
-    probs = predict_probs(model, judge_x, size, best.mean, best.std, compute=compute)
+    multi = judge_y.dim() == 2
+    probs = predict_probs(model, judge_x, size, best.mean, best.std, compute=compute,
+                          multi_label=multi)  # fmt: skip
     plan.kept = "fine-tuned"
     if probe is not None:
         probe_probs = probe.val_probs if sets.val_images is not None else probe.val_probs[held]
         weights = None
-        if plan.class_weight is not None:
+        if plan.class_weight is not None and not multi:
             weights = balancing_weights(judge_y, classes)
         keep, verdict = fine_tuning_wins(
-            probe_probs.argmax(1) == judge_y, probs.argmax(1) == judge_y, weights=weights
+            _right(probe_probs, judge_y), _right(probs, judge_y), weights=weights
         )
         plan.kept = "fine-tuned" if keep else "probe"
         plan.reasons.append(verdict)
     return TunedStage(best.name, best.info, model.eval(), size, history, judge_x, judge_y, probs)
+
+
+def _right(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Which images are classified right; for multi-hot labels how well each image's labels
+    are ranked (0 to 1)."""
+    if labels.dim() == 2:
+        return label_ranking_precision(probs, labels)
+    return probs.argmax(1) == labels
 
 
 def too_late(best: Candidate, deadline: float | None, plan: Recipe) -> bool:

@@ -1,0 +1,81 @@
+"""The command line's answers for a multi-label model: each image's set of labels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._utils import json_safe
+from .report import label_table
+
+
+def probabilities(model: Any, files: Sequence[str | Path], tta: bool | None) -> torch.Tensor:
+    """Each file's probabilities ``(N, K)``, 64 images at a time."""
+    return torch.cat([model.predict(files[i : i + 64], tta=tta) for i in range(0, len(files), 64)])
+
+
+def evaluate(model: Any, data: Any, args: argparse.Namespace) -> int:
+    """mAP, F1 and each label's AP, F1 and threshold of a multi-label model on labelled
+    images (their labels a subset of the model's)."""
+    from .metrics import multi_label_metrics
+
+    if args.unknown is not None or args.min_confidence is not None:
+        raise ValueError(
+            "--unknown and --min-confidence are for a model with one label per image; a "
+            "multi-label model decides each label at its own threshold"
+        )
+    if not data.multi_label:
+        raise ValueError(
+            f"{args.data} gives one label per image; this model gives several: list the labels "
+            "of each image in a CSV (path,labels or one 0/1 column per label)"
+        )
+    targets = torch.zeros(len(data), len(model.classes))
+    for column, name in enumerate(data.classes):
+        targets[:, model.classes.index(name)] = data.targets[:, column]
+    probs = probabilities(model, data.files, args.tta)
+    metrics = multi_label_metrics(probs, targets, torch.tensor(model.thresholds))
+    left_out = f" ({len(data.skipped)} unreadable left out)" if data.skipped else ""
+    print(
+        f"mean average precision {_pc(metrics['map'])}, micro F1 {_pc(metrics['micro_f1'])}, "
+        f"macro F1 {_pc(metrics['macro_f1'])}, every label right on {_pc(metrics['exact_match'])} "
+        f"of {len(data)} images{left_out}"
+    )
+    print(label_table(model.classes, metrics, targets.sum(0).long().tolist()))
+    summary = {**metrics, "images": len(data), "classes": list(model.classes),
+               "skipped": [{"file": f, "reason": r} for f, r in data.skipped]}  # fmt: skip
+    if args.json:
+        print(json.dumps(json_safe(summary), allow_nan=False))
+    return 0
+
+
+def predict(model: Any, files: Sequence[Path], args: argparse.Namespace) -> int:
+    """Each image's labels (those at or above their thresholds) with their probabilities."""
+    if args.min_confidence is not None:
+        raise ValueError(
+            "--min-confidence is for a model with one label per image; a multi-label model "
+            "decides each label at its own threshold"
+        )
+    probs = probabilities(model, files, args.tta)
+    limits = torch.tensor(model.thresholds)
+    for file, row in zip(files, probs, strict=True):
+        chosen = sorted((row >= limits).nonzero().flatten().tolist(), key=lambda i: -row[i])
+        if args.json:
+            record = {
+                "file": str(file),
+                "labels": [model.classes[i] for i in chosen],
+                "probabilities": dict(zip(model.classes, row.tolist(), strict=True)),
+            }
+            print(json.dumps(json_safe(record), allow_nan=False))
+        else:
+            shown = ", ".join(f"{model.classes[i]} {float(row[i]):.4f}" for i in chosen)
+            print(f"{file}\t{shown or '(no label)'}")
+    return 0
+
+
+def _pc(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.2%}"
