@@ -264,7 +264,8 @@ def label_table(classes: Sequence[str], metrics: dict[str, Any], images: Sequenc
 
 
 def _ap_chart(result: FinetuneResult, folder: Path) -> str | None:
-    """A bar per label of its average precision, lowest first; ``None`` without matplotlib."""
+    """A bar per label of its average precision, the highest at the top; ``None`` without
+    matplotlib."""
     try:
         import matplotlib
 

@@ -73,14 +73,17 @@ class Candidate:
         return heads.find_head(self.model)[1]
 
 
-def fit_seconds(chosen: list[Candidate]) -> float:
+def fit_seconds(chosen: list[Candidate], classes: int = 10) -> float:
     """Seconds per training image that the probe's cross-validated fits take (at
-    ``AUTO.probe_fit_seconds`` per image, view and feature): each backbone alone and, with
-    several, all together, on both views, then the preferred one once more on one view."""
+    ``AUTO.probe_fit_seconds`` per image, view and feature, measured with 8 and 10 classes, and
+    in proportion above 10 classes or labels: the weights grow with them): each backbone alone
+    and, with several, all together, on both views, then the preferred one once more on one
+    view."""
     dims = [c.dim for c in chosen]
     options = sum(dims) * (2 if len(dims) > 1 else 1)
     views = min((c.views for c in chosen), default=AUTO.probe_views)
-    return AUTO.probe_fit_seconds * (views * options + (sum(dims) if views > 1 else 0))
+    per_feature = AUTO.probe_fit_seconds * max(1.0, classes / 10)
+    return per_feature * (views * options + (sum(dims) if views > 1 else 0))
 
 
 @dataclass

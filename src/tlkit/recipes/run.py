@@ -237,7 +237,8 @@ def sample_within_budget(
     of the time left ([tlkit.recipes.plan.plan_sample][]). The candidates' feature seconds are
     rescaled to the sample."""
     total = len(data) + n_val
-    per_image = decode + sum(c.pass_seconds for c in chosen) / total + fit_seconds(chosen)
+    fits = fit_seconds(chosen, len(data.classes))
+    per_image = decode + sum(c.pass_seconds for c in chosen) / total + fits
     n, why = plan_sample(len(data), len(data.classes), per_image, n_val * per_image, remaining,
                          share)  # fmt: skip
     if why is None:
