@@ -11,7 +11,7 @@ from PIL import Image
 
 import tlkit
 from tlkit.recipes import keep, parse_budget, probing, select, tuning
-from tlkit.recipes.plan import choose_size, plan_candidates, plan_finetune, trade_views
+from tlkit.recipes.plan import choose_size, plan_candidates, plan_finetune
 from tlkit.recipes.result import Recipe, StackedBackbones, build_network
 
 
@@ -74,34 +74,6 @@ def test_the_probe_computes_features_of_the_backbones_that_fit_its_share_of_the_
     assert plan_candidates(seconds, 10.0)[0] == ["a"]  # none fits: the cheapest
     ranked = plan_candidates(seconds, 100.0, priority=["a", "b", "c"])[0]  # LogME's order
     assert ranked == ["a", "b"]
-
-
-def test_mirror_images_are_given_up_only_when_that_lets_more_backbones_in() -> None:
-    seconds = {"a": 60.0, "b": 80.0}  # both views
-    kept, why = plan_candidates(seconds, 100.0, 0.85)
-    views, single, more, because = trade_views(seconds, kept, why, 100.0, 0.85)
-    assert (kept, views, more) == (["b"], 1, ["a", "b"])  # 70 s of 85 without mirror images
-    assert single == {"a": 30.0, "b": 40.0} and "2 backbones fit" in str(because)
-    # all fit with mirror images: keep them; none more fits without: keep them too
-    assert trade_views(seconds, ["a", "b"], None, 200.0, 0.85)[0] == 2
-    assert trade_views(seconds, ["a"], "...", 40.0, 0.85)[0] == 2  # 30 + 40 > 34 either way
-
-
-def test_a_fit_without_mirror_features_predicts_without_mirror_averaging(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    root = colours(tmp_path / "data")
-    images = sum(1 for _ in root.rglob("*.png"))
-    # the feature passes "take" 60 and 80 s with mirror images: in a 100 s budget only one
-    # fits 85% of the time left with them, both without (whatever this machine's speed)
-    rates = {"ResNet": 2 * images / 60.0, "MobileNetV3": 2 * images / 80.0}  # images/s
-    monkeypatch.setattr(probing, "time_batches", lambda model, *a, **k: rates[type(model).__name__])
-    result = tlkit.finetune(root, backbone_name=["resnet18", "mobilenet_v3_small"], weights=None,
-                            recipe="probe", image_size=32, budget=100, verbose=False)  # fmt: skip
-    assert any(r.startswith("features without mirror images") for r in result.recipe.reasons)
-    assert not result.tta  # no mirror averaging, and no comparison with and without them:
-    assert not any(r.startswith(("with mirror", "without mirror")) for r in result.recipe.reasons)
-    assert set(result.backbones) <= {"resnet18", "mobilenet_v3_small"}
 
 
 def test_small_images_are_upscaled_to_a_multiple_of_8_not_to_the_pretraining_size() -> None:

@@ -19,8 +19,6 @@ __all__ = [
     "plan_candidates",
     "plan_finetune",
     "plan_sample",
-    "ranking_can_change",
-    "trade_views",
 ]
 
 RecipeName = Literal["auto", "probe", "lp-ft", "full"]
@@ -76,55 +74,6 @@ def plan_candidates(
         f"here); {', '.join(left_out)} left out: more than {share:.0%} of the "
         f"{max(remaining, 0):.0f} s left (a longer budget uses them)"
     )
-
-
-def trade_views(
-    seconds: dict[str, float],
-    kept: list[str],
-    why: str | None,
-    remaining: float | None,
-    share: float,
-) -> tuple[int, dict[str, float], list[str], str | None]:
-    """``(views, seconds, kept, why)``: the mirror images given up when, without their half
-    of the feature pass, more backbones fit the time left (several backbones together gained
-    2-3.5 points over the best one alone on every folder of ``benchmarks/real_folders.py``,
-    mirror images about 1); else the plan as it was, with both views.
-
-    Examples:
-        >>> trade_views({"a": 60.0, "b": 80.0}, ["b"], "...", 100.0, 0.85)[:3]
-        (1, {'a': 30.0, 'b': 40.0}, ['a', 'b'])
-        >>> trade_views({"a": 60.0, "b": 80.0}, ["a", "b"], None, 200.0, 0.85)[:3]
-        (2, {'a': 60.0, 'b': 80.0}, ['a', 'b'])
-    """
-    if len(kept) == len(seconds):
-        return AUTO.probe_views, seconds, kept, why
-    single = {name: s / AUTO.probe_views for name, s in seconds.items()}
-    more, more_why = plan_candidates(single, remaining, share)
-    if len(more) <= len(kept):
-        return AUTO.probe_views, seconds, kept, why
-    because = (
-        f"features without mirror images: then {len(more)} backbones fit the time left, "
-        f"against {len(kept)} with them (several backbones together add more than mirror "
-        "images do)"
-    )
-    return 1, single, more, because + (f"; {more_why}" if more_why else "")
-
-
-def ranking_can_change(seconds: dict[str, float], remaining: float | None, share: float) -> bool:
-    """Whether, after LogME took its ``AUTO.rank_share`` of the time left, a candidate other
-    than the quickest would still fit ``share`` of the rest (else ranking changes nothing).
-
-    Examples:
-        >>> ranking_can_change({"a": 10.0, "b": 30.0}, 100.0, 0.5)
-        True
-        >>> ranking_can_change({"a": 10.0, "b": 60.0}, 100.0, 0.5)
-        False
-    """
-    if remaining is None:
-        return True
-    quickest = min(seconds, key=lambda n: seconds[n])
-    room = share * (1 - AUTO.rank_share) * max(remaining, 0.0)
-    return any(s <= room for n, s in seconds.items() if n != quickest)
 
 
 def plan_sample(

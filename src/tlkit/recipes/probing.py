@@ -60,12 +60,6 @@ class Candidate:
     info: BackboneInfo | None = None
     seconds: float = 0.0  # a feature pass over every image and its mirror image, here
     features: torch.Tensor | None = field(default=None, repr=False)  # (views, N, D)
-    views: int = AUTO.probe_views  # 1: the mirror images left out of the feature pass
-
-    @property
-    def pass_seconds(self) -> float:
-        """The seconds of this candidate's feature pass, with its views."""
-        return self.seconds * self.views / AUTO.probe_views
 
     @property
     def dim(self) -> int:
@@ -81,9 +75,8 @@ def fit_seconds(chosen: list[Candidate], classes: int = 10) -> float:
     view."""
     dims = [c.dim for c in chosen]
     options = sum(dims) * (2 if len(dims) > 1 else 1)
-    views = min((c.views for c in chosen), default=AUTO.probe_views)
     per_feature = AUTO.probe_fit_seconds * max(1.0, classes / 10)
-    return per_feature * (views * options + (sum(dims) if views > 1 else 0))
+    return per_feature * (AUTO.probe_views * options + sum(dims))
 
 
 @dataclass
@@ -184,10 +177,9 @@ def choose_probe(
     best = _preferred([o for o in options if _label(o) in probes], probes, y, weights)
     scores = {label: _score(probe) for label, probe in probes.items()}
     unmirrored: LinearProbe | None = None
-    two_views = all(c.features is not None and len(c.features) > 1 for c in best)
-    if two_views and pace.fits(_dims(best) / AUTO.probe_views, "the probe without mirror images"):
+    if pace.fits(_dims(best) / AUTO.probe_views, "the probe without mirror images"):
         unmirrored = fit(best, views=1)
-    mirror = two_views and (
+    mirror = (
         unmirrored is None
         or not clearly_better(
             _right(probes[_label(best)], y), _right(unmirrored, y), weights=weights
@@ -437,13 +429,11 @@ def run_probe(
     images, labels, val_images = sets.images, sets.labels, sets.val_images
     both = sets.everything()
     for candidate in candidates:
-        mirrored = " and their mirror images" if candidate.views > 1 else ""
         log(
-            f"features of {candidate.name} at {candidate.size} px: {len(both)} images{mirrored} "
-            f"(about {candidate.pass_seconds:.0f} s here)"
+            f"features of {candidate.name} at {candidate.size} px: {len(both)} images and their "
+            f"mirror images (about {candidate.seconds:.0f} s here)"
         )
-        candidate.features = features(candidate, both, compute=compute,
-                                      mirror=candidate.views > 1)  # fmt: skip
+        candidate.features = features(candidate, both, compute=compute)
     with warnings.catch_warnings():  # labels too rare for every fold: said in the reasons
         warnings.simplefilter("ignore")
         choice = choose_probe(

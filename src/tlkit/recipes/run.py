@@ -22,14 +22,7 @@ from .compute import Compute
 from .images import Geometry
 from .inputs import check_arguments, check_class_weight, class_weight_for, read_datasets
 from .measure import decode_seconds, sample_median_side
-from .plan import (
-    RecipeName,
-    describe_images,
-    plan_candidates,
-    plan_sample,
-    ranking_can_change,
-    trade_views,
-)
+from .plan import RecipeName, describe_images, plan_candidates, plan_sample
 from .probing import (
     Candidate,
     ProbeStage,
@@ -238,7 +231,7 @@ def sample_within_budget(
     rescaled to the sample."""
     total = len(data) + n_val
     fits = fit_seconds(chosen, len(data.classes))
-    per_image = decode + sum(c.pass_seconds for c in chosen) / total + fits
+    per_image = decode + sum(c.seconds for c in chosen) / total + fits
     n, why = plan_sample(len(data), len(data.classes), per_image, n_val * per_image, remaining,
                          share)  # fmt: skip
     if why is None:
@@ -304,9 +297,6 @@ def choose_candidates(
 
     seconds = {c.name: c.seconds for c in candidates}
     kept, why = plan_candidates(seconds, left(), share)
-    views, seconds, kept, why = trade_views(seconds, kept, why, left(), share)
-    for candidate in candidates:
-        candidate.views = views
     if len(kept) < len(candidates) and len(data) > AUTO.rank_images and not data.multi_label:
         if ranking_can_change(seconds, left(), share):
             names = [c.name for c in candidates]
@@ -335,6 +325,23 @@ def choose_candidates(
     remaining = None if deadline is None else deadline - time.perf_counter()
     data = sample_within_budget(data, n_val, chosen, plan, seed, remaining, share, parallel)
     return chosen, data
+
+
+def ranking_can_change(seconds: dict[str, float], remaining: float | None, share: float) -> bool:
+    """Whether, after LogME took its ``AUTO.rank_share`` of the time left, a candidate other
+    than the quickest would still fit ``share`` of the rest (else ranking changes nothing).
+
+    Examples:
+        >>> ranking_can_change({"a": 10.0, "b": 30.0}, 100.0, 0.5)
+        True
+        >>> ranking_can_change({"a": 10.0, "b": 60.0}, 100.0, 0.5)
+        False
+    """
+    if remaining is None:
+        return True
+    quickest = min(seconds, key=lambda n: seconds[n])
+    room = share * (1 - AUTO.rank_share) * max(remaining, 0.0)
+    return any(s <= room for n, s in seconds.items() if n != quickest)
 
 
 def build_result(
