@@ -43,12 +43,14 @@ from PIL import Image
 from real_folders import (
     BUILDERS,
     FMNIST_CLASSES,
+    cross_validated_c,
     floor,
     letterbox,
     lite,
     load_images,
     pooled,
     read_idx,
+    standardise,
 )
 
 from tlkit import LinearProbe
@@ -81,9 +83,7 @@ def weighted_floor(
     accuracy (written out here, not tlkit's)."""
     counts = torch.bincount(y, minlength=k).float()
     w_class = len(y) / (k * counts)
-    mu = train.reshape(-1, train.shape[-1]).mean(0)
-    sd = train.reshape(-1, train.shape[-1]).std(0) + 1e-6
-    train, test = (train - mu) / sd, (test - mu) / sd
+    train, test = standardise(train, test)
 
     def fit(x: torch.Tensor, labels: torch.Tensor, c: float) -> torch.Tensor:
         w = torch.zeros(x.shape[-1] + 1, k, requires_grad=True)
@@ -106,17 +106,7 @@ def weighted_floor(
         ones = torch.ones(x.shape[1], 1)
         return torch.stack([torch.cat([v, ones], 1).matmul(w).softmax(1) for v in x]).mean(0)
 
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    folds = [order[i::5] for i in range(5)]
-    best = (-1.0, 1.0)
-    for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0):
-        out = torch.zeros(len(y), k)
-        for held in folds:
-            keep = torch.ones(len(y), dtype=torch.bool)
-            keep[held] = False
-            out[held] = probs(train[:, held], fit(train[:, keep], y[keep], c))
-        best = max(best, (balanced(out, y), c))
-    return probs(test, fit(train, y, best[1]))
+    return probs(test, fit(train, y, cross_validated_c(train, y, fit, probs, balanced)))
 
 
 # --------------------------------------------------------------------------- imbalance

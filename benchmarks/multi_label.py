@@ -30,7 +30,16 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from real_folders import EMOJI_FONT, EMOJI_TEST, SKIN_TONES, letterbox, lite, pooled
+from real_folders import (
+    EMOJI_FONT,
+    EMOJI_TEST,
+    SKIN_TONES,
+    cross_validated_c,
+    letterbox,
+    lite,
+    pooled,
+    standardise,
+)
 
 import tlkit
 from tlkit import LinearProbe
@@ -94,9 +103,7 @@ def build(root: Path) -> None:
 def bce_probe(train: torch.Tensor, y: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
     """Test probabilities of a per-label logistic regression on (2, N, D) features (mirror
     views), C by 5-fold cross-validated mAP."""
-    flat = train.reshape(-1, train.shape[-1])
-    mu, sd = flat.mean(0), flat.std(0) + 1e-6
-    train, test = (train - mu) / sd, (test - mu) / sd
+    train, test = standardise(train, test)
 
     def fit(x: torch.Tensor, targets: torch.Tensor, c: float) -> torch.Tensor:
         rows, t = x.reshape(-1, x.shape[-1]), targets.repeat(x.shape[0], 1)
@@ -119,17 +126,8 @@ def bce_probe(train: torch.Tensor, y: torch.Tensor, test: torch.Tensor) -> torch
         ones = torch.ones(x.shape[1], 1)
         return torch.stack([torch.cat([v, ones], 1).matmul(w).sigmoid() for v in x]).mean(0)
 
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    folds = [order[i::5] for i in range(5)]
-    best = (-1.0, 1.0)
-    for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0):
-        held_probs = torch.zeros(y.shape)
-        for held in folds:
-            keep = torch.ones(len(y), dtype=torch.bool)
-            keep[held] = False
-            held_probs[held] = probs(train[:, held], fit(train[:, keep], y[keep], c))
-        best = max(best, (mean_average_precision(held_probs, y), c))
-    return probs(test, fit(train, y, best[1]))
+    c = cross_validated_c(train, y, fit, probs, mean_average_precision)
+    return probs(test, fit(train, y, c))
 
 
 # --------------------------------------------------------------------------- rows
