@@ -61,18 +61,16 @@ def predict(model: Any, files: Sequence[Path], args: argparse.Namespace) -> int:
             "decides each label at its own threshold"
         )
     probs = probabilities(model, files, args.tta)
-    limits = torch.tensor(model.thresholds)
-    for file, row in zip(files, probs, strict=True):
-        chosen = sorted((row >= limits).nonzero().flatten().tolist(), key=lambda i: -row[i])
+    for file, row, labels in zip(files, probs, model.label_sets(probs), strict=True):
         if args.json:
             record = {
                 "file": str(file),
-                "labels": [model.classes[i] for i in chosen],
+                "labels": [name for name, _ in labels],
                 "probabilities": dict(zip(model.classes, row.tolist(), strict=True)),
             }
             print(json.dumps(json_safe(record), allow_nan=False))
         else:
-            shown = ", ".join(f"{model.classes[i]} {float(row[i]):.4f}" for i in chosen)
+            shown = ", ".join(f"{name} {p:.4f}" for name, p in labels)
             print(f"{file}\t{shown or '(no label)'}")
     return 0
 

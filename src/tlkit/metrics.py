@@ -244,7 +244,11 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float
         >>> mean_average_precision(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.eye(2))
         1.0
     """
-    ap = average_precision(scores, targets)
+    return _mean_of_defined(average_precision(scores, targets))
+
+
+def _mean_of_defined(ap: torch.Tensor) -> float:
+    """The mean of the classes' average precisions that are defined (not NaN)."""
     seen = ~ap.isnan()
     return float(ap[seen].mean()) if seen.any() else float("nan")
 
@@ -351,7 +355,7 @@ def multi_label_metrics(
     ap = average_precision(probs, truth.long())
     clipped = probs.double().clamp(1e-7, 1 - 1e-7)
     return {
-        "map": mean_average_precision(probs, truth.long()),
+        "map": _mean_of_defined(ap),
         "ap": [None if v != v else float(v) for v in ap.tolist()],
         "micro_f1": f1["micro"],
         "macro_f1": f1["macro"],

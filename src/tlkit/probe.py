@@ -214,20 +214,18 @@ class LinearProbe:
         y = torch.as_tensor(labels)
         if x.dim() != 3 or x.shape[1] == 0 or x.shape[2] == 0:
             raise ValueError(f"features must be (N, D) or (V, N, D), got {tuple(features.shape)}")
-        if y.dim() == 2 and is_multi_hot(y) and len(y) == x.shape[1] and y.shape[1] > 0:
-            if not torch.isfinite(x).all():
-                raise ValueError("features hold NaN or infinite values")
-            return x, y.float()
-        if y.dim() != 1 or y.is_floating_point() or y.is_complex() or len(y) != x.shape[1]:
-            raise ValueError(
-                f"labels must be {x.shape[1]} class indices (one per image) or a multi-hot "
-                f"({x.shape[1]}, K) matrix of 0/1, got {y.dtype} of shape {tuple(y.shape)}"
-            )
-        if int(y.min()) < 0:
-            raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")
+        multi = y.dim() == 2 and is_multi_hot(y) and len(y) == x.shape[1] and y.shape[1] > 0
+        if not multi:
+            if y.dim() != 1 or y.is_floating_point() or y.is_complex() or len(y) != x.shape[1]:
+                raise ValueError(
+                    f"labels must be {x.shape[1]} class indices (one per image) or a multi-hot "
+                    f"({x.shape[1]}, K) matrix of 0/1, got {y.dtype} of shape {tuple(y.shape)}"
+                )
+            if int(y.min()) < 0:
+                raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")
         if not torch.isfinite(x).all():
             raise ValueError("features hold NaN or infinite values")
-        return x, y.long()
+        return x, y.float() if multi else y.long()
 
     def _cross_validate(self, x: torch.Tensor, y: torch.Tensor, k: int, groups: Any) -> float:
         """The ``C`` with the best out-of-fold accuracy (ties: the lower log loss)."""

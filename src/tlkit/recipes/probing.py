@@ -42,6 +42,7 @@ __all__ = [
     "load_candidates",
     "metrics_from_probs",
     "probe_network",
+    "right_per_image",
     "run_probe",
     "usable_groups",
 ]
@@ -273,12 +274,17 @@ def _preferred(
 
 
 def _right(probe: LinearProbe, y: torch.Tensor) -> torch.Tensor:
-    """Which images the probe's out-of-fold predictions get right (multi-label: how well
-    each image's labels are ranked, from 0 to 1)."""
+    """Which images the probe's out-of-fold predictions get right."""
     assert probe.cv_probs_ is not None
-    if y.dim() == 2:
-        return label_ranking_precision(probe.cv_probs_, y)
-    return probe.cv_probs_.argmax(1) == y
+    return right_per_image(probe.cv_probs_, y)
+
+
+def right_per_image(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Which images probabilities ``(N, K)`` classify right; for multi-hot labels how well
+    each image's labels are ranked, from 0 to 1 (the per-image scores the keep rules pair)."""
+    if labels.dim() == 2:
+        return label_ranking_precision(probs, labels)
+    return probs.argmax(1) == labels
 
 
 def _cross_validated(

@@ -330,6 +330,12 @@ class FinetuneResult:
             return [
                 [(self.classes[i], p)] for p, i in zip(top.tolist(), index.tolist(), strict=True)
             ]
+        return self.label_sets(probs)
+
+    def label_sets(self, probs: torch.Tensor) -> list[list[tuple[str, float]]]:
+        """A multi-label model's ``(label, probability)`` pairs at or above their thresholds
+        for each row of probabilities ``(N, K)`` (from [predict][tlkit.FinetuneResult.predict]),
+        most likely first."""
         limits = torch.tensor(self.thresholds or [0.5] * len(self.classes))
         out = []
         for row in probs:

@@ -15,7 +15,6 @@ from .. import heads
 from ..augment import BatchAugment
 from ..backbones import BackboneInfo
 from ..history import History
-from ..metrics import label_ranking_precision
 from ..probe import balancing_weights
 from ..splits import kfold
 from ..tta import flip_average
@@ -23,7 +22,7 @@ from .compute import CPU, Compute
 from .keep import fine_tuning_wins
 from .measure import choose_batch_size, measure
 from .plan import choose_size, plan_finetune
-from .probing import Candidate, ProbeStage
+from .probing import Candidate, ProbeStage, right_per_image
 from .result import Recipe, build_head, load_head
 from .settings import AUTO
 from .stages import train_full
@@ -132,19 +131,11 @@ def run_finetune(
         if plan.class_weight is not None and not multi:
             weights = balancing_weights(judge_y, classes)
         keep, verdict = fine_tuning_wins(
-            _right(probe_probs, judge_y), _right(probs, judge_y), weights=weights
+            right_per_image(probe_probs, judge_y), right_per_image(probs, judge_y), weights=weights
         )
         plan.kept = "fine-tuned" if keep else "probe"
         plan.reasons.append(verdict)
     return TunedStage(best.name, best.info, model.eval(), size, history, judge_x, judge_y, probs)
-
-
-def _right(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Which images are classified right; for multi-hot labels how well each image's labels
-    are ranked (0 to 1)."""
-    if labels.dim() == 2:
-        return label_ranking_precision(probs, labels)
-    return probs.argmax(1) == labels
 
 
 def too_late(best: Candidate, deadline: float | None, plan: Recipe) -> bool:
