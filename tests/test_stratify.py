@@ -83,3 +83,12 @@ def test_helpers_tell_multi_hot_from_class_indices() -> None:
     assert not is_multi_hot(torch.tensor([0, 1, 2]))
     assert label_sets(torch.tensor([[0, 1, 1], [0, 0, 0]])) == [(1, 2), ()]
     assert rare_labels(torch.tensor([[1, 0], [1, 0], [1, 1]]), 3) == [1]
+
+
+def test_helpers_name_what_they_were_given() -> None:
+    with pytest.raises(ValueError, match=r"multi-hot \(N, K\) matrix of 0 and 1"):
+        label_sets(torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="multi-hot"):
+        rare_labels(torch.tensor([[0, 3]]), 2)
+    with pytest.raises(ValueError, match="parts must be a positive integer, got 0"):
+        rare_labels(torch.tensor([[0, 1]]), 0)

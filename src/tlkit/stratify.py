@@ -59,8 +59,7 @@ def label_sets(targets: Any) -> list[tuple[int, ...]]:
         >>> label_sets(torch.tensor([[1, 0, 1], [0, 0, 0]]))
         [(0, 2), ()]
     """
-    matrix = torch.as_tensor(targets)
-    return [tuple(row.nonzero().flatten().tolist()) for row in matrix]
+    return [tuple(row.nonzero().flatten().tolist()) for row in _matrix(targets)]
 
 
 def rare_labels(targets: Any, parts: int) -> list[int]:
@@ -71,8 +70,21 @@ def rare_labels(targets: Any, parts: int) -> list[int]:
         >>> rare_labels(torch.tensor([[1, 1], [1, 0], [1, 0]]), 2)
         [1]
     """
-    counts = torch.as_tensor(targets).sum(0)
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ValueError(f"parts must be a positive integer, got {parts!r}")
+    counts = _matrix(targets).sum(0)
     return [int(c) for c in ((counts > 0) & (counts < parts)).nonzero().flatten()]
+
+
+def _matrix(targets: Any) -> torch.Tensor:
+    """``targets`` as a tensor, checked to be a multi-hot ``(N, K)`` matrix."""
+    if not is_multi_hot(targets):
+        shape = tuple(getattr(targets, "shape", ()))
+        raise ValueError(
+            f"targets must be a multi-hot (N, K) matrix of 0 and 1 (a tensor or array), got "
+            f"{type(targets).__name__} of shape {shape}"
+        )
+    return torch.as_tensor(targets)
 
 
 def iterative_parts(targets: Any, sizes: list[int], rng: random.Random) -> list[list[int]]:
