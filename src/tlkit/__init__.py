@@ -26,6 +26,7 @@ from . import (
     features,
     heads,
     report,
+    taps,
     tta,
 )
 from .augment import channel_stats
@@ -60,6 +61,7 @@ from .splits import (
     part_sizes,
     split,
 )
+from .taps import LayerTaps
 from .trainer import Trainer
 
 __version__ = "0.1.0"
@@ -79,6 +81,7 @@ __all__ = [
     "HistoryLogger",
     "ImageDataset",
     "LRScheduler",
+    "LayerTaps",
     "LinearProbe",
     "ModelCheckpoint",
     "NonFiniteLossError",
@@ -116,6 +119,7 @@ __all__ = [
     "replace_head",
     "report",
     "split",
+    "taps",
     "to_rgb",
     "tta",
     "unfreeze",

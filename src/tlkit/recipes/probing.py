@@ -25,6 +25,7 @@ from ..metrics import ClassificationMeter, label_ranking_precision, multi_label_
 from ..probe import LinearProbe, balancing_weights
 from ..splits import file_name_groups, join_groups, near_duplicate_groups
 from ..stratify import label_sets, rare_labels
+from ..taps import LayerTaps, default_layers
 from .compute import CPU, Compute
 from .keep import clearly_better
 from .measure import time_batches
@@ -44,6 +45,7 @@ __all__ = [
     "probe_network",
     "right_per_image",
     "run_probe",
+    "tap_layers",
     "usable_groups",
 ]
 
@@ -60,22 +62,29 @@ class Candidate:
     channels_last: bool = False
     info: BackboneInfo | None = None
     seconds: float = 0.0  # a feature pass over every image and its mirror image, here
-    features: torch.Tensor | None = field(default=None, repr=False)  # (views, N, D)
+    taps: list[str] = field(default_factory=list)  # intermediate layers read too
+    tap_dim: int = 0  # the width they add
+    features: torch.Tensor | None = field(default=None, repr=False)  # (views, N, taps + D)
 
     @property
     def dim(self) -> int:
-        """Length of the pooled feature vector (the head's input)."""
+        """Length of the final pooled feature vector (the head's input)."""
         return heads.find_head(self.model)[1]
+
+    @property
+    def width(self) -> int:
+        """Length of the features computed: the intermediate layers' and the final ones."""
+        return self.features.shape[-1] if self.features is not None else self.tap_dim + self.dim
 
 
 def fit_seconds(chosen: list[Candidate], classes: int = 10) -> float:
     """Seconds per training image that the probe's cross-validated fits take (at
     ``AUTO.probe_fit_seconds`` per image, view and feature, measured with 8 and 10 classes, and
     in proportion above 10 classes or labels: the weights grow with them): each backbone alone
-    and, with several, all together, on both views, then the preferred one once more on one
-    view."""
-    dims = [c.dim for c in chosen]
-    options = sum(dims) * (2 if len(dims) > 1 else 1)
+    and, with several, all together, on both views; then the preferred one once more without
+    the intermediate layers (where there are some), and once more on one view."""
+    dims = [c.width for c in chosen]
+    options = sum(dims) * (2 if len(dims) > 1 else 1) + sum(c.dim for c in chosen if c.taps)
     per_feature = AUTO.probe_fit_seconds * max(1.0, classes / 10)
     return per_feature * (AUTO.probe_views * options + sum(dims))
 
@@ -91,6 +100,7 @@ class ProbeChoice:
     reasons: list[str]
     probes: dict[str, LinearProbe]
     mirror: bool = True
+    taps: bool = False  # whether the probe reads the backbones' intermediate layers too
 
 
 @torch.no_grad()
@@ -104,19 +114,21 @@ def features(
 ) -> torch.Tensor:
     """Pooled features ``(V, N, D)`` (float32, on the CPU) of decoded images, resized to the
     candidate's size and computed on ``compute``'s device (default the CPU): the image, and its
-    mirror image when ``mirror``. Only a batch of images is in memory at a time."""
+    mirror image when ``mirror``; the pooled outputs of the candidate's ``taps`` layers first
+    when it has some ([tlkit.LayerTaps][]). Only a batch of images is in memory at a time."""
     compute = compute or CPU
     model = candidate.model.eval().to(compute.device)
     layout = torch.channels_last if candidate.channels_last else torch.contiguous_format
     views: list[list[torch.Tensor]] = [[], []] if mirror else [[]]
     with heads.headless(model) as (_, _head):
         model.to(memory_format=layout)
+        network = LayerTaps(model, candidate.taps) if candidate.taps else model
         for chunk in images.batches(batch):
             x = to_model_input(chunk, candidate.size, candidate.mean, candidate.std,
                                compute.device, layout)  # fmt: skip
             for view, out in enumerate(views):
                 with compute.autocast():
-                    pooled = model(x.flip(-1) if view else x)
+                    pooled = network(x.flip(-1) if view else x)
                 out.append(pooled.float().flatten(1).cpu())
         model.to(memory_format=torch.contiguous_format)
     return torch.stack([torch.cat(out) for out in views])
@@ -162,8 +174,11 @@ def choose_probe(
     metric = "accuracy" if class_weight is None else "balanced accuracy"
     metric = "mean average precision" if multi else metric
 
-    def fit(option: list[Candidate], views: int | None = None) -> LinearProbe:
-        return _cross_validated(option, y, classes, groups, seed, n, views, class_weight)
+    def fit(option: list[Candidate], views: int | None = None, taps: bool = True) -> LinearProbe:
+        x = _matrix(option, slice(0, n), views, taps)
+        probe = LinearProbe(C=AUTO.probe_C, folds=AUTO.probe_folds, seed=seed,
+                            class_weight=class_weight)  # fmt: skip
+        return probe.fit(x, y, groups=groups, classes=classes, cv=True)
 
     for option in options:
         if probes and not pace.fits(_dims(option), f"the probe on {_label(option)}"):
@@ -177,16 +192,27 @@ def choose_probe(
         )
     best = _preferred([o for o in options if _label(o) in probes], probes, y, weights)
     scores = {label: _score(probe) for label, probe in probes.items()}
+    probe = probes[_label(best)]
+    taps, taps_reason = any(c.taps for c in best), ""
+    if taps and pace.fits(_dims(best, taps=False), "the probe without intermediate layers"):
+        final = fit(best, taps=False)
+        taps = not clearly_better(_right(probe, y), _right(final, y), weights=weights)[0]
+        probe = probe if taps else final
+        taps_reason = (
+            f"with intermediate layers ({_layers(best)}): {_score(final):.4f} on the final "
+            "features alone (kept only when better by more than one standard error)"
+            if taps
+            else f"final features only: {_score(final):.4f}, better by more than one standard "
+            f"error than with intermediate layers ({_layers(best)})"
+        )
     unmirrored: LinearProbe | None = None
-    if pace.fits(_dims(best) / AUTO.probe_views, "the probe without mirror images"):
-        unmirrored = fit(best, views=1)
+    if pace.fits(_dims(best, taps) / AUTO.probe_views, "the probe without mirror images"):
+        unmirrored = fit(best, views=1, taps=taps)
     mirror = (
         unmirrored is None
-        or not clearly_better(
-            _right(probes[_label(best)], y), _right(unmirrored, y), weights=weights
-        )[0]
+        or not clearly_better(_right(probe, y), _right(unmirrored, y), weights=weights)[0]
     )
-    probe = probes[_label(best)] if mirror or unmirrored is None else unmirrored
+    probe = probe if mirror or unmirrored is None else unmirrored
     listed = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
     what = f"{scores[_label(best)]:.4f}"
     if len(options) > 1:
@@ -198,6 +224,8 @@ def choose_probe(
         f"{what}; {_grouping(n, found, named, groups)}",
         *pace.skipped,
     ]
+    if taps_reason:
+        reasons.append(taps_reason)
     if unmirrored is not None:
         reasons.append(
             f"{'with' if mirror else 'without'} mirror images: {_score(unmirrored):.4f} without "
@@ -209,7 +237,8 @@ def choose_probe(
                 "apart"
             )
         )
-    return ProbeChoice([c.name for c in best], probe, scores, groups, reasons, probes, mirror)
+    return ProbeChoice([c.name for c in best], probe, scores, groups, reasons, probes, mirror,
+                       taps)  # fmt: skip
 
 
 def _groups(
@@ -217,17 +246,35 @@ def _groups(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """The near-duplicates found from the features, the files named alike, and the groups the
     folds keep together."""
-    joined = torch.cat([c.features[:, :n] for c in candidates if c.features is not None], -1)
-    found = near_duplicate_groups(joined[0], threshold=AUTO.duplicate_similarity)
+    final = _matrix(candidates, slice(0, n), views=1, taps=False)[0]
+    found = near_duplicate_groups(final, threshold=AUTO.duplicate_similarity)
     keys = label_sets(y) if y.dim() == 2 else y
     named = file_name_groups(files[:n], keys, folds=AUTO.probe_folds) if files else None
     groups = usable_groups(found if named is None else join_groups(found, named), y)
     return found, named, groups
 
 
-def _dims(option: list[Candidate]) -> float:
-    """The width of the option's features (as computed)."""
-    return float(sum(c.features.shape[-1] if c.features is not None else c.dim for c in option))
+def _dims(option: list[Candidate], taps: bool = True) -> float:
+    """The width of the option's features, with or without the intermediate layers'."""
+    return float(sum(c.width if taps else c.width - c.tap_dim for c in option))
+
+
+def _matrix(
+    option: list[Candidate], rows: slice, views: int | None = None, taps: bool = True
+) -> torch.Tensor:
+    """The option's features ``(V, N, D)`` of the images ``rows``: every view or the first
+    ``views``, the intermediate layers' too or the final features alone."""
+    parts = []
+    for c in option:
+        assert c.features is not None
+        part = c.features[:views, rows]
+        parts.append(part if taps else part[..., c.tap_dim :])
+    return torch.cat(parts, -1)
+
+
+def _layers(option: list[Candidate]) -> str:
+    """The intermediate layers read, in words."""
+    return "; ".join(f"{c.name}: {', '.join(c.taps)}" for c in option if c.taps)
 
 
 class _Pace:
@@ -287,22 +334,6 @@ def right_per_image(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return probs.argmax(1) == labels
 
 
-def _cross_validated(
-    option: list[Candidate],
-    y: torch.Tensor,
-    classes: int,
-    groups: torch.Tensor,
-    seed: int,
-    n: int,
-    views: int | None = None,
-    class_weight: list[float] | None = None,
-) -> LinearProbe:
-    x = torch.cat([c.features[:views, :n] for c in option if c.features is not None], -1)
-    probe = LinearProbe(C=AUTO.probe_C, folds=AUTO.probe_folds, seed=seed,
-                        class_weight=class_weight)  # fmt: skip
-    return probe.fit(x, y, groups=groups, classes=classes, cv=True)
-
-
 def _score(probe: LinearProbe) -> float:
     assert probe.C_ is not None
     return probe.cv_accuracy_[probe.C_]
@@ -334,10 +365,11 @@ def best_single(choice: ProbeChoice, candidates: list[Candidate]) -> Candidate:
 def probe_network(choice: ProbeChoice, candidates: list[Candidate], classes: int) -> nn.Module:
     """The chosen candidates' network with the fitted probe as its head's last layer."""
     chosen = [c for c in candidates if c.name in choice.names]
-    if len(chosen) == 1:
+    if len(chosen) == 1 and not (choice.taps and chosen[0].taps):
         model = chosen[0].model
     else:
-        model = stack([c.model for c in chosen], [c.size for c in chosen], classes)
+        taps = [c.taps if choice.taps else [] for c in chosen]
+        model = stack([c.model for c in chosen], [c.size for c in chosen], classes, taps)
     load_head(model, choice.probe.to_linear())
     return model.eval()
 
@@ -390,6 +422,20 @@ class ProbeStage:
     best_name: str
     sizes: dict[str, int]
     infos: dict[str, BackboneInfo]
+    taps: dict[str, list[str]]
+    start: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def tuning_head(self) -> nn.Linear:
+        """A head for fine-tuning the best single backbone from its probe (``lp-ft``): that
+        probe, or where it also read intermediate layers (which the network being fine-tuned
+        does not), the same probe (its C, its class weights) refit on the final features."""
+        probe = self.choice.probes[self.best_name]
+        if self.start is None:
+            return probe.to_linear()
+        assert probe.C_ is not None and probe.weight_ is not None
+        x, y = self.start
+        refit = LinearProbe(C=probe.C_, class_weight=probe.class_weight)
+        return refit.fit(x, y, classes=probe.weight_.shape[0], cv=False).to_linear()
 
 
 def load_candidates(
@@ -413,11 +459,27 @@ def load_candidates(
         model, info = build_network([name], [0], classes, weights=weights, key_map=key_map)
         size = image_size or info.input_size
         per_second = rate(model, size)
-        candidates.append(
-            Candidate(name, model, size, tuple(info.mean), tuple(info.std), channels_last=True,
-                      info=info, seconds=AUTO.probe_views * n_images / per_second)
-        )  # fmt: skip
+        candidate = Candidate(name, model, size, tuple(info.mean), tuple(info.std),
+                              channels_last=True, info=info,
+                              seconds=AUTO.probe_views * n_images / per_second)  # fmt: skip
+        if AUTO.probe_taps:
+            candidate.taps, candidate.tap_dim = tap_layers(model, size)
+        candidates.append(candidate)
     return candidates
+
+
+def tap_layers(model: nn.Module, size: int) -> tuple[list[str], int]:
+    """The intermediate layers the probe reads too ([tlkit.taps.default_layers][]) and the
+    width they add; none where their outputs cannot be pooled at ``size``."""
+    with heads.headless(model):
+        layers = default_layers(model)
+        if not layers:
+            return [], 0
+        try:
+            width = LayerTaps(model, layers).out_features(size)
+        except (RuntimeError, ValueError):  # an output LayerTaps cannot pool: no taps
+            return [], 0
+    return layers, width - heads.find_head(model)[1]
 
 
 def run_probe(
@@ -435,9 +497,11 @@ def run_probe(
     images, labels, val_images = sets.images, sets.labels, sets.val_images
     both = sets.everything()
     for candidate in candidates:
+        layers = plural(len(candidate.taps), "intermediate layer")
+        inside = f" and {layers}" if candidate.taps else ""
         log(
-            f"features of {candidate.name} at {candidate.size} px: {len(both)} images and their "
-            f"mirror images (about {candidate.seconds:.0f} s here)"
+            f"features of {candidate.name}{inside} at {candidate.size} px: {len(both)} images "
+            f"and their mirror images (about {candidate.seconds:.0f} s here)"
         )
         candidate.features = features(candidate, both, compute=compute)
     with warnings.catch_warnings():  # labels too rare for every fold: said in the reasons
@@ -462,11 +526,14 @@ def run_probe(
         probs = choice.probe.cv_probs_
     else:
         views = None if choice.mirror else 1
-        x = torch.cat(
-            [c.features[:views, len(images) :] for c in chosen if c.features is not None], -1
-        )
+        x = _matrix(chosen, slice(len(images), None), views, choice.taps)
         probs = choice.probe.predict_proba(x)
     size = max(c.size for c in chosen)
     sizes = {c.name: c.size for c in candidates}
     infos = {c.name: c.info for c in candidates if c.info is not None}
-    return ProbeStage(choice, model, size, probs, tuning_start, best.name, sizes, infos)
+    taps = {c.name: list(c.taps) for c in candidates}
+    start = None
+    if best.taps:  # the best backbone's final features, for a fine-tuning head
+        start = (_matrix([best], slice(0, len(images)), taps=False), labels[: len(images)])
+    return ProbeStage(choice, model, size, probs, tuning_start, best.name, sizes, infos, taps,
+                      start)  # fmt: skip

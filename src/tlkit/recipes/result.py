@@ -20,6 +20,7 @@ from .. import heads
 from .._utils import atomic_save, check_state_finite, plural
 from ..backbones import BackboneInfo, backbone
 from ..history import History
+from ..taps import LayerTaps
 from ..tta import flip_average
 from .images import Geometry, decode, normalise
 from .saved import check_confidence, check_description
@@ -93,29 +94,48 @@ def build_network(
     *,
     weights: str | Path | None = None,
     key_map: Any = "strict",
+    taps: Sequence[Sequence[str]] | None = None,
 ) -> tuple[nn.Module, BackboneInfo]:
     """The network of a result: one backbone with [build_head][tlkit.recipes.result.build_head]
-    on it, or several stacked ([StackedBackbones][tlkit.recipes.result.StackedBackbones]).
-    [tlkit.finetune][] and [tlkit.load_model][] both build it here."""
+    on it, or several stacked, or backbones read at intermediate layers too (``taps``: the
+    layers of each, [tlkit.LayerTaps][]), in a
+    [StackedBackbones][tlkit.recipes.result.StackedBackbones]. [tlkit.finetune][] and
+    [tlkit.load_model][] both build it here."""
     models, infos = [], []
     for name in names:
         model, info = backbone(name, weights, key_map=key_map)
         heads.replace_head(model, lambda n: build_head(n, classes))
         models.append(model)
         infos.append(info)
-    if len(models) == 1:
+    if len(models) == 1 and not any(taps or []):
         return models[0], infos[0]
-    return stack(models, sizes, classes), infos[0]
+    return stack(models, sizes, classes, taps), infos[0]
 
 
-def stack(models: Sequence[nn.Module], sizes: Sequence[int], classes: int) -> StackedBackbones:
+def stack(
+    models: Sequence[nn.Module],
+    sizes: Sequence[int],
+    classes: int,
+    taps: Sequence[Sequence[str]] | None = None,
+) -> StackedBackbones:
     """Networks built by [build_network][tlkit.recipes.result.build_network] for one backbone
-    each, their heads removed, side by side under one new head."""
-    bodies, width = [], 0
-    for model in models:
-        width += heads.find_head(model)[1]
+    each, their heads removed, side by side under one new head; each read at its ``taps``
+    layers too when given (one list per network, empty for none)."""
+    taps = list(taps) if taps is not None else [[] for _ in models]
+    if len(taps) != len(models):
+        raise ValueError(f"one list of layers per network, got {len(taps)} for {len(models)}")
+    bodies: list[nn.Module] = []
+    width = 0
+    for model, layers, size in zip(models, taps, sizes, strict=True):
+        final = heads.find_head(model)[1]
         heads.replace_head(model, lambda n: nn.Identity())
-        bodies.append(model)
+        if layers:
+            body = LayerTaps(model, layers)
+            width += body.out_features(size)
+            bodies.append(body)
+        else:
+            width += final
+            bodies.append(model)
     return StackedBackbones(bodies, sizes, build_head(width, classes))
 
 
@@ -209,6 +229,10 @@ class FinetuneResult:
         thresholds: Multi-label only: each label's decision threshold, chosen for its best F1
             on the images that judged the model.
         recipe: The [tlkit.Recipe][] that ran, with its reasons.
+        backbones: The backbones' names (several when their features were joined).
+        sizes: Each backbone's image size (each sees the images resized to it).
+        taps: For each backbone, the intermediate layers whose pooled outputs the head reads
+            beside the final features ([tlkit.LayerTaps][]); empty lists for none.
         history: Every epoch of every stage (``stage`` column: ``probe`` or ``finetune``).
         val_metrics: Metrics of the kept model on the validation images.
         seconds: Wall time of the whole call.
@@ -255,6 +279,7 @@ class FinetuneResult:
     thresholds: list[float] | None = None
     backbones: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
+    taps: list[list[str]] = field(default_factory=list)
     val_images: torch.Tensor | ImageStore | None = field(default=None, repr=False)
     val_labels: torch.Tensor | None = field(default=None, repr=False)
     val_probs: torch.Tensor | None = field(default=None, repr=False)
@@ -367,6 +392,7 @@ class FinetuneResult:
                 else [float(t) for t in self.thresholds],
                 "backbones": list(self.backbones) or [self.backbone],
                 "sizes": list(self.sizes) or [self.image_size],
+                "taps": [list(t) for t in self.taps],
                 "state_dict": self.model.state_dict(),
             },
             path,
@@ -409,7 +435,8 @@ def load_model(path: str | Path) -> FinetuneResult:
     check_description(state, file)
     names = [str(n) for n in state.get("backbones", [state["backbone"]])]
     sizes = [int(s) for s in state.get("sizes", [state["image_size"]])]
-    model, info = build_network(names, sizes, len(state["classes"]))
+    taps = [[str(layer) for layer in t] for t in state.get("taps") or []]
+    model, info = build_network(names, sizes, len(state["classes"]), taps=taps or None)
     check_state_finite(state["state_dict"], file)
     try:
         model.load_state_dict(state["state_dict"])
@@ -442,4 +469,5 @@ def load_model(path: str | Path) -> FinetuneResult:
         thresholds=state.get("thresholds"),
         backbones=names,
         sizes=sizes,
+        taps=taps,
     )

@@ -358,11 +358,13 @@ def build_result(
         assert tuned is not None
         plan.image_size, info, model = tuned.size, tuned.info, tuned.model
         names, sizes = [tuned.name], [tuned.size]
+        taps: list[list[str]] = [[]]
         judged, judged_labels, probs = tuned.images, tuned.labels, tuned.probs
         method = "held-out images" if sets.val_images is None else "val images"
     else:
         names, model, probs = probe.choice.names, probe.model, probe.val_probs
         sizes, info = [probe.sizes[n] for n in names], probe.infos[probe.choice.names[0]]
+        taps = [probe.taps[n] if probe.choice.taps else [] for n in names]
         judged = sets.images if sets.val_images is None else sets.val_images
         judged_labels = sets.labels if sets.val_labels is None else sets.val_labels
         method = (
@@ -403,6 +405,7 @@ def build_result(
         thresholds=None if thresholds is None else [float(t) for t in thresholds],
         backbones=names,
         sizes=sizes,
+        taps=taps,
         val_images=judged,
         val_labels=judged_labels,
         val_probs=probs,

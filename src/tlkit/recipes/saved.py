@@ -76,6 +76,14 @@ def check_description(state: dict[str, Any], file: Path) -> None:
             or not all(isinstance(t, float) and 0 <= t <= 1 for t in thresholds)
         ):
             problems.append(f"thresholds must be one probability per class, got {thresholds!r:.60}")
+        taps, names = state.get("taps") or [], state.get("backbones", [state["backbone"]])
+        if taps and (
+            not isinstance(taps, list)
+            or not isinstance(names, list)
+            or len(taps) != len(names)
+            or not all(isinstance(t, list) and all(isinstance(n, str) for n in t) for t in taps)
+        ):
+            problems.append(f"taps must be one list of layer names per backbone, got {taps!r:.60}")
         if not isinstance(state["state_dict"], dict):
             problems.append("state_dict is not a dict of tensors")
     if problems:

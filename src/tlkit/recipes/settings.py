@@ -33,6 +33,7 @@ class Settings:
     probe_C: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # L2 strengths tried
     probe_folds: int = 5  # cross-validation folds choosing C, the backbones and the model
     probe_views: int = 2  # each image and its mirror image
+    probe_taps: bool = True  # read intermediate layers too (tlkit.taps.default_layers)
     duplicate_similarity: float = 0.95  # cosine similarity joining near-duplicate images
     head_dropout: float = 0.1
     probe_fit_seconds: float = 3e-6  # per image, view and feature of a cross-validated probe

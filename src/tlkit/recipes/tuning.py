@@ -177,7 +177,7 @@ def _start_head(
     """``lp-ft`` starts from the probe's head (of this backbone alone); the others from a new
     one."""
     if name == "lp-ft" and probe is not None:
-        load_head(model, probe.choice.probes[backbone].to_linear())
+        load_head(model, probe.tuning_head())
     else:
         torch.manual_seed(seed)
         heads.replace_head(model, lambda n: build_head(n, classes))
