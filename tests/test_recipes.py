@@ -464,3 +464,38 @@ def test_auto_spends_nothing_on_fine_tuning_when_three_epochs_clearly_cannot_fit
     assert not tuning.too_late(best, None, plan)
     assert tuning.too_late(best, now + 200.0, plan)
     assert "no fine-tuning: 3 epochs would take about 300 s here" in plan.describe()
+
+
+@pytest.mark.parametrize("slowdown", [1.0, 3.0])
+def test_a_backbone_whose_features_no_longer_fit_at_the_measured_pace_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slowdown: float
+) -> None:
+    from tlkit.recipes.store import Decoded
+
+    data = tlkit.ImageDataset.from_folder(colours(tmp_path / "data"))
+    sets = Decoded.read(data, None, 32, "pad")
+    n = len(data)
+    candidates = probing.load_candidates(["resnet18", "mobilenet_v3_small"], None, "strict", 32,
+                                         3, n, rate=lambda model, size: 2 * n / 10)  # fmt: skip
+    assert [c.seconds for c in candidates] == [10.0, 10.0]  # the speed check's estimates
+    now = [0.0]
+    computed = probing.features
+
+    def timed(candidate: probing.Candidate, *args: object, **kwargs: object) -> torch.Tensor:
+        now[0] += candidate.seconds * slowdown  # each pass takes `slowdown` times its estimate
+        return computed(candidate, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(probing, "features", timed)
+    stage = probing.run_probe(candidates, sets, 3, 0, lambda m: None, deadline=40.0,
+                              share=0.85, clock=lambda: now[0])  # fmt: skip
+    # 34 s for the features: two passes of 10 s fit; at 3 times the pace the second does not
+    if slowdown == 1.0:
+        assert set(stage.choice.scores) == {"resnet18", "mobilenet_v3_small",
+                                            "resnet18+mobilenet_v3_small"}  # fmt: skip
+    else:
+        assert set(stage.choice.scores) == {"resnet18"} and stage.choice.names == ["resnet18"]
+        assert (
+            "features of mobilenet_v3_small not computed: about 30 s at the pace of the passes "
+            "before it (3.0 times the speed check's estimate), more than the 4 s of 85% of the "
+            "time left"
+        ) in stage.choice.reasons

@@ -9,11 +9,12 @@ few intermediate layers as well and letting the probe weigh them (the idea of Ev
 where cross-validation prefers it.
 
 ```python
+import torch
 import tlkit
 
-model, info = tlkit.backbone("timm/efficientnet_lite0")
-model = tlkit.replace_head(model, lambda n: torch.nn.Identity())
-tapped = tlkit.LayerTaps(model, tlkit.taps.default_layers(model))
+model, info = tlkit.backbone("timm/tf_efficientnet_lite0")
+tlkit.replace_head(model, lambda n: torch.nn.Identity())
+tapped = tlkit.LayerTaps(model, tlkit.taps.default_layers(model)).eval()
 features = tapped(batch)  # (N, 40 + 80 + 112 + 192 + 320 + 1280)
 ```
 """

@@ -273,8 +273,11 @@ def _matrix(
 
 
 def _layers(option: list[Candidate]) -> str:
-    """The intermediate layers read, in words."""
-    return "; ".join(f"{c.name}: {', '.join(c.taps)}" for c in option if c.taps)
+    """The intermediate layers read, in words (once when every backbone has the same)."""
+    tapped = [c for c in option if c.taps]
+    if len(tapped) > 1 and all(c.taps == tapped[0].taps for c in tapped):
+        return f"{', '.join(tapped[0].taps)} of each"
+    return "; ".join(f"{c.name}: {', '.join(c.taps)}" for c in tapped)
 
 
 class _Pace:
@@ -491,25 +494,51 @@ def run_probe(
     compute: Compute | None = None,
     deadline: float | None = None,
     class_weight: list[float] | None = None,
+    share: float = AUTO.probe_share_alone,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> ProbeStage:
     """Features of every candidate, the cross-validated choice (fits that would end past
-    ``deadline``, a ``time.perf_counter()`` time, left out), and its network."""
+    ``deadline``, a ``clock`` time, left out), and its network.
+
+    The features may take ``share`` of the time left: after the first candidate's pass, each
+    next one's estimate is scaled by how the passes so far compared with theirs (the speed
+    check times a few random images; a whole folder can run slower), and a candidate that
+    would no longer fit is left out, said in the reasons."""
     images, labels, val_images = sets.images, sets.labels, sets.val_images
     both = sets.everything()
+    allowed = None if deadline is None else share * max(deadline - clock(), 0.0)
+    spent = estimated = 0.0
+    computed: list[Candidate] = []
+    skipped: list[str] = []
     for candidate in candidates:
+        pace = spent / estimated if estimated else 1.0
+        need = candidate.seconds * pace
+        if computed and allowed is not None and spent + need > allowed:
+            skipped.append(
+                f"features of {candidate.name} not computed: about {need:.0f} s at the pace of "
+                f"the passes before it ({pace:.1f} times the speed check's estimate), more than "
+                f"the {max(allowed - spent, 0):.0f} s of {share:.0%} of the time left"
+            )
+            log(skipped[-1])
+            continue
         layers = plural(len(candidate.taps), "intermediate layer")
         inside = f" and {layers}" if candidate.taps else ""
         log(
             f"features of {candidate.name}{inside} at {candidate.size} px: {len(both)} images "
-            f"and their mirror images (about {candidate.seconds:.0f} s here)"
+            f"and their mirror images (about {need:.0f} s here)"
         )
+        began = clock()
         candidate.features = features(candidate, both, compute=compute)
+        spent, estimated = spent + clock() - began, estimated + candidate.seconds
+        computed.append(candidate)
+    candidates = computed
     with warnings.catch_warnings():  # labels too rare for every fold: said in the reasons
         warnings.simplefilter("ignore")
         choice = choose_probe(
             candidates, labels, classes, seed=seed, log=log, n=len(images), files=sets.files,
-            deadline=deadline, class_weight=class_weight,
+            deadline=deadline, clock=clock, class_weight=class_weight,
         )  # fmt: skip
+    choice.reasons[1:1] = skipped
     rare = rare_labels(labels[: len(images)], AUTO.probe_folds) if labels.dim() == 2 else []
     if rare:
         choice.reasons.append(

@@ -155,12 +155,13 @@ def finetune(
     candidates = load_candidates(names, weights, key_map, image_size, len(data.classes), n_images,
                                  compute=compute)  # fmt: skip
     median_side = sample_median_side(data)
+    share = AUTO.probe_share
     if recipe == "full":
         candidates = candidates[:1]
     else:
         size = max(c.size for c in candidates)
         decode = 0.0 if deadline is None else decode_seconds(data, size, geometry)
-        candidates, data = choose_candidates(
+        candidates, data, share = choose_candidates(
             candidates, plan, recipe, data, held_out, weights, image_size, median_side, seed,
             deadline, compute, decode,
         )  # fmt: skip
@@ -168,7 +169,7 @@ def finetune(
     probe, tuned = None, None
     if recipe != "full":
         probe = run_probe(candidates, sets, len(data.classes), seed, log, compute, deadline,
-                          plan.class_weight)  # fmt: skip
+                          plan.class_weight, share)  # fmt: skip
         plan.probe, plan.kept, plan.image_size = True, "probe", probe.size
         plan.reasons += probe.choice.reasons
     if recipe != "probe":
@@ -274,9 +275,10 @@ def choose_candidates(
     deadline: float | None,
     compute: Compute | None = None,
     decode: float = 0.0,
-) -> tuple[list[Candidate], ImageDataset]:
-    """The candidates whose probe features fit the budget, and the training images they will
-    see. The features get ``AUTO.probe_share`` of the time left when fine-tuning may follow,
+) -> tuple[list[Candidate], ImageDataset, float]:
+    """The candidates whose probe features fit the budget, the training images they will
+    see, and the share of the time left their features may take. The features get
+    ``AUTO.probe_share`` of the time left when fine-tuning may follow,
     ``AUTO.probe_share_alone`` when the probe is all there will be, less the decoding of every
     image (``decode`` seconds each in one process, shared by the decoding workers). When not
     all fit and the folder is larger than LogME's sample, they are taken in the order LogME
@@ -324,7 +326,7 @@ def choose_candidates(
     chosen = [c for c in candidates if c.name in kept]
     remaining = None if deadline is None else deadline - time.perf_counter()
     data = sample_within_budget(data, n_val, chosen, plan, seed, remaining, share, parallel)
-    return chosen, data
+    return chosen, data, share
 
 
 def ranking_can_change(seconds: dict[str, float], remaining: float | None, share: float) -> bool:
