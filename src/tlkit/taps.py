@@ -84,7 +84,7 @@ class LayerTaps(nn.Module):
         >>> LayerTaps(net, ["layer9"])
         Traceback (most recent call last):
         ...
-        ValueError: 'layer9' is not a layer of ResNet; close names: 'layer1', 'layer2', 'layer3'
+        ValueError: 'layer9' is not a layer of ResNet; close names: 'layer4', 'layer3', 'layer2'
     """
 
     def __init__(self, body: nn.Module, layers: Sequence[str]) -> None:

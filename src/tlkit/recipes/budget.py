@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
-__all__ = ["parse_budget"]
+__all__ = ["FitPace", "parse_budget"]
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DURATION = re.compile(rf"(?:{_NUMBER}h)?\s*(?:{_NUMBER}m)?\s*(?:{_NUMBER}s)?")
@@ -46,3 +47,29 @@ def parse_budget(text: str | float | int | None) -> float | None:
             f"seconds, got {text!r}"
         )
     return seconds
+
+
+class FitPace:
+    """How long this machine's probe fits take per feature dimension, measured on the fits so
+    far, and whether another fits before the deadline (recording the ones left out)."""
+
+    def __init__(self, deadline: float | None, clock: Callable[[], float]) -> None:
+        self.deadline, self.clock = deadline, clock
+        self.seconds = self.dims = 0.0
+        self.skipped: list[str] = []
+
+    def record(self, dims: float, seconds: float) -> None:
+        self.dims += dims
+        self.seconds += seconds
+
+    def fits(self, dims: float, what: str) -> bool:
+        if self.deadline is None or self.dims == 0:
+            return True
+        need, left = self.seconds / self.dims * dims, self.deadline - self.clock()
+        if need <= left:
+            return True
+        self.skipped.append(
+            f"{what} not fitted: about {need:.0f} s at the pace of the fits before it, more "
+            f"than the {max(left, 0):.0f} s left"
+        )
+        return False

@@ -21,12 +21,12 @@ from torch import nn
 from .. import heads
 from .._utils import plural
 from ..backbones import BackboneInfo
-from ..metrics import ClassificationMeter, label_ranking_precision, multi_label_metrics
 from ..probe import LinearProbe, balancing_weights
-from ..splits import file_name_groups, join_groups, near_duplicate_groups
-from ..stratify import label_sets, rare_labels
+from ..stratify import rare_labels
 from ..taps import LayerTaps, default_layers
+from .budget import FitPace
 from .compute import CPU, Compute
+from .judge import describe_grouping, fold_groups, metrics_from_probs, right_per_image
 from .keep import clearly_better
 from .measure import time_batches
 from .result import build_network, load_head, stack
@@ -46,7 +46,6 @@ __all__ = [
     "right_per_image",
     "run_probe",
     "tap_layers",
-    "usable_groups",
 ]
 
 
@@ -166,10 +165,11 @@ def choose_probe(
     n = len(labels) if n is None else n
     y = labels[:n]
     multi = y.dim() == 2
-    found, named, groups = _groups(candidates, y, files, n)
+    pooled = _matrix(candidates, slice(0, n), views=1, taps=False)[0]
+    found, named, groups = fold_groups(pooled, y, files, n)
     options = [[c] for c in candidates] + ([candidates] if len(candidates) > 1 else [])
     probes: dict[str, LinearProbe] = {}
-    pace = _Pace(deadline, clock)
+    pace = FitPace(deadline, clock)
     weights = None if class_weight is None or multi else balancing_weights(y, classes)
     metric = "accuracy" if class_weight is None else "balanced accuracy"
     metric = "mean average precision" if multi else metric
@@ -193,18 +193,7 @@ def choose_probe(
     best = _preferred([o for o in options if _label(o) in probes], probes, y, weights)
     scores = {label: _score(probe) for label, probe in probes.items()}
     probe = probes[_label(best)]
-    taps, taps_reason = any(c.taps for c in best), ""
-    if taps and pace.fits(_dims(best, taps=False), "the probe without intermediate layers"):
-        final = fit(best, taps=False)
-        taps = not clearly_better(_right(probe, y), _right(final, y), weights=weights)[0]
-        probe = probe if taps else final
-        taps_reason = (
-            f"with intermediate layers ({_layers(best)}): {_score(final):.4f} on the final "
-            "features alone (kept only when better by more than one standard error)"
-            if taps
-            else f"final features only: {_score(final):.4f}, better by more than one standard "
-            f"error than with intermediate layers ({_layers(best)})"
-        )
+    taps, probe, taps_reason = _check_taps(best, probe, fit, pace, y, weights)
     unmirrored: LinearProbe | None = None
     if pace.fits(_dims(best, taps) / AUTO.probe_views, "the probe without mirror images"):
         unmirrored = fit(best, views=1, taps=taps)
@@ -221,37 +210,49 @@ def choose_probe(
         )
     reasons = [
         f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation {metric} "
-        f"{what}; {_grouping(n, found, named, groups)}",
+        f"{what}; {describe_grouping(n, found, named, groups)}",
         *pace.skipped,
     ]
     if taps_reason:
         reasons.append(taps_reason)
     if unmirrored is not None:
-        reasons.append(
-            f"{'with' if mirror else 'without'} mirror images: {_score(unmirrored):.4f} without "
-            "them"
-            + (
-                " (left out only when better by more than one standard error)"
-                if mirror
-                else ", better by more than one standard error: left and right tell the classes "
-                "apart"
-            )
-        )
+        reasons.append(_mirror_reason(mirror, unmirrored))
     return ProbeChoice([c.name for c in best], probe, scores, groups, reasons, probes, mirror,
                        taps)  # fmt: skip
 
 
-def _groups(
-    candidates: list[Candidate], y: torch.Tensor, files: list[str] | None, n: int
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The near-duplicates found from the features, the files named alike, and the groups the
-    folds keep together."""
-    final = _matrix(candidates, slice(0, n), views=1, taps=False)[0]
-    found = near_duplicate_groups(final, threshold=AUTO.duplicate_similarity)
-    keys = label_sets(y) if y.dim() == 2 else y
-    named = file_name_groups(files[:n], keys, folds=AUTO.probe_folds) if files else None
-    groups = usable_groups(found if named is None else join_groups(found, named), y)
-    return found, named, groups
+def _mirror_reason(mirror: bool, unmirrored: LinearProbe) -> str:
+    """Whether the mirror images train, in words."""
+    return f"{'with' if mirror else 'without'} mirror images: {_score(unmirrored):.4f} without " + (
+        "them (left out only when better by more than one standard error)"
+        if mirror
+        else "them, better by more than one standard error: left and right tell the classes apart"
+    )
+
+
+def _check_taps(
+    best: list[Candidate],
+    probe: LinearProbe,
+    fit: Callable[..., LinearProbe],
+    pace: FitPace,
+    y: torch.Tensor,
+    weights: torch.Tensor | None,
+) -> tuple[bool, LinearProbe, str]:
+    """Whether the probe keeps the intermediate layers (unless the final features alone are
+    better by more than one standard error), the probe kept, and the reason."""
+    taps = any(c.taps for c in best)
+    if not taps or not pace.fits(_dims(best, taps=False), "the probe without intermediate layers"):
+        return taps, probe, ""
+    final = fit(best, taps=False)
+    taps = not clearly_better(_right(probe, y), _right(final, y), weights=weights)[0]
+    reason = (
+        f"with intermediate layers ({_layers(best)}): {_score(final):.4f} on the final "
+        "features alone (kept only when better by more than one standard error)"
+        if taps
+        else f"final features only: {_score(final):.4f}, better by more than one standard "
+        f"error than with intermediate layers ({_layers(best)})"
+    )
+    return taps, probe if taps else final, reason
 
 
 def _dims(option: list[Candidate], taps: bool = True) -> float:
@@ -280,32 +281,6 @@ def _layers(option: list[Candidate]) -> str:
     return "; ".join(f"{c.name}: {', '.join(c.taps)}" for c in tapped)
 
 
-class _Pace:
-    """How long this machine's probe fits take per feature dimension, measured on the fits so
-    far, and whether another fits before the deadline (recording the ones left out)."""
-
-    def __init__(self, deadline: float | None, clock: Callable[[], float]) -> None:
-        self.deadline, self.clock = deadline, clock
-        self.seconds = self.dims = 0.0
-        self.skipped: list[str] = []
-
-    def record(self, dims: float, seconds: float) -> None:
-        self.dims += dims
-        self.seconds += seconds
-
-    def fits(self, dims: float, what: str) -> bool:
-        if self.deadline is None or self.dims == 0:
-            return True
-        need, left = self.seconds / self.dims * dims, self.deadline - self.clock()
-        if need <= left:
-            return True
-        self.skipped.append(
-            f"{what} not fitted: about {need:.0f} s at the pace of the fits before it, more "
-            f"than the {max(left, 0):.0f} s left"
-        )
-        return False
-
-
 def _preferred(
     options: list[list[Candidate]],
     probes: dict[str, LinearProbe],
@@ -329,34 +304,9 @@ def _right(probe: LinearProbe, y: torch.Tensor) -> torch.Tensor:
     return right_per_image(probe.cv_probs_, y)
 
 
-def right_per_image(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Which images probabilities ``(N, K)`` classify right; for multi-hot labels how well
-    each image's labels are ranked, from 0 to 1 (the per-image scores the keep rules pair)."""
-    if labels.dim() == 2:
-        return label_ranking_precision(probs, labels)
-    return probs.argmax(1) == labels
-
-
 def _score(probe: LinearProbe) -> float:
     assert probe.C_ is not None
     return probe.cv_accuracy_[probe.C_]
-
-
-def _grouping(n: int, found: torch.Tensor, named: torch.Tensor | None, groups: torch.Tensor) -> str:
-    """What the folds kept together, in words."""
-    similar = f"features' cosine similarity >= {AUTO.duplicate_similarity:g}"
-    kinds = [f"{n - len(found.unique())} near-duplicate images ({similar})"]
-    if named is not None:
-        kinds.append(f"{n - len(named.unique())} images named like another of their class")
-    if len(groups.unique()) < n:
-        together = f"{n} images in {len(groups.unique())} groups"
-        return f"folds keep together {' and '.join(kinds)}: {together}"
-    if len(found.unique()) < n or (named is not None and len(named.unique()) < n):
-        return (
-            f"found {' and '.join(kinds)}, but grouping them would leave a class in one group: "
-            "folds split image by image"
-        )
-    return f"no near-duplicate or alike-named images found ({similar})"
 
 
 def best_single(choice: ProbeChoice, candidates: list[Candidate]) -> Candidate:
@@ -375,38 +325,6 @@ def probe_network(choice: ProbeChoice, candidates: list[Candidate], classes: int
         model = stack([c.model for c in chosen], [c.size for c in chosen], classes, taps)
     load_head(model, choice.probe.to_linear())
     return model.eval()
-
-
-def metrics_from_probs(
-    probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor | None = None
-) -> dict[str, Any]:
-    """Accuracy, loss, per-class accuracy and confusion matrix of probabilities ``(N, K)``;
-    for multi-hot labels, [tlkit.metrics.multi_label_metrics][] at ``thresholds``."""
-    if labels.dim() == 2:
-        return multi_label_metrics(probs, labels, thresholds)
-    meter = ClassificationMeter(confusion=True)
-    log_probs = probs.clamp_min(1e-12).log()
-    meter.update(nn.functional.nll_loss(log_probs, labels), log_probs, labels)
-    return meter.compute()
-
-
-def usable_groups(groups: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``groups``, except that the images of a class held in fewer than 2 groups become groups
-    of their own: a class in one group would be missing from the training part of the fold
-    that holds it out, and every image of it predicted wrong.
-
-    Examples:
-        >>> usable_groups(torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 0, 1, 1, 1])).tolist()
-        [3, 4, 1, 1, 2]
-    """
-    out, fresh = groups.clone(), int(groups.max()) + 1
-    columns = labels.T.bool() if labels.dim() == 2 else [labels == c for c in labels.unique()]
-    for column in columns:
-        members = column.nonzero().flatten()
-        if len(groups[members].unique()) < 2:
-            out[members] = torch.arange(fresh, fresh + len(members))
-            fresh += len(members)
-    return out
 
 
 def _label(option: list[Candidate]) -> str:
@@ -485,27 +403,17 @@ def tap_layers(model: nn.Module, size: int) -> tuple[list[str], int]:
     return layers, width - heads.find_head(model)[1]
 
 
-def run_probe(
+def _compute_features(
     candidates: list[Candidate],
-    sets: Decoded,
-    classes: int,
-    seed: int,
+    both: ImageStore,
+    compute: Compute | None,
+    deadline: float | None,
+    share: float,
+    clock: Callable[[], float],
     log: Callable[[str], None],
-    compute: Compute | None = None,
-    deadline: float | None = None,
-    class_weight: list[float] | None = None,
-    share: float = AUTO.probe_share_alone,
-    clock: Callable[[], float] = time.perf_counter,
-) -> ProbeStage:
-    """Features of every candidate, the cross-validated choice (fits that would end past
-    ``deadline``, a ``clock`` time, left out), and its network.
-
-    The features may take ``share`` of the time left: after the first candidate's pass, each
-    next one's estimate is scaled by how the passes so far compared with theirs (the speed
-    check times a few random images; a whole folder can run slower), and a candidate that
-    would no longer fit is left out, said in the reasons."""
-    images, labels, val_images = sets.images, sets.labels, sets.val_images
-    both = sets.everything()
+) -> tuple[list[Candidate], list[str]]:
+    """Each candidate's features while they fit ``share`` of the time left at the pace the
+    passes so far measured; the candidates computed and why the others were left out."""
     allowed = None if deadline is None else share * max(deadline - clock(), 0.0)
     spent = estimated = 0.0
     computed: list[Candidate] = []
@@ -531,7 +439,31 @@ def run_probe(
         candidate.features = features(candidate, both, compute=compute)
         spent, estimated = spent + clock() - began, estimated + candidate.seconds
         computed.append(candidate)
-    candidates = computed
+    return computed, skipped
+
+
+def run_probe(
+    candidates: list[Candidate],
+    sets: Decoded,
+    classes: int,
+    seed: int,
+    log: Callable[[str], None],
+    compute: Compute | None = None,
+    deadline: float | None = None,
+    class_weight: list[float] | None = None,
+    share: float = AUTO.probe_share_alone,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ProbeStage:
+    """Features of every candidate, the cross-validated choice (fits that would end past
+    ``deadline``, a ``clock`` time, left out), and its network.
+
+    The features may take ``share`` of the time left: after the first candidate's pass, each
+    next one's estimate is scaled by how the passes so far compared with theirs (the speed
+    check times a few random images; a whole folder can run slower), and a candidate that
+    would no longer fit is left out, said in the reasons."""
+    images, labels, val_images = sets.images, sets.labels, sets.val_images
+    both = sets.everything()
+    candidates, skipped = _compute_features(candidates, both, compute, deadline, share, clock, log)
     with warnings.catch_warnings():  # labels too rare for every fold: said in the reasons
         warnings.simplefilter("ignore")
         choice = choose_probe(

@@ -19,10 +19,11 @@ from ..probe import balancing_weights
 from ..splits import kfold
 from ..tta import flip_average
 from .compute import CPU, Compute
+from .judge import right_per_image
 from .keep import fine_tuning_wins
 from .measure import choose_batch_size, measure
 from .plan import choose_size, plan_finetune
-from .probing import Candidate, ProbeStage, right_per_image
+from .probing import Candidate, ProbeStage
 from .result import Recipe, build_head, load_head
 from .settings import AUTO
 from .stages import train_full
