@@ -56,7 +56,7 @@ from real_folders import (
 from tlkit import LinearProbe
 from tlkit.calibration import expected_calibration_error, fit_temperature, threshold_table
 from tlkit.metrics import balanced_accuracy
-from tlkit.recipes.run import calibrate
+from tlkit.recipes.judge import calibrate
 
 RATIOS = (1, 2, 3, 5, 10, 20)
 

@@ -62,3 +62,51 @@ def test_distributed_loader_keeps_every_setting_of_the_users_loader(monkeypatch)
     for name in ("generator", "timeout", "num_workers", "multiprocessing_context", "drop_last",
                  "batch_size", "collate_fn", "pin_memory", "worker_init_fn"):  # fmt: skip
         assert getattr(rebuilt, name) == getattr(original, name), name
+
+
+def test_tlkit_fit_under_torchrun_agrees_and_writes_once(tmp_path: Path) -> None:
+    from tlkit.recipes import load_model
+
+    from . import shapes
+
+    data = shapes.write(tmp_path / "train", 10, seed=0)
+    out, record = tmp_path / "run", tmp_path / "record"
+    record.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    job = [*launcher, str(JOBS / "fit_job.py"), str(data), str(out), str(record)]
+    done = subprocess.run(job, check=True, env=env, timeout=600, capture_output=True, text=True)
+    assert done.stdout.count("; report: ") == 1, done.stdout  # rank 0 alone prints and writes
+    ranks = [torch.load(record / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["epochs"] > 0  # fine-tuned with DDP, then kept or not by the keep rule
+    assert ranks[0]["kept"] == ranks[1]["kept"]
+    assert torch.equal(ranks[0]["probs"], ranks[1]["probs"])
+    assert len(ranks[0]["probs"]) == 40 or ranks[0]["kept"] == "fine-tuned"
+    for name, tensor in ranks[0]["state"].items():
+        assert torch.equal(tensor, ranks[1]["state"][name]), name
+    saved = load_model(out)
+    for name, tensor in saved.model.state_dict().items():
+        assert torch.equal(tensor, ranks[0]["state"][name]), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert any("2 processes under torchrun" in r for r in metrics["recipe"]["reasons"])
+    assert {"model.pt", "metrics.json", "report.md"} <= {p.name for p in out.iterdir()}
+
+
+def test_when_one_process_stops_every_process_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadline reached in one process only (its epochs ran slower) must stop them all: the
+    others would otherwise wait forever for its gradients."""
+    from tlkit import distributed
+
+    from .helpers import loader, trainer_for
+    from .jobs.common import small_net
+
+    asked: list[int] = []
+
+    def another_process_stopped(value: int) -> int:
+        asked.append(int(value))
+        return 1
+
+    trainer = trainer_for(small_net())
+    monkeypatch.setattr(distributed, "most", another_process_stopped)
+    history = trainer.fit(loader(32), epochs=4)
+    assert len(history) == 1 and asked == [0]  # this process wanted to go on, and stopped

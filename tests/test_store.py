@@ -115,6 +115,42 @@ def test_decoding_reads_each_dataset_into_one_store_training_images_first(tmp_pa
     assert sets.labels.tolist() == train.targets
 
 
+def test_under_torchrun_a_process_decodes_its_own_rows_and_finds_its_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tlkit import distributed
+
+    train = tlkit.ImageDataset.from_folder(photos(tmp_path / "train", 3))  # 9 images
+    val = tlkit.ImageDataset.from_folder(photos(tmp_path / "val", 2))  # 6 images
+    whole = Decoded.read(train, val, 16, "pad")
+    every = whole.everything().read()
+    monkeypatch.setattr(distributed, "world", lambda: (1, 1, 2))  # rank 1 of 2
+    mine = Decoded.read(train, val, 16, "pad")
+    assert mine.rows is not None and mine.rows.tolist() == [1, 3, 5, 7, 9, 11, 13]
+    assert mine.counts == (9, 6) and len(mine.images) == 4  # training rows 1, 3, 5, 7
+    assert torch.equal(mine.everything().read(), every[1::2])
+    assert mine.labels.tolist() == [train.targets[i] for i in (1, 3, 5, 7)]
+    assert mine.val_labels is not None
+    assert mine.val_labels.tolist() == [val.targets[i] for i in (0, 2, 4)]  # rows 9, 11, 13
+    held = torch.tensor([6, 1, 2, 7])
+    images, labels, where = mine.part(held)
+    assert where.tolist() == [1, 3] and labels.tolist() == [train.targets[1], train.targets[7]]
+    assert torch.equal(images.read(), every[[1, 7]])
+    images, labels, where, total = mine.judging(held)  # with val images: they judge
+    assert where.tolist() == [0, 2, 4] and total == 6 and torch.equal(images.read(), every[9::2])
+
+
+def test_gathered_rows_must_cover_every_row_once() -> None:
+    from tlkit import distributed
+
+    values = torch.arange(6.0).view(3, 2)
+    assert distributed.gather_rows(values, torch.tensor([2, 0, 1]), 3)[0].tolist() == [2.0, 3.0]
+    with pytest.raises(ValueError, match="do not cover each of the 4 rows once"):
+        distributed.gather_rows(values, torch.tensor([2, 0, 1]), 4)
+    with pytest.raises(ValueError, match="do not cover each of the 3 rows once"):
+        distributed.gather_rows(values, torch.tensor([2, 0, 0]), 3)
+
+
 def test_a_device_this_machine_lacks_is_refused_before_any_image_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -194,6 +194,7 @@ def _existing_parent(path: Path) -> Path:
 
 
 def fit(args: argparse.Namespace) -> int:
+    from . import distributed
     from .recipes import finetune, parse_budget
     from .report import write_report
 
@@ -223,6 +224,8 @@ def fit(args: argparse.Namespace) -> int:
         cache_dir=cache_dir,
         started=args.started,
     )
+    if distributed.world()[0] != 0:  # under torchrun rank 0 writes the run folder
+        return 0
     report = write_report(result, args.out)
     took = time.perf_counter() - args.started
     budget = parse_budget(args.budget)

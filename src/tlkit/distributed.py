@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import atexit
 import os
-from typing import Any
+import pickle
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -17,7 +18,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-__all__ = ["barrier", "distributed_loader", "init_process_group", "world", "wrap_model"]
+__all__ = [
+    "agree",
+    "barrier",
+    "distributed_loader",
+    "gather_rows",
+    "init_process_group",
+    "most",
+    "shard",
+    "world",
+    "wrap_model",
+]
+
+T = TypeVar("T")
 
 
 def world() -> tuple[int, int, int]:
@@ -147,3 +160,101 @@ def distributed_loader(loader: Any, *, train: bool) -> Any:
     if loader.num_workers > 0:
         kept["prefetch_factor"] = loader.prefetch_factor
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, **kept)
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _wire(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` where the process group's backend can send it (NCCL: this process's GPU)."""
+    if dist.get_backend() == "nccl":
+        return tensor.to(torch.device("cuda", torch.cuda.current_device()))
+    return tensor
+
+
+def agree(value: T) -> T:
+    """Rank 0's ``value`` on every process (``value`` itself in one process).
+
+    Every process must call it at the same point. Use it for decisions that depend on
+    measurements (a clock, a speed check), which differ between processes, so that all of them
+    take the same branch. ``value`` is pickled.
+
+    Examples:
+        >>> agree({"epochs": 3})
+        {'epochs': 3}
+    """
+    if not _active():
+        return value
+    payload = torch.frombuffer(bytearray(pickle.dumps(value)), dtype=torch.uint8)
+    size = _wire(torch.tensor([payload.numel()], dtype=torch.long))
+    dist.broadcast(size, src=0)
+    buffer = torch.empty(int(size.item()), dtype=torch.uint8)
+    if dist.get_rank() == 0:
+        buffer = payload
+    buffer = _wire(buffer)
+    dist.broadcast(buffer, src=0)
+    return pickle.loads(buffer.cpu().numpy().tobytes())
+
+
+def most(value: int) -> int:
+    """The largest ``value`` of any process (``value`` in one process).
+
+    Examples:
+        >>> most(3)
+        3
+    """
+    if not _active():
+        return value
+    tensor = _wire(torch.tensor([value], dtype=torch.long))
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def shard(count: int) -> torch.Tensor:
+    """The rows of ``count`` this process works on: ``rank, rank + world_size, ...`` (every row
+    in one process). Strided, so that each process sees every part of an ordered list (a folder
+    read class by class).
+
+    Examples:
+        >>> shard(3)
+        tensor([0, 1, 2])
+    """
+    rank, _, world_size = world()
+    return torch.arange(rank, count, world_size)
+
+
+def gather_rows(values: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
+    """Every process's ``values`` (one per index of ``rows``, along the first dimension) put
+    together into one tensor of ``total`` rows, on every process, on the CPU. In one process,
+    ``values`` scattered into place.
+
+    Examples:
+        >>> gather_rows(torch.tensor([[1.0], [2.0]]), torch.tensor([1, 0]), 2)
+        tensor([[2.],
+                [1.]])
+    """
+    values, rows = values.cpu(), rows.cpu().long()
+    if _active():
+        world_size = dist.get_world_size()
+        count = _wire(torch.tensor([len(rows)], dtype=torch.long))
+        counts = [torch.zeros_like(count) for _ in range(world_size)]
+        dist.all_gather(counts, count)
+        most = int(max(c.item() for c in counts))
+        padded = torch.zeros((most, *values.shape[1:]), dtype=values.dtype)
+        padded[: len(values)] = values
+        where = torch.full((most,), -1, dtype=torch.long)
+        where[: len(rows)] = rows
+        parts = [_wire(torch.empty_like(padded)) for _ in range(world_size)]
+        places = [_wire(torch.empty_like(where)) for _ in range(world_size)]
+        dist.all_gather(parts, _wire(padded))
+        dist.all_gather(places, _wire(where))
+        values = torch.cat([p.cpu() for p in parts])
+        rows = torch.cat([p.cpu() for p in places])
+        values, rows = values[rows >= 0], rows[rows >= 0]
+    seen = torch.zeros(total, dtype=torch.long).index_add_(0, rows, torch.ones_like(rows))
+    if len(rows) != total or not bool((seen == 1).all()):
+        raise ValueError(f"the processes' rows do not cover each of the {total} rows once")
+    out = torch.empty((total, *values.shape[1:]), dtype=values.dtype)
+    out[rows] = values
+    return out

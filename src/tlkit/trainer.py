@@ -255,6 +255,7 @@ class Trainer:
         resume_from: str | Path | None = None,
         cache_features: bool = False,
         cache_one_view: bool = False,
+        sharded: bool = False,
     ) -> History:
         """Train for ``epochs`` epochs in total (counting epochs done before a resume).
 
@@ -275,6 +276,9 @@ class Trainer:
             cache_features: When only the head trains, run the frozen body once and train the
                 head on the cached features ([tlkit.features.cache_head_inputs][]).
             cache_one_view: Accept caching randomly augmented data (one view per image).
+            sharded: Under ``torchrun``, the loaders already give each process its own part of
+                the data: used as given (no ``DistributedSampler``). Every process must then get
+                as many training batches.
 
         Returns:
             The [tlkit.History][] (also at ``trainer.history``).
@@ -296,8 +300,9 @@ class Trainer:
         self._notify("on_fit_check", metrics=_steps.epoch_keys(validation=val is not None))
         self.max_epochs = epochs
         skip = self.resume(resume_from, loader=train) if resume_from is not None else 0
-        train = distributed.distributed_loader(train, train=True)
-        val = distributed.distributed_loader(val, train=False)
+        if not sharded:
+            train = distributed.distributed_loader(train, train=True)
+            val = distributed.distributed_loader(val, train=False)
         saved = self._module, self.batch_transform
         if cache_features:  # train the head alone on features computed once
             head, train, val = cache_head_inputs(self.model, train, val, one_view=cache_one_view,
@@ -346,6 +351,7 @@ class Trainer:
         self.epochs_done = epoch + 1
         self.position = EpochPosition()
         self._notify("on_epoch_end", epoch=epoch, metrics=record)
+        self.should_stop = bool(distributed.most(self.should_stop))  # one stops: all stop
 
     def _train_epoch(
         self, loader: Iterable[Any], epoch: int, skip: int, *, check: bool

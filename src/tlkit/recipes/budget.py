@@ -5,12 +5,29 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable
 
-__all__ = ["FitPace", "parse_budget"]
+from .. import distributed
+
+__all__ = ["FitPace", "parse_budget", "shared_clock"]
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DURATION = re.compile(rf"(?:{_NUMBER}h)?\s*(?:{_NUMBER}m)?\s*(?:{_NUMBER}s)?")
+
+
+def shared_clock() -> float:
+    """``time.perf_counter()``; under ``torchrun``, rank 0's, on every process.
+
+    Every timing of [tlkit.finetune][] (its speed checks, the time left) reads this clock, so
+    that all processes measure the same seconds and take the same decisions. Under ``torchrun``
+    each call is a collective: every process must make the same calls.
+
+    Examples:
+        >>> shared_clock() <= time.perf_counter()
+        True
+    """
+    return distributed.agree(time.perf_counter())
 
 
 def parse_budget(text: str | float | int | None) -> float | None:

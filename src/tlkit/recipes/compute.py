@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..devices import autocast_factory, describe, resolve_device, resolve_precision
 
 __all__ = ["CPU", "Compute"]
@@ -27,13 +28,14 @@ class Compute:
 
     @classmethod
     def resolve(cls, device: str | torch.device = "auto") -> Compute:
-        """``device`` (``"auto"``: CUDA, else MPS, else the CPU) with its automatic precision
-        (bf16 where the GPU supports it, else fp16, fp32 off CUDA).
+        """``device`` (``"auto"``: CUDA, else MPS, else the CPU; under ``torchrun`` this
+        process's local rank's GPU, made current) with its automatic precision (bf16 where the
+        GPU supports it, else fp16, fp32 off CUDA).
 
         Raises:
             ValueError: For an unknown device or one this machine does not have.
         """
-        resolved = resolve_device(device)
+        resolved = resolve_device(device, distributed.world()[1], select=True)
         return cls(resolved, resolve_precision("auto", resolved))
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:

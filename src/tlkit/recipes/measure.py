@@ -4,7 +4,6 @@ what the images look like (their median side) before they are decoded."""
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -12,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 from ..data import ImageDataset
+from .budget import shared_clock
 from .compute import CPU, Compute
 from .images import DecodedImages, Geometry
 from .settings import AUTO
@@ -52,7 +52,7 @@ def time_batches(
     rates = []
     for i in range(1 + timed):
         compute.synchronize()
-        start = time.perf_counter()
+        start = shared_clock()
         if train:
             model.train()
             with compute.autocast():
@@ -64,7 +64,7 @@ def time_batches(
                 model.eval()(x)
         compute.synchronize()
         if i:
-            rates.append(batch / (time.perf_counter() - start))
+            rates.append(batch / (shared_clock() - start))
     model.to(memory_format=torch.contiguous_format)
     model.load_state_dict(saved)
     model.eval()
@@ -123,7 +123,7 @@ def decode_seconds(
     geometry: Geometry,
     *,
     samples: int = 4,
-    clock: Callable[[], float] = time.perf_counter,
+    clock: Callable[[], float] = shared_clock,
 ) -> float:
     """Seconds to decode one image of ``data`` into a ``size`` px square here (the median of
     ``samples`` images spread over the dataset), as [tlkit.recipes.store.Decoded][] will."""

@@ -9,7 +9,6 @@ frames, crops, re-saves) are grouped from the same features and kept in one fold
 from __future__ import annotations
 
 import copy
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import heads
+from .. import distributed, heads
 from .._utils import plural
 from ..backbones import BackboneInfo
 from ..probe import LinearProbe, balancing_weights
 from ..stratify import rare_labels
 from ..taps import LayerTaps, default_layers
-from .budget import FitPace
+from .budget import FitPace, shared_clock
 from .compute import CPU, Compute
 from .judge import describe_grouping, fold_groups, metrics_from_probs, right_per_image
 from .keep import clearly_better
@@ -143,7 +142,7 @@ def choose_probe(
     n: int | None = None,
     files: list[str] | None = None,
     deadline: float | None = None,
-    clock: Callable[[], float] = time.perf_counter,
+    clock: Callable[[], float] = shared_clock,
     class_weight: list[float] | None = None,
 ) -> ProbeChoice:
     """Fit a cross-validated [tlkit.LinearProbe][] on each candidate's features and, with
@@ -405,15 +404,15 @@ def tap_layers(model: nn.Module, size: int) -> tuple[list[str], int]:
 
 def _compute_features(
     candidates: list[Candidate],
-    both: ImageStore,
+    sets: Decoded,
     compute: Compute | None,
     deadline: float | None,
     share: float,
     clock: Callable[[], float],
     log: Callable[[str], None],
 ) -> tuple[list[Candidate], list[str]]:
-    """Each candidate's features while they fit ``share`` of the time left at the pace the
-    passes so far measured; the candidates computed and why the others were left out."""
+    """Each candidate's features (each process computing its rows) while they fit ``share`` of
+    the time left at the pace measured so far; those computed, why the others were not."""
     allowed = None if deadline is None else share * max(deadline - clock(), 0.0)
     spent = estimated = 0.0
     computed: list[Candidate] = []
@@ -432,11 +431,12 @@ def _compute_features(
         layers = plural(len(candidate.taps), "intermediate layer")
         inside = f" and {layers}" if candidate.taps else ""
         log(
-            f"features of {candidate.name}{inside} at {candidate.size} px: {len(both)} images "
-            f"and their mirror images (about {need:.0f} s here)"
+            f"features of {candidate.name}{inside} at {candidate.size} px: "
+            f"{sum(sets.counts)} images and their mirror images (about {need:.0f} s here)"
         )
         began = clock()
-        candidate.features = features(candidate, both, compute=compute)
+        mine = features(candidate, sets.everything(), compute=compute)
+        candidate.features = sets.gather(mine.transpose(0, 1)).transpose(0, 1)
         spent, estimated = spent + clock() - began, estimated + candidate.seconds
         computed.append(candidate)
     return computed, skipped
@@ -452,7 +452,7 @@ def run_probe(
     deadline: float | None = None,
     class_weight: list[float] | None = None,
     share: float = AUTO.probe_share_alone,
-    clock: Callable[[], float] = time.perf_counter,
+    clock: Callable[[], float] = shared_clock,
 ) -> ProbeStage:
     """Features of every candidate, the cross-validated choice (fits that would end past
     ``deadline``, a ``clock`` time, left out), and its network.
@@ -461,17 +461,17 @@ def run_probe(
     next one's estimate is scaled by how the passes so far compared with theirs (the speed
     check times a few random images; a whole folder can run slower), and a candidate that
     would no longer fit is left out, said in the reasons."""
-    images, labels, val_images = sets.images, sets.labels, sets.val_images
-    both = sets.everything()
-    candidates, skipped = _compute_features(candidates, both, compute, deadline, share, clock, log)
+    n, labels, val_images = sets.counts[0], sets.train_labels(), sets.val_images
+    candidates, skipped = _compute_features(candidates, sets, compute, deadline, share, clock, log)
     with warnings.catch_warnings():  # labels too rare for every fold: said in the reasons
         warnings.simplefilter("ignore")
         choice = choose_probe(
-            candidates, labels, classes, seed=seed, log=log, n=len(images), files=sets.files,
+            candidates, labels, classes, seed=seed, log=log, n=n, files=sets.files,
             deadline=deadline, clock=clock, class_weight=class_weight,
         )  # fmt: skip
+    choice = distributed.agree(choice)  # under torchrun: rank 0's, on every process
     choice.reasons[1:1] = skipped
-    rare = rare_labels(labels[: len(images)], AUTO.probe_folds) if labels.dim() == 2 else []
+    rare = rare_labels(labels[:n], AUTO.probe_folds) if labels.dim() == 2 else []
     if rare:
         choice.reasons.append(
             f"{plural(len(rare), 'label')} on fewer images than the {AUTO.probe_folds} folds "
@@ -487,7 +487,7 @@ def run_probe(
         probs = choice.probe.cv_probs_
     else:
         views = None if choice.mirror else 1
-        x = _matrix(chosen, slice(len(images), None), views, choice.taps)
+        x = _matrix(chosen, slice(n, None), views, choice.taps)
         probs = choice.probe.predict_proba(x)
     size = max(c.size for c in chosen)
     sizes = {c.name: c.size for c in candidates}
@@ -495,6 +495,6 @@ def run_probe(
     taps = {c.name: list(c.taps) for c in candidates}
     start = None
     if best.taps:  # the best backbone's final features, for a fine-tuning head
-        start = (_matrix([best], slice(0, len(images)), taps=False), labels[: len(images)])
+        start = (_matrix([best], slice(0, n), taps=False), labels[:n])
     return ProbeStage(choice, model, size, probs, tuning_start, best.name, sizes, infos, taps,
                       start)  # fmt: skip

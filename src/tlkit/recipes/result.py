@@ -22,7 +22,7 @@ from ..backbones import BackboneInfo, backbone
 from ..history import History
 from ..taps import LayerTaps
 from ..tta import flip_average
-from .images import Geometry, decode, normalise
+from .images import DecodedImages, Geometry, decode, normalise
 from .saved import check_confidence, check_description
 from .settings import AUTO
 
@@ -239,7 +239,8 @@ class FinetuneResult:
         skipped: Unreadable files left out.
         val_images: The validation images as decoded (uint8 ``(3, S, S)`` each): a tensor,
             or for a folder too large for memory an [tlkit.recipes.store.ImageStore][]
-            reading them from a temporary file (kept while the result is).
+            reading them from a temporary file (kept while the result is); under ``torchrun``,
+            where each process decoded a part, the images decoded again when read.
         val_labels: Their labels.
         val_probs: The kept model's probabilities for them.
 
@@ -280,7 +281,7 @@ class FinetuneResult:
     backbones: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     taps: list[list[str]] = field(default_factory=list)
-    val_images: torch.Tensor | ImageStore | None = field(default=None, repr=False)
+    val_images: torch.Tensor | ImageStore | DecodedImages | None = field(default=None, repr=False)
     val_labels: torch.Tensor | None = field(default=None, repr=False)
     val_probs: torch.Tensor | None = field(default=None, repr=False)
 

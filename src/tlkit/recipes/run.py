@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,17 +9,19 @@ from typing import Literal
 
 import torch
 
+from .. import distributed
 from .._utils import check_writable_dir
 from ..backbones import KeyMap
-from ..calibration import cross_fitted_ece, expected_calibration_error, fit_temperature
 from ..data import ImageDataset
 from ..devices import loader_workers
 from ..history import History
 from ..metrics import choose_thresholds
 from ..splits import split
+from .budget import shared_clock
 from .compute import Compute
-from .images import Geometry
+from .images import DecodedImages, Geometry
 from .inputs import check_arguments, check_class_weight, class_weight_for, read_datasets
+from .judge import calibrate, calibration_reason
 from .measure import decode_seconds, sample_median_side
 from .plan import RecipeName, describe_images, plan_candidates, plan_sample
 from .probing import (
@@ -129,22 +130,23 @@ def finetune(
         >>> result.classes, result.recipe.name, result.predict([root / "red" / "0.png"]).shape
         (['blue', 'red'], 'probe', torch.Size([1, 2]))
     """
-    start = time.perf_counter() if started is None else started
     names, seconds = check_arguments(
         backbone_name, weights, key_map, budget, recipe, image_size, geometry, seed
     )
     check_class_weight(class_weight)
     compute = Compute.resolve(device)
+    distributed.init_process_group()  # under torchrun: every process works on its own images
+    start = shared_clock() if started is None else distributed.agree(started)
     if cache_dir is not None:
         check_writable_dir(cache_dir, "cache_dir")
     deadline = start + seconds if seconds is not None else None
 
     def log(message: str) -> None:
-        if verbose:
+        if verbose and distributed.world()[0] == 0:
             print(message, flush=True)
 
     def left() -> float | None:
-        return None if deadline is None else deadline - time.perf_counter()
+        return None if deadline is None else deadline - shared_clock()
 
     data, held_out = read_datasets(train, val, background, on_error)
     plan = start_plan(recipe, geometry, data, held_out, compute)
@@ -178,14 +180,33 @@ def finetune(
             recipe, plan, best, probe, sets, median_side=median_side, image_size=image_size,
             classes=len(data.classes), seed=seed, deadline=deadline, log=log, compute=compute,
         )  # fmt: skip
-    over = time.perf_counter() - deadline if deadline is not None else 0.0
+    over = shared_clock() - deadline if deadline is not None else 0.0
     if over > 0:
         plan.reasons.append(f"the budget is spent ({over:.0f} s over)")
     result = build_result(plan, probe, tuned, sets, data.classes, geometry)
+    if sets.rows is not None:  # each process decoded a part: the report's pictures decode again
+        result.val_images = judged_images(result, tuned, data, held_out, sets.images.size)
     log(plan.describe())
-    result.background, result.seconds = data.background, time.perf_counter() - start
+    result.background, result.seconds = data.background, shared_clock() - start
     result.skipped = list(data.skipped) + (list(held_out.skipped) if held_out else [])
     return result
+
+
+def judged_images(
+    result: FinetuneResult,
+    tuned: TunedStage | None,
+    data: ImageDataset,
+    held_out: ImageDataset | None,
+    size: int,
+) -> DecodedImages:
+    """The images that judged the kept model, decoded when read (under ``torchrun``, where
+    each process holds only a part of them): the validation images, else the fine-tuning's
+    held-out fold, else (the probe, judged out of fold) every training image."""
+    judged = held_out if held_out is not None else data
+    if held_out is None and result.recipe.kept == "fine-tuned" and tuned is not None:
+        assert tuned.judged is not None
+        judged = data.subset(tuned.judged.tolist())
+    return DecodedImages(judged, size, result.geometry)
 
 
 def start_plan(
@@ -197,7 +218,9 @@ def start_plan(
 ) -> Recipe:
     """The recipe before training, with the reasons that do not depend on it."""
     plan = Recipe(name="full" if recipe == "full" else "probe", image_size=0)
-    plan.reasons.append(f"computing on {compute}")
+    processes = distributed.world()[2]
+    many = f", {processes} processes under torchrun" if processes > 1 else ""
+    plan.reasons.append(f"computing on {compute}{many}")
     plan.reasons.append(
         "letterboxed: each image fitted whole into the square, the rest filled with the "
         "background colour"
@@ -290,12 +313,12 @@ def choose_candidates(
     n_val = len(held_out) if held_out is not None else 0
     parallel = decode / loader_workers(AUTO.decode_workers)  # seconds per image, all workers
     decoding = parallel * (len(data) + n_val)
-    now = None if deadline is None else deadline - time.perf_counter()
+    now = None if deadline is None else deadline - shared_clock()
     alone = probe_alone(candidates, recipe, data, None if now is None else now - decoding)
     share = AUTO.probe_share_alone if alone else AUTO.probe_share
 
     def left() -> float | None:  # the time left, less what decoding takes out of the share
-        return None if deadline is None else deadline - time.perf_counter() - decoding / share
+        return None if deadline is None else deadline - shared_clock() - decoding / share
 
     seconds = {c.name: c.seconds for c in candidates}
     kept, why = plan_candidates(seconds, left(), share)
@@ -313,6 +336,8 @@ def choose_candidates(
                 compute,
                 decode=decode,
             )
+            # scored alike in every process; under torchrun, rank 0's
+            ranking, ranked = distributed.agree((ranking, ranked))
             plan.reasons.append(ranked)
             if ranking:
                 kept, why = plan_candidates(seconds, left(), share, [r.name for r in ranking])
@@ -324,7 +349,7 @@ def choose_candidates(
     if why:
         plan.reasons.append(why)
     chosen = [c for c in candidates if c.name in kept]
-    remaining = None if deadline is None else deadline - time.perf_counter()
+    remaining = None if deadline is None else deadline - shared_clock()
     data = sample_within_budget(data, n_val, chosen, plan, seed, remaining, share, parallel)
     return chosen, data, share
 
@@ -368,7 +393,8 @@ def build_result(
         sizes, info = [probe.sizes[n] for n in names], probe.infos[probe.choice.names[0]]
         taps = [probe.taps[n] if probe.choice.taps else [] for n in names]
         judged = sets.images if sets.val_images is None else sets.val_images
-        judged_labels = sets.labels if sets.val_labels is None else sets.val_labels
+        every, n = sets.every_label(), sets.counts[0]
+        judged_labels = every[:n] if sets.val_labels is None else every[n:]
         method = (
             f"out-of-fold predictions of {probe.choice.probe.folds}-fold cross-validation"
             if sets.val_images is None
@@ -425,60 +451,4 @@ def _threshold_reason(method: str | None) -> str:
     return (
         f"a threshold per label, chosen for its F1 on {where}; per-label probabilities left "
         "as they are (no temperature)"
-    )
-
-
-def calibrate(
-    probs: torch.Tensor, labels: torch.Tensor
-) -> tuple[float, torch.Tensor, dict[str, float]]:
-    """The temperature fitted on the probabilities that judged the model, those probabilities
-    scaled by it, and the expected calibration error before and after (see
-    [tlkit.calibration][]). "After" is cross-fitted: each half of the images scaled by the
-    temperature fitted on the other. When that is no lower than before (a model already
-    calibrated, or too few images to tell), the temperature is left at 1.
-
-    Examples:
-        >>> labels = torch.tensor([0, 1] * 50)
-        >>> probs = torch.tensor([[0.99, 0.01], [0.01, 0.99]]).repeat(50, 1)
-        >>> probs[:20] = probs[:20].flip(1)  # 80% right, all at 0.99
-        >>> t, scaled, figures = calibrate(probs, labels)
-        >>> t > 1, figures["ece"] < figures["ece_before"]
-        (True, True)
-        >>> calibrated = torch.tensor([[0.8, 0.2], [0.2, 0.8]]).repeat(50, 1)
-        >>> calibrated[:20] = calibrated[:20].flip(1)  # 80% right at 0.8: nothing to fix
-        >>> calibrate(calibrated, labels)[0]
-        1.0
-    """
-    log_probs = probs.double().clamp_min(1e-12).log()
-    fitted = fit_temperature(log_probs, labels)
-    before = expected_calibration_error(probs, labels)
-    scaled = cross_fitted_ece(log_probs, labels)
-    temperature = fitted if scaled < before else 1.0
-    figures = {
-        "temperature": temperature,
-        "fitted_temperature": fitted,
-        "ece_before": before,
-        "ece_scaled": scaled,
-        "ece": scaled if scaled < before else before,
-    }
-    return temperature, (log_probs / temperature).softmax(1).float(), figures
-
-
-def calibration_reason(method: str, figures: dict[str, float]) -> str:
-    """What calibration did, in words."""
-    before, scaled, fitted = (
-        figures["ece_before"],
-        figures["ece_scaled"],
-        figures["fitted_temperature"],
-    )
-    if figures["temperature"] != 1.0:
-        return (
-            f"probabilities calibrated on the {method}: temperature {fitted:.2f}, expected "
-            f"calibration error {before:.3f} before, {scaled:.3f} after (the temperature of "
-            "each half fitted on the other)"
-        )
-    return (
-        f"probabilities left as they are: a temperature fitted on the {method} ({fitted:.2f}) "
-        f"gave an expected calibration error of {scaled:.3f} on the half it was not fitted on, "
-        f"no lower than {before:.3f} without it"
     )

@@ -4,13 +4,13 @@ the time left."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..backbones import backbone
 from ..data import ImageDataset
 from ..ranking import BackboneScore, rank_backbones
+from .budget import shared_clock
 from .compute import Compute
 from .measure import decode_seconds, time_batches
 from .plan import choose_size
@@ -30,7 +30,7 @@ def rank_within_budget(
     compute: Compute | None = None,
     *,
     decode: float | None = None,
-    clock: Callable[[], float] = time.perf_counter,
+    clock: Callable[[], float] = shared_clock,
 ) -> tuple[list[BackboneScore], str]:
     """LogME of each candidate at the size it would train at, best first, and the sample it
     used; with a deadline (on ``clock``), on as many images as fit in a quarter of the time

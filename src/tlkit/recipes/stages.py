@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from .._utils import plural
 from ..augment import BatchAugment
 from ..callbacks import Deadline, LRScheduler, ProgressBar
@@ -15,6 +16,7 @@ from ..freeze import unfreeze
 from ..history import History
 from ..optim import discriminative_param_groups
 from ..trainer import Trainer
+from .budget import shared_clock
 from .compute import CPU, Compute
 from .result import Recipe
 from .settings import AUTO
@@ -82,7 +84,10 @@ def train_full(
     stages = layer_stages(model)
     groups = discriminative_param_groups(model, recipe.lr, decay=recipe.layer_decay, stages=stages)
     optimizer = torch.optim.AdamW(groups, weight_decay=AUTO.weight_decay)
-    train = store_loader(train_x, train_y, recipe.batch_size, True, size=size, pin=compute.pin)
+    processes = distributed.world()[2]  # under torchrun each trains on its own images
+    batch = -(-recipe.batch_size // processes)  # of the global batch
+    most = distributed.most(len(train_x))  # as many batches in every process
+    train = store_loader(train_x, train_y, batch, True, size=size, pin=compute.pin, samples=most)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[g["lr"] for g in groups],
@@ -100,12 +105,12 @@ def train_full(
         channels_last=recipe.channels_last,
         callbacks=[
             LRScheduler(schedule, interval="step"),
-            Deadline(deadline),
+            Deadline(deadline, clock=shared_clock),
             ProgressBar(deadline=deadline),
         ],
     )
     val = store_loader(val_x, val_y, 256, False, size=size, pin=compute.pin)
-    history = trainer.fit(train, val, epochs=recipe.finetune_epochs)
+    history = trainer.fit(train, val, epochs=recipe.finetune_epochs, sharded=True)
     model.to(memory_format=torch.contiguous_format)
     last = history["val_accuracy"][-1]
     log(f"fine-tuned {plural(len(history), 'epoch')}, last epoch's val {last:.4f}")

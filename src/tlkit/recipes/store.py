@@ -26,9 +26,11 @@ from torch.utils.data import (
     Dataset,
     RandomSampler,
     SequentialSampler,
+    Subset,
 )
 from torchvision.transforms import v2
 
+from .. import distributed
 from ..data import ImageDataset
 from ..devices import loader_workers
 from .images import DecodedImages, Geometry, normalise, resize_square
@@ -192,14 +194,21 @@ def decode_into(store: ImageStore, data: Dataset, workers: int) -> None:
 @dataclass
 class Decoded:
     """The training images (and the given validation images) decoded once, with their labels:
-    ``images`` and ``val_images`` are views of one store."""
+    ``images`` and ``val_images`` are views of one store.
+
+    Under ``torchrun`` each process decodes its own rows (``rows``: rank, rank + world size,
+    ... of the training images followed by the validation images); ``images``, ``labels``,
+    ``val_images`` and ``val_labels`` are then this process's part, and ``gather`` puts the
+    processes' results together."""
 
     images: ImageStore
     labels: torch.Tensor
     val_images: ImageStore | None = None
     val_labels: torch.Tensor | None = None
-    files: list[str] | None = None  # the training images' paths (their names group them)
+    files: list[str] | None = None  # every training image's path (their names group them)
     store: ImageStore | None = None  # both, training images first
+    rows: torch.Tensor | None = None  # this process's rows of both (``None``: all of them)
+    counts: tuple[int, int] = (0, 0)  # training and validation images, in every process
 
     @classmethod
     def read(
@@ -210,28 +219,79 @@ class Decoded:
         geometry: Geometry,
         cache_dir: str | Path | None = None,
     ) -> Decoded:
-        """Decode ``data`` and ``val`` at ``size``: in memory up to
-        ``AUTO.memory_cache_bytes``, else into a temporary file in ``cache_dir`` (default the
-        system's temporary folder)."""
+        """Decode ``data`` and ``val`` (this process's rows of them under ``torchrun``) at
+        ``size``: in memory up to ``AUTO.memory_cache_bytes``, else into a temporary file in
+        ``cache_dir`` (default the system's temporary folder)."""
         parts = [DecodedImages(d, size, geometry) for d in (data, val) if d is not None]
-        count = sum(len(p) for p in parts)
-        on_disk = count * 3 * size * size > AUTO.memory_cache_bytes
+        both: Dataset = ConcatDataset(parts)
+        n, count = len(data), sum(len(p) for p in parts)
+        rows = distributed.shard(count)
+        if not len(rows):
+            raise ValueError(
+                f"{count} images for {distributed.world()[2]} processes under torchrun: each "
+                "needs at least one; launch fewer (--nproc-per-node)"
+            )
+        if len(rows) < count:
+            both = Subset(both, rows.tolist())
+        on_disk = len(rows) * 3 * size * size > AUTO.memory_cache_bytes
         directory = (cache_dir or tempfile.gettempdir()) if on_disk else None
-        store = ImageStore.empty(count, size, directory)
-        decode_into(store, ConcatDataset(parts), loader_workers(AUTO.decode_workers))
-        n = len(data)
+        store = ImageStore.empty(len(rows), size, directory)
+        decode_into(store, both, loader_workers(AUTO.decode_workers))
+        mine = int((rows < n).sum())
+        targets = torch.as_tensor(data.targets)
         return cls(
-            store.subset(torch.arange(n)),
-            torch.as_tensor(data.targets),
-            store.subset(torch.arange(n, count)) if val is not None else None,
-            torch.as_tensor(val.targets) if val is not None else None,
+            store.subset(torch.arange(mine)),
+            targets[rows[:mine]],
+            store.subset(torch.arange(mine, len(rows))) if val is not None else None,
+            torch.as_tensor(val.targets)[rows[mine:] - n] if val is not None else None,
             [str(f) for f in data.files],
             store,
+            rows if len(rows) < count else None,
+            (n, count - n),
         )
 
     def everything(self) -> ImageStore:
-        """The training images, then the validation images."""
+        """The training images, then the validation images (this process's)."""
         return self.store if self.store is not None else self.images
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Values of this process's rows of both (along the first dimension), put together
+        with the other processes' into values of every training then validation image."""
+        if self.rows is None:
+            return values
+        return distributed.gather_rows(values, self.rows, sum(self.counts))
+
+    def every_label(self) -> torch.Tensor:
+        """The labels of every training image, then of every validation image (of all
+        processes)."""
+        mine = self.labels if self.val_labels is None else torch.cat([self.labels, self.val_labels])
+        return self.gather(mine)
+
+    def train_labels(self) -> torch.Tensor:
+        """The labels of every training image (of all processes)."""
+        return self.labels if self.rows is None else self.every_label()[: self.counts[0]]
+
+    def part(self, indices: torch.Tensor) -> tuple[ImageStore, torch.Tensor, torch.Tensor]:
+        """Of the training images at ``indices`` (of all of them), the ones this process holds:
+        ``(images, labels, their positions in indices)``."""
+        if self.rows is None:
+            return self.images.subset(indices), self.labels[indices], torch.arange(len(indices))
+        rank, _, world_size = distributed.world()
+        where = ((indices % world_size) == rank).nonzero().flatten()
+        local = indices[where] // world_size  # training rows come first in every process
+        return self.images.subset(local), self.labels[local], where
+
+    def judging(self, held: torch.Tensor) -> tuple[ImageStore, torch.Tensor, torch.Tensor, int]:
+        """The images that judge fine-tuning: the validation images, else the training images
+        at ``held``; this process's part of them: ``(images, labels, their positions among all
+        of them, how many in all)``."""
+        if self.val_images is None or self.val_labels is None:
+            return (*self.part(held), len(held))
+        if self.rows is None:
+            where = torch.arange(len(self.val_labels))
+        else:
+            where = self.rows[len(self.labels) :] - self.counts[0]
+        return self.val_images, self.val_labels, where, self.counts[1]
 
 
 class _Batches(Dataset):
@@ -256,14 +316,16 @@ def store_loader(
     *,
     size: int | None = None,
     pin: bool = False,
+    samples: int | None = None,
 ) -> DataLoader:
     """Batches of uint8 ``(images, labels)`` read from ``images`` and resized to ``size``
     (antialiased, default as stored), shuffled from a seed drawn from torch's global generator
-    (so the seed of [tlkit.finetune][] fixes the order)."""
+    (so the seed of [tlkit.finetune][] fixes the order); ``samples`` images per epoch when
+    shuffled (default all; more draws some twice)."""
     batch_data = _Batches(images, labels, size or images.size)
     if shuffle:
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
-        sampler: Any = RandomSampler(batch_data, generator=generator)
+        sampler: Any = RandomSampler(batch_data, num_samples=samples, generator=generator)
     else:
         sampler = SequentialSampler(batch_data)
     return DataLoader(batch_data, batch_size=None, sampler=BatchSampler(sampler, batch, False),

@@ -3,7 +3,6 @@ held-out fold, then judged against the probe on that fold (the keep rule)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,13 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import heads
+from .. import distributed, heads
 from ..augment import BatchAugment
 from ..backbones import BackboneInfo
 from ..history import History
 from ..probe import balancing_weights
 from ..splits import kfold
 from ..tta import flip_average
+from .budget import shared_clock
 from .compute import CPU, Compute
 from .judge import right_per_image
 from .keep import fine_tuning_wins
@@ -41,9 +41,10 @@ class TunedStage:
     model: nn.Module
     size: int
     history: History
-    images: ImageStore  # the judging images (as decoded)
-    labels: torch.Tensor
+    images: ImageStore  # the judging images (as decoded; this process's under torchrun)
+    labels: torch.Tensor  # of every judging image (all processes')
     probs: torch.Tensor
+    judged: torch.Tensor | None = None  # which training images judged it (``None``: val)
 
 
 @torch.no_grad()
@@ -105,9 +106,13 @@ def run_finetune(
     )
     train_at, held = _held_out_fold(sets, probe, seed)
     plan.batch_size = choose_batch_size(len(train_at))
-    infer, train_rate, plan.channels_last, layout = measure(model, size, plan.batch_size, compute)
-    n_val = len(held) if sets.val_images is None else len(sets.val_images)
-    remaining = None if deadline is None else deadline - time.perf_counter()
+    processes = distributed.world()[2]  # each takes its part of every batch
+    infer, train_rate, plan.channels_last, layout = measure(
+        model, size, -(-plan.batch_size // processes), compute
+    )
+    infer, train_rate = infer * processes, train_rate * processes
+    n_val = len(held) if sets.val_images is None else sets.counts[1]
+    remaining = None if deadline is None else deadline - shared_clock()
     plan_finetune(name, plan, n_train=len(train_at), n_val=n_val, classes=classes,  # type: ignore[arg-type]
                   infer_rate=infer, train_rate=train_rate, remaining=remaining,
                   multi_label=sets.labels.dim() == 2)  # fmt: skip
@@ -115,16 +120,17 @@ def run_finetune(
         return None
     plan.name = "lp-ft" if name == "lp-ft" else "full"
     plan.reasons += [f"fine-tuning {best.name} at {why}", layout]
-    judge_x, judge_y = sets.images.subset(held), sets.labels[held]
-    if sets.val_images is not None and sets.val_labels is not None:
-        judge_x, judge_y = sets.val_images, sets.val_labels
+    judge_x, judge_y, where, total = sets.judging(held)
+    judged = held if sets.val_images is None else None
     _start_head(model, name, probe, best.name, classes, seed)
     augment = BatchAugment(size, scale=(plan.crop_scale, 1.0), info=best.info)
-    split = (sets.images.subset(train_at), sets.labels[train_at], judge_x, judge_y)
+    split = (*sets.part(train_at)[:2], judge_x, judge_y)
     history = train_full(model, split, augment, plan, deadline, log, size=size, compute=compute)
     multi = judge_y.dim() == 2
     probs = predict_probs(model, judge_x, size, best.mean, best.std, compute=compute,
                           multi_label=multi)  # fmt: skip
+    if sets.rows is not None:  # every process's judging images, in order
+        probs, judge_y = (distributed.gather_rows(t, where, total) for t in (probs, judge_y))
     plan.kept = "fine-tuned"
     if probe is not None:
         probe_probs = probe.val_probs if sets.val_images is not None else probe.val_probs[held]
@@ -136,7 +142,8 @@ def run_finetune(
         )
         plan.kept = "fine-tuned" if keep else "probe"
         plan.reasons.append(verdict)
-    return TunedStage(best.name, best.info, model.eval(), size, history, judge_x, judge_y, probs)
+    return TunedStage(best.name, best.info, model.eval(), size, history, judge_x, judge_y, probs,
+                      judged)  # fmt: skip
 
 
 def too_late(best: Candidate, deadline: float | None, plan: Recipe) -> bool:
@@ -146,7 +153,7 @@ def too_late(best: Candidate, deadline: float | None, plan: Recipe) -> bool:
     if deadline is None:
         return False
     epoch = AUTO.train_slowdown * best.seconds / AUTO.probe_views
-    left = deadline - time.perf_counter()
+    left = deadline - shared_clock()
     if AUTO.min_finetune_epochs * epoch <= left:
         return False
     plan.reasons.append(
@@ -162,7 +169,7 @@ def _held_out_fold(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(training indices, held-out indices)``: one fold of about ``AUTO.val_fraction`` of
     the images (near-duplicates kept together), or none when validation images are given."""
-    labels = sets.labels
+    labels = sets.train_labels()
     if sets.val_images is not None:
         return torch.arange(len(labels)), torch.arange(0)
     groups = probe.choice.groups if probe is not None else None
