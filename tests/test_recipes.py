@@ -11,6 +11,7 @@ from PIL import Image
 
 import tlkit
 from tlkit.recipes import keep, parse_budget, probing, select, tuning
+from tlkit.recipes.candidates import load_candidates
 from tlkit.recipes.plan import choose_size, plan_candidates, plan_finetune
 from tlkit.recipes.result import Recipe, StackedBackbones, build_network
 
@@ -101,6 +102,12 @@ def test_several_backbones_are_probed_alone_and_together_and_the_best_is_kept(
     assert kept == together or float(scores[kept]) > float(scores[together])
     assert result.val_metrics["accuracy"] == pytest.approx(float(scores[kept]), abs=1e-4)
     assert "cross-validation" in result.val_metrics["method"]
+    # where the time went, stage by stage: every second of the call is counted once
+    spent = result.recipe.seconds
+    assert list(spent) == ["start and speed checks", "choosing backbones", "decoding",
+                           "features", "probe fits", "judging and calibration"]  # fmt: skip
+    assert all(v >= 0 for v in spent.values()) and sum(spent.values()) <= result.seconds
+    assert result.recipe.describe().splitlines()[-1].startswith("  - time: ")
 
 
 def test_a_stacked_network_saves_loads_and_predicts_the_same(tmp_path: Path) -> None:
@@ -475,8 +482,8 @@ def test_a_backbone_whose_features_no_longer_fit_at_the_measured_pace_is_left_ou
     data = tlkit.ImageDataset.from_folder(colours(tmp_path / "data"))
     sets = Decoded.read(data, None, 32, "pad")
     n = len(data)
-    candidates = probing.load_candidates(["resnet18", "mobilenet_v3_small"], None, "strict", 32,
-                                         3, n, rate=lambda model, size: 2 * n / 10)  # fmt: skip
+    candidates = load_candidates(["resnet18", "mobilenet_v3_small"], None, "strict", 32, 3, n,
+                                 rate=lambda model, size: 2 * n / 10)  # fmt: skip
     assert [c.seconds for c in candidates] == [10.0, 10.0]  # the speed check's estimates
     now = [0.0]
     computed = probing.features

@@ -182,6 +182,7 @@ def _write_run(result: FinetuneResult, folder: Path) -> None:
             "finetune_epochs": result.recipe.finetune_epochs,
             "reasons": result.recipe.reasons,
             "kept": result.recipe.kept,
+            "seconds": result.recipe.seconds,
         },
         "seconds": result.seconds,
         "skipped": [{"file": f, "reason": r} for f, r in result.skipped],

@@ -12,7 +12,6 @@ import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -22,13 +21,12 @@ from .._utils import plural
 from ..backbones import BackboneInfo
 from ..probe import LinearProbe, balancing_weights
 from ..stratify import rare_labels
-from ..taps import LayerTaps, default_layers
+from ..taps import LayerTaps
 from .budget import FitPace, shared_clock
 from .compute import CPU, Compute
 from .judge import describe_grouping, fold_groups, metrics_from_probs, right_per_image
 from .keep import clearly_better
-from .measure import time_batches
-from .result import build_network, load_head, stack
+from .result import load_head, stack
 from .settings import AUTO
 from .store import Decoded, ImageStore, to_model_input
 
@@ -39,12 +37,10 @@ __all__ = [
     "choose_probe",
     "features",
     "fit_seconds",
-    "load_candidates",
     "metrics_from_probs",
     "probe_network",
     "right_per_image",
     "run_probe",
-    "tap_layers",
 ]
 
 
@@ -344,6 +340,7 @@ class ProbeStage:
     infos: dict[str, BackboneInfo]
     taps: dict[str, list[str]]
     start: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    feature_seconds: float = 0.0  # of the feature passes, on the clock of the fit
 
     def tuning_head(self) -> nn.Linear:
         """A head for fine-tuning the best single backbone from its probe (``lp-ft``): that
@@ -358,50 +355,6 @@ class ProbeStage:
         return refit.fit(x, y, classes=probe.weight_.shape[0], cv=False).to_linear()
 
 
-def load_candidates(
-    names: list[str],
-    weights: Any,
-    key_map: Any,
-    image_size: int | None,
-    classes: int,
-    n_images: int,
-    *,
-    rate: Callable[[nn.Module, int], float] | None = None,
-    compute: Compute | None = None,
-) -> list[Candidate]:
-    """Each backbone with its ImageNet weights and a new head, at its pretraining size (or
-    ``image_size``), and the seconds its probe features would take on ``compute``'s device
-    (``rate`` measures images per second; default the frozen body timed on random input)."""
-    rate = rate or (lambda m, s: time_batches(m, s, 16, train=False, channels_last=True, timed=1,
-                                              compute=compute))  # fmt: skip
-    candidates = []
-    for name in names:
-        model, info = build_network([name], [0], classes, weights=weights, key_map=key_map)
-        size = image_size or info.input_size
-        per_second = rate(model, size)
-        candidate = Candidate(name, model, size, tuple(info.mean), tuple(info.std),
-                              channels_last=True, info=info,
-                              seconds=AUTO.probe_views * n_images / per_second)  # fmt: skip
-        if AUTO.probe_taps:
-            candidate.taps, candidate.tap_dim = tap_layers(model, size)
-        candidates.append(candidate)
-    return candidates
-
-
-def tap_layers(model: nn.Module, size: int) -> tuple[list[str], int]:
-    """The intermediate layers the probe reads too ([tlkit.taps.default_layers][]) and the
-    width they add; none where their outputs cannot be pooled at ``size``."""
-    with heads.headless(model):
-        layers = default_layers(model)
-        if not layers:
-            return [], 0
-        try:
-            width = LayerTaps(model, layers).out_features(size)
-        except (RuntimeError, ValueError):  # an output LayerTaps cannot pool: no taps
-            return [], 0
-    return layers, width - heads.find_head(model)[1]
-
-
 def _compute_features(
     candidates: list[Candidate],
     sets: Decoded,
@@ -410,9 +363,10 @@ def _compute_features(
     share: float,
     clock: Callable[[], float],
     log: Callable[[str], None],
-) -> tuple[list[Candidate], list[str]]:
+) -> tuple[list[Candidate], list[str], float]:
     """Each candidate's features (each process computing its rows) while they fit ``share`` of
-    the time left at the pace measured so far; those computed, why the others were not."""
+    the time left at the pace measured so far; those computed, why the others were not, and
+    the seconds the passes took."""
     allowed = None if deadline is None else share * max(deadline - clock(), 0.0)
     spent = estimated = 0.0
     computed: list[Candidate] = []
@@ -439,7 +393,7 @@ def _compute_features(
         candidate.features = sets.gather(mine.transpose(0, 1)).transpose(0, 1)
         spent, estimated = spent + clock() - began, estimated + candidate.seconds
         computed.append(candidate)
-    return computed, skipped
+    return computed, skipped, spent
 
 
 def run_probe(
@@ -462,7 +416,8 @@ def run_probe(
     check times a few random images; a whole folder can run slower), and a candidate that
     would no longer fit is left out, said in the reasons."""
     n, labels, val_images = sets.counts[0], sets.train_labels(), sets.val_images
-    candidates, skipped = _compute_features(candidates, sets, compute, deadline, share, clock, log)
+    candidates, skipped, spent = _compute_features(candidates, sets, compute, deadline, share,
+                                                   clock, log)  # fmt: skip
     with warnings.catch_warnings():  # labels too rare for every fold: said in the reasons
         warnings.simplefilter("ignore")
         choice = choose_probe(
@@ -497,4 +452,4 @@ def run_probe(
     if best.taps:  # the best backbone's final features, for a fine-tuning head
         start = (_matrix([best], slice(0, n), taps=False), labels[:n])
     return ProbeStage(choice, model, size, probs, tuning_start, best.name, sizes, infos, taps,
-                      start)  # fmt: skip
+                      start, spent)  # fmt: skip

@@ -188,9 +188,11 @@ class Recipe:
     class_weight: list[float] | None = None
     reasons: list[str] = field(default_factory=list)
     kept: Literal["probe", "fine-tuned"] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # by stage, once trained
 
     def describe(self) -> str:
-        """The recipe and its reasons, one line each; once trained, which model was kept."""
+        """The recipe and its reasons, one line each; once trained, which model was kept and
+        where the time went."""
         head = (
             f"recipe {self.name}: {self.image_size} px"
             + (", linear probe on cached features" if self.probe else "")
@@ -201,7 +203,11 @@ class Recipe:
             )
             + (f"; returned the {self.kept} model" if self.kept else "")
         )
-        return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
+        lines = [head, *(f"  - {r}" for r in self.reasons)]
+        if self.seconds:
+            spent = ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items() if v >= 0.5)
+            lines.append(f"  - time: {spent} ({sum(self.seconds.values()):.0f} s in all)")
+        return "\n".join(lines)
 
 
 @dataclass

@@ -17,7 +17,8 @@ from ..devices import loader_workers
 from ..history import History
 from ..metrics import choose_thresholds
 from ..splits import split
-from .budget import shared_clock
+from .budget import Laps, shared_clock
+from .candidates import load_candidates
 from .compute import Compute
 from .images import DecodedImages, Geometry
 from .inputs import check_arguments, check_class_weight, class_weight_for, read_datasets
@@ -28,7 +29,6 @@ from .probing import (
     Candidate,
     ProbeStage,
     fit_seconds,
-    load_candidates,
     metrics_from_probs,
     run_probe,
 )
@@ -145,9 +145,6 @@ def finetune(
         if verbose and distributed.world()[0] == 0:
             print(message, flush=True)
 
-    def left() -> float | None:
-        return None if deadline is None else deadline - shared_clock()
-
     data, held_out = read_datasets(train, val, background, on_error)
     plan = start_plan(recipe, geometry, data, held_out, compute)
     plan.class_weight, why = class_weight_for(class_weight, data.targets, data.classes)
@@ -156,8 +153,8 @@ def finetune(
     n_images = len(data) + (len(held_out) if held_out is not None else 0)
     candidates = load_candidates(names, weights, key_map, image_size, len(data.classes), n_images,
                                  compute=compute)  # fmt: skip
-    median_side = sample_median_side(data)
-    share = AUTO.probe_share
+    median_side, share = sample_median_side(data), AUTO.probe_share
+    laps = Laps(shared_clock, start, "start and speed checks")
     if recipe == "full":
         candidates = candidates[:1]
     else:
@@ -165,13 +162,15 @@ def finetune(
         decode = 0.0 if deadline is None else decode_seconds(data, size, geometry)
         candidates, data, share = choose_candidates(
             candidates, plan, recipe, data, held_out, weights, image_size, median_side, seed,
-            deadline, compute, decode,
+            deadline, compute, decode, laps,
         )  # fmt: skip
     sets = Decoded.read(data, held_out, max(c.size for c in candidates), geometry, cache_dir)
+    laps.lap("decoding")
     probe, tuned = None, None
     if recipe != "full":
         probe = run_probe(candidates, sets, len(data.classes), seed, log, compute, deadline,
                           plan.class_weight, share)  # fmt: skip
+        laps.lap("probe fits", part=("features", probe.feature_seconds))
         plan.probe, plan.kept, plan.image_size = True, "probe", probe.size
         plan.reasons += probe.choice.reasons
     if recipe != "probe":
@@ -180,16 +179,24 @@ def finetune(
             recipe, plan, best, probe, sets, median_side=median_side, image_size=image_size,
             classes=len(data.classes), seed=seed, deadline=deadline, log=log, compute=compute,
         )  # fmt: skip
-    over = shared_clock() - deadline if deadline is not None else 0.0
-    if over > 0:
-        plan.reasons.append(f"the budget is spent ({over:.0f} s over)")
+        laps.lap("fine-tuning")
+    note_overrun(plan, deadline)
     result = build_result(plan, probe, tuned, sets, data.classes, geometry)
+    laps.lap("judging and calibration")
+    plan.seconds = laps.seconds
     if sets.rows is not None:  # each process decoded a part: the report's pictures decode again
         result.val_images = judged_images(result, tuned, data, held_out, sets.images.size)
     log(plan.describe())
     result.background, result.seconds = data.background, shared_clock() - start
     result.skipped = list(data.skipped) + (list(held_out.skipped) if held_out else [])
     return result
+
+
+def note_overrun(plan: Recipe, deadline: float | None) -> None:
+    """Say so in the reasons when training ended past the deadline."""
+    over = shared_clock() - deadline if deadline is not None else 0.0
+    if over > 0:
+        plan.reasons.append(f"the budget is spent ({over:.0f} s over)")
 
 
 def judged_images(
@@ -298,6 +305,7 @@ def choose_candidates(
     deadline: float | None,
     compute: Compute | None = None,
     decode: float = 0.0,
+    laps: Laps | None = None,
 ) -> tuple[list[Candidate], ImageDataset, float]:
     """The candidates whose probe features fit the budget, the training images they will
     see, and the share of the time left their features may take. The features get
@@ -351,6 +359,8 @@ def choose_candidates(
     chosen = [c for c in candidates if c.name in kept]
     remaining = None if deadline is None else deadline - shared_clock()
     data = sample_within_budget(data, n_val, chosen, plan, seed, remaining, share, parallel)
+    if laps is not None:
+        laps.lap("choosing backbones")
     return chosen, data, share
 
 
