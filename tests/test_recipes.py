@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import tlkit
 from tlkit.recipes import keep, parse_budget, probing, select, tuning
@@ -506,3 +508,33 @@ def test_a_backbone_whose_features_no_longer_fit_at_the_measured_pace_is_left_ou
             "before it (3.0 times the speed check's estimate), more than the 4 s of 85% of the "
             "time left"
         ) in stage.choice.reasons
+
+
+@pytest.mark.parametrize("order", [None, ["b", "a"]], ids=["as-given", "ranked"])
+def test_a_backbone_is_left_out_before_the_probe_sees_fewer_than_half_the_images(
+    tmp_path: Path, order: list[str] | None
+) -> None:
+    from tlkit.recipes.run import sample_within_budget
+
+    data = tlkit.ImageDataset.from_folder(colours(tmp_path / "data", 10))  # 30 images
+
+    def candidates() -> list[probing.Candidate]:  # each: 1 s per image for its features
+        head = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        return [probing.Candidate(name, copy.deepcopy(head), 32, (0.0,) * 3, (1.0,) * 3,
+                                  seconds=30.0) for name in "ab"]  # fmt: skip
+
+    plan = Recipe(name="probe", image_size=0)
+    # 85% of 42 s: both backbones' features fit 17 of the 30 images (more than half): kept
+    sampled, chosen = sample_within_budget(data, 0, candidates(), plan, 0, 42.0, 0.85, 0.0, order)
+    assert len(sampled) == 17 and [c.name for c in chosen] == ["a", "b"]
+    # 85% of 30 s: both fit 12 (fewer than half); one fits 25
+    plan = Recipe(name="probe", image_size=0)
+    sampled, chosen = sample_within_budget(data, 0, candidates(), plan, 0, 30.0, 0.85, 0.0, order)
+    dropped = "b" if order is None else "a"
+    assert len(sampled) == 25 and [c.name for c in chosen] == ["ab".replace(dropped, "")]
+    assert plan.reasons[0].startswith(
+        f"{dropped} left out: with it the probe would see 12 of the 30 training images, fewer "
+        "than 50%"
+    )
+    assert "a stratified sample of 25 of the 30 training images" in plan.reasons[1]
+    assert chosen[0].seconds == pytest.approx(25.0)  # rescaled to the sample

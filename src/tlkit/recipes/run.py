@@ -255,25 +255,38 @@ def sample_within_budget(
     remaining: float | None,
     share: float,
     decode: float,
-) -> ImageDataset:
+    order: list[str] | None = None,
+) -> tuple[ImageDataset, list[Candidate]]:
     """``data``, or a stratified sample of it when decoding every image (``decode`` seconds
     each), the chosen candidates' probe features and the probe's fits would not fit ``share``
-    of the time left ([tlkit.recipes.plan.plan_sample][]). The candidates' feature seconds are
-    rescaled to the sample."""
-    total = len(data) + n_val
-    fits = fit_seconds(chosen, len(data.classes))
-    per_image = decode + sum(c.seconds for c in chosen) / total + fits
-    n, why = plan_sample(len(data), len(data.classes), per_image, n_val * per_image, remaining,
-                         share)  # fmt: skip
+    of the time left ([tlkit.recipes.plan.plan_sample][]), and the candidates kept. Rather than
+    keep fewer than ``AUTO.least_sampled`` of the images, the last candidate in ``order`` (the
+    preferred first; default as given) is left out, while more than one is left. The
+    candidates' feature seconds are rescaled to the sample."""
+    total, order = len(data) + n_val, order or [c.name for c in chosen]
+    while True:
+        fits = fit_seconds(chosen, len(data.classes))
+        per_image = decode + sum(c.seconds for c in chosen) / total + fits
+        n, why = plan_sample(len(data), len(data.classes), per_image, n_val * per_image,
+                             remaining, share)  # fmt: skip
+        if why is None or len(chosen) == 1 or n >= AUTO.least_sampled * len(data):
+            break
+        last = max(chosen, key=lambda c: order.index(c.name) if c.name in order else len(order))
+        chosen = [c for c in chosen if c is not last]
+        plan.reasons.append(
+            f"{last.name} left out: with it the probe would see {n:,} of the {len(data):,} "
+            f"training images, fewer than {AUTO.least_sampled:.0%} (more images help a probe "
+            "more than another backbone's features)"
+        )
     if why is None:
-        return data
+        return data, chosen
     plan.reasons.append(why)
     with warnings.catch_warnings():  # a label too rare for both parts: the plan says so
         warnings.simplefilter("ignore")
         keep = split(len(data), (n, len(data) - n), seed=seed, stratify=data.targets)[0]
     for candidate in chosen:
         candidate.seconds *= (n + n_val) / total
-    return data.subset(keep.tolist())
+    return data.subset(keep.tolist()), chosen
 
 
 def probe_alone(
@@ -316,7 +329,8 @@ def choose_candidates(
     ranks them ([tlkit.rank_backbones][], itself within a share of the budget), unless only the
     quickest could fit after ranking; on smaller folders LogME would cost as much as the
     features, and the larger ones go first. When even the chosen ones do not fit, a stratified
-    sample of the images does
+    sample of the images does, the last in LogME's order (or as given) left out first rather
+    than keep fewer than ``AUTO.least_sampled`` of the images
     ([sample_within_budget][tlkit.recipes.run.sample_within_budget])."""
     n_val = len(held_out) if held_out is not None else 0
     parallel = decode / loader_workers(AUTO.decode_workers)  # seconds per image, all workers
@@ -328,7 +342,7 @@ def choose_candidates(
     def left() -> float | None:  # the time left, less what decoding takes out of the share
         return None if deadline is None else deadline - shared_clock() - decoding / share
 
-    seconds = {c.name: c.seconds for c in candidates}
+    seconds, order = {c.name: c.seconds for c in candidates}, [c.name for c in candidates]
     kept, why = plan_candidates(seconds, left(), share)
     if len(kept) < len(candidates) and len(data) > AUTO.rank_images and not data.multi_label:
         if ranking_can_change(seconds, left(), share):
@@ -348,7 +362,8 @@ def choose_candidates(
             ranking, ranked = distributed.agree((ranking, ranked))
             plan.reasons.append(ranked)
             if ranking:
-                kept, why = plan_candidates(seconds, left(), share, [r.name for r in ranking])
+                order = [r.name for r in ranking]
+                kept, why = plan_candidates(seconds, left(), share, order)
         else:
             plan.reasons.append(
                 "no LogME ranking: after it, only the quickest backbone's features could fit "
@@ -358,7 +373,8 @@ def choose_candidates(
         plan.reasons.append(why)
     chosen = [c for c in candidates if c.name in kept]
     remaining = None if deadline is None else deadline - shared_clock()
-    data = sample_within_budget(data, n_val, chosen, plan, seed, remaining, share, parallel)
+    data, chosen = sample_within_budget(data, n_val, chosen, plan, seed, remaining, share,
+                                        parallel, order)  # fmt: skip
     if laps is not None:
         laps.lap("choosing backbones")
     return chosen, data, share
