@@ -17,7 +17,9 @@ from tlkit.calibration import (
     cross_fitted_ece,
     expected_calibration_error,
     fit_temperature,
+    logits_of,
     reliability,
+    scale,
     threshold_table,
 )
 from tlkit.metrics import ClassificationMeter, balanced_accuracy
@@ -45,6 +47,25 @@ def test_the_temperature_undoes_a_known_over_confidence_and_keeps_every_predicti
         assert cross_fitted_ece(factor * logits, labels) < before / 2
     # a calibrated model is left alone
     assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.1)
+
+
+def test_one_temperature_calibrates_every_label_of_a_multi_label_model() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = 2.0 * torch.randn(3000, 5, generator=g)
+    labels = torch.bernoulli(logits.sigmoid(), generator=g)  # calibrated by construction
+    t = fit_temperature(3.0 * logits, labels)
+    assert t == pytest.approx(3.0, rel=0.15)
+    before = expected_calibration_error((3.0 * logits).sigmoid(), labels)
+    after = expected_calibration_error(scale(3.0 * logits, t, multi_label=True), labels)
+    assert after < before / 2 and cross_fitted_ece(3.0 * logits, labels) < before / 2
+    bins = reliability(logits.sigmoid(), labels)
+    assert sum(bins.count) == 3000 * 5  # every (image, label) pair
+    assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.1)
+    probs = torch.tensor([[0.2, 0.9]])
+    assert torch.allclose(scale(logits_of(probs, multi_label=True), 1.0, multi_label=True).float(),
+                          probs)  # fmt: skip
+    with pytest.raises(ValueError, match="multi-hot labels must be 0 or 1"):
+        fit_temperature(logits, 2 * labels)
 
 
 def test_calibration_refuses_what_it_cannot_read() -> None:

@@ -3,6 +3,7 @@ model, `predict`, `evaluate`, `export` and the report."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -77,10 +78,12 @@ def test_the_python_result_scores_what_it_judged_and_refuses_a_single_answer(tmp
     expected = multi_label_metrics(result.val_probs, result.val_labels,
                                    torch.tensor(result.thresholds))  # fmt: skip
     assert result.val_metrics["map"] == pytest.approx(expected["map"])
-    assert torch.allclose(
-        torch.tensor(result.thresholds, dtype=torch.float64),
-        choose_thresholds(result.val_probs, result.val_labels),
-    )
+    # the thresholds were chosen out of fold, then carried through the calibration: the same
+    # decisions as thresholds chosen on the calibrated probabilities
+    probs = result.val_probs
+    chosen = choose_thresholds(probs, result.val_labels)
+    assert torch.equal(probs >= torch.tensor(result.thresholds), probs >= chosen)
+    assert any("temperature" in r for r in result.recipe.reasons)
     files = [csv.parent / f"{i}.png" for i in range(5)]
     probs = result.predict(files)
     sets = result.predict_label_sets(files)
@@ -128,6 +131,11 @@ def test_the_pt2_export_gives_each_labels_probability_and_carries_the_thresholds
     pixels = torch.stack([torch.from_numpy(np.asarray(Image.open(f)).copy()).permute(2, 0, 1)
                           for f in files])  # fmt: skip
     assert torch.allclose(program(pixels), model.predict(files), atol=1e-4)
+    warmer = dataclasses.replace(model, temperature=1.7)  # calibrated: each label's logit / T
+    assert not torch.allclose(warmer.predict(files), model.predict(files), atol=1e-3)
+    tlkit.export.export(warmer, run["out"].parent / "warm.pt2")
+    program = torch.export.load(str(run["out"].parent / "warm.pt2")).module()
+    assert torch.allclose(program(pixels), warmer.predict(files), atol=1e-4)
     with pytest.raises(ValueError, match="own threshold"):
         tlkit.export.export(model, run["out"].parent / "x.pt2", min_confidence=0.5)
 

@@ -8,6 +8,11 @@ logits, and so the argmax, stays. [tlkit.finetune][] fits ``T`` on the predictio
 the model (out-of-fold or held-out), stores it in ``model.pt`` and in exported models, and
 the report shows the expected calibration error before and after.
 
+With several labels per image (multi-hot ``(N, K)`` labels of 0 and 1) each label has its own
+probability, ``sigmoid(logit / T)`` with one ``T`` shared by the labels, fitted by binary
+cross-entropy; the calibration error then compares, over every (image, label) pair, each bin's
+mean probability with how often the label is there.
+
 Examples:
     >>> import torch
     >>> from tlkit.calibration import expected_calibration_error, fit_temperature
@@ -38,25 +43,64 @@ __all__ = [
     "cross_fitted_ece",
     "expected_calibration_error",
     "fit_temperature",
+    "logits_of",
     "reliability",
+    "scale",
     "threshold_table",
 ]
 
 MIN_T, MAX_T = 0.05, 100.0  # a temperature outside is a sign of broken inputs, not of calibration
 
 
+def _multi_hot(labels: torch.Tensor) -> bool:
+    return labels.ndim == 2
+
+
 def _check(scores: torch.Tensor, labels: torch.Tensor, what: str) -> None:
-    if scores.ndim != 2 or scores.shape[1] < 2:
+    if _multi_hot(labels):
+        if labels.shape != scores.shape or not bool(((labels == 0) | (labels == 1)).all()):
+            raise ValueError(
+                f"multi-hot labels must be 0 or 1, shaped like the {what} "
+                f"{tuple(scores.shape)}, got {tuple(labels.shape)}"
+            )
+    elif scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"{what} must be (N, K) with K >= 2 classes, got {tuple(scores.shape)}")
-    if labels.shape != (scores.shape[0],) or labels.dtype not in (torch.int64, torch.int32):
+    elif labels.shape != (scores.shape[0],) or labels.dtype not in (torch.int64, torch.int32):
         raise ValueError(
             f"labels must be N integer class indices, got {tuple(labels.shape)} "
             f"{labels.dtype} for {scores.shape[0]} rows of {what}"
         )
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= scores.shape[1]):
+    elif len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= scores.shape[1]):
         raise ValueError(f"labels must lie in 0..{scores.shape[1] - 1}, got {labels.unique()}")
     if not torch.isfinite(scores).all():
         raise ValueError(f"{what} hold NaN or infinite values")
+
+
+def logits_of(probs: torch.Tensor, *, multi_label: bool = False) -> torch.Tensor:
+    """What [tlkit.calibration.scale][] divides: the log of each probability (a row's softmax
+    gives the probabilities back), or for several labels per image each one's logit (clamped
+    to ``1e-6 .. 1 - 1e-6``).
+
+    Examples:
+        >>> logits_of(torch.tensor([[0.5, 0.5]]), multi_label=True)
+        tensor([[0., 0.]], dtype=torch.float64)
+    """
+    if multi_label:
+        return torch.logit(probs.double().clamp(1e-6, 1 - 1e-6))
+    return probs.double().clamp_min(1e-12).log()
+
+
+def scale(logits: torch.Tensor, temperature: float, *, multi_label: bool = False) -> torch.Tensor:
+    """Probabilities of ``logits`` divided by ``temperature``: the softmax of each row, or for
+    several labels per image each label's own sigmoid.
+
+    Examples:
+        >>> scale(torch.tensor([[2.0, 0.0]]), 2.0)
+        tensor([[0.7311, 0.2689]])
+        >>> scale(torch.tensor([[2.0, 0.0]]), 2.0, multi_label=True)
+        tensor([[0.7311, 0.5000]])
+    """
+    return (logits / temperature).sigmoid() if multi_label else (logits / temperature).softmax(1)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -66,6 +110,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     ``logits`` may be log-probabilities too (a row's constant does not change the softmax).
     ``T > 1`` softens over-confident predictions, ``T < 1`` sharpens timid ones; the argmax
     never changes. Fewer than 2 images, or all of one class, give ``1.0`` (nothing to fit).
+    Multi-hot ``labels``: each label's ``sigmoid(logit / T)``, by binary cross-entropy.
 
     Raises:
         ValueError: For shapes that do not match, labels out of range or non-finite logits.
@@ -79,13 +124,17 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     _check(logits, labels, "logits")
     if len(labels) < 2 or len(labels.unique()) < 2:
         return 1.0
-    x, y = logits.detach().double(), labels.long()
+    multi = _multi_hot(labels)
+    x, y = logits.detach().double(), (labels.double() if multi else labels.long())
+    loss_of = (
+        nn.functional.binary_cross_entropy_with_logits if multi else nn.functional.cross_entropy
+    )
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(x / log_t.exp(), y)
+        loss = loss_of(x / log_t.exp(), y)
         loss.backward()
         return loss
 
@@ -118,6 +167,8 @@ class Reliability:
 def reliability(probs: torch.Tensor, labels: torch.Tensor, *, bins: int = 15) -> Reliability:
     """Bin the top probability of each row of ``probs`` ``(N, K)`` into ``bins`` equal-width
     bins of ``[0, 1]`` (15, as Guo et al.) and compare each bin's confidence with its accuracy.
+    With multi-hot ``labels``, every probability of every row is binned, and its "accuracy" is
+    how often the label is there.
 
     Examples:
         >>> r = reliability(torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4]]),
@@ -128,8 +179,11 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, *, bins: int = 15) ->
     _check(probs, labels, "probs")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
-    confidence, predicted = probs.detach().double().max(1)
-    right = (predicted == labels).double()
+    if _multi_hot(labels):  # every (image, label): its probability, whether the label is there
+        confidence, right = probs.detach().double().flatten(), labels.double().flatten()
+    else:
+        confidence, predicted = probs.detach().double().max(1)
+        right = (predicted == labels).double()
     index = (confidence * bins).long().clamp(0, bins - 1)
     out: tuple[list[float], list[float], list[int]] = ([], [], [])
     for b in range(bins):
@@ -176,7 +230,7 @@ def cross_fitted_ece(
         rest = torch.ones(len(labels), dtype=torch.bool)
         rest[part] = False
         t = fit_temperature(logits[rest], labels[rest])
-        scaled[part] = (logits[part].double() / t).softmax(1)
+        scaled[part] = scale(logits[part].double(), t, multi_label=_multi_hot(labels))
     return expected_calibration_error(scaled, labels)
 
 

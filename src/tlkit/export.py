@@ -99,16 +99,16 @@ class Deployable(nn.Module):
         mean, std = self.mean, self.std
         assert isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)
         x = (x - mean) / std
+        temperature = self.temperature
+        assert isinstance(temperature, torch.Tensor)
         if self.multi_label:
             probs = self.network(x).sigmoid()
             if self.mirror:
                 probs = (probs + self.network(x.flip(3)).sigmoid()) / 2
-            return probs
+            return (torch.logit(probs.clamp(1e-6, 1 - 1e-6)) / temperature).sigmoid()
         probs = self.network(x).softmax(1)
         if self.mirror:
             probs = (probs + self.network(x.flip(3)).softmax(1)) / 2
-        temperature = self.temperature
-        assert isinstance(temperature, torch.Tensor)
         return (probs.clamp_min(1e-12).log() / temperature).softmax(1)
 
     def _letterbox(self, x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:

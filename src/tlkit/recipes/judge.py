@@ -8,7 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calibration import cross_fitted_ece, expected_calibration_error, fit_temperature
+from ..calibration import (
+    cross_fitted_ece,
+    expected_calibration_error,
+    fit_temperature,
+    logits_of,
+    scale,
+)
 from ..groups import file_name_groups, join_groups, near_duplicate_groups
 from ..metrics import ClassificationMeter, label_ranking_precision, multi_label_metrics
 from ..stratify import label_sets
@@ -103,7 +109,8 @@ def calibrate(
     scaled by it, and the expected calibration error before and after (see
     [tlkit.calibration][]). "After" is cross-fitted: each half of the images scaled by the
     temperature fitted on the other. When that is no lower than before (a model already
-    calibrated, or too few images to tell), the temperature is left at 1.
+    calibrated, or too few images to tell), the temperature is left at 1. With multi-hot
+    ``labels``, one temperature scales every label's logit.
 
     Examples:
         >>> labels = torch.tensor([0, 1] * 50)
@@ -117,10 +124,11 @@ def calibrate(
         >>> calibrate(calibrated, labels)[0]
         1.0
     """
-    log_probs = probs.double().clamp_min(1e-12).log()
-    fitted = fit_temperature(log_probs, labels)
+    multi = labels.dim() == 2  # each label's own probability: its logit is scaled
+    scores = logits_of(probs, multi_label=multi)
+    fitted = fit_temperature(scores, labels)
     before = expected_calibration_error(probs, labels)
-    scaled = cross_fitted_ece(log_probs, labels)
+    scaled = cross_fitted_ece(scores, labels)
     temperature = fitted if scaled < before else 1.0
     figures = {
         "temperature": temperature,
@@ -129,7 +137,7 @@ def calibrate(
         "ece_scaled": scaled,
         "ece": scaled if scaled < before else before,
     }
-    return temperature, (log_probs / temperature).softmax(1).float(), figures
+    return temperature, scale(scores, temperature, multi_label=multi).float(), figures
 
 
 def calibration_reason(method: str, figures: dict[str, float]) -> str:

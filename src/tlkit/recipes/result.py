@@ -19,6 +19,7 @@ from torch import nn
 from .. import heads
 from .._utils import atomic_save, check_state_finite, plural
 from ..backbones import BackboneInfo, backbone
+from ..calibration import logits_of, scale
 from ..history import History
 from ..taps import LayerTaps
 from ..tta import flip_average
@@ -227,13 +228,14 @@ class FinetuneResult:
             ``"crop"``: short side to ``S``, centre crop.
         tta: Whether predictions average each image with its mirror image (the probe is
             trained on both).
-        temperature: Logits are divided by it before the softmax: probabilities calibrated
-            on the images that judged the model ([tlkit.calibration][]); 1 for none.
+        temperature: Logits are divided by it before the softmax (multi-label: each label's
+            logit before its sigmoid): probabilities calibrated on the images that judged the
+            model ([tlkit.calibration][]); 1 for none.
         multi_label: Whether each image may have several of the classes (labels): then
             ``predict`` gives each label's own probability (sigmoid), and an image has the
             labels whose probability reaches their ``thresholds``.
-        thresholds: Multi-label only: each label's decision threshold, chosen for its best F1
-            on the images that judged the model.
+        thresholds: Multi-label only: each label's decision threshold on the calibrated
+            probabilities, chosen for its best F1 on the images that judged the model.
         recipe: The [tlkit.Recipe][] that ran, with its reasons.
         backbones: The backbones' names (several when their features were joined).
         sizes: Each backbone's image size (each sees the images resized to it).
@@ -310,7 +312,8 @@ class FinetuneResult:
         self, images: Sequence[Image.Image | str | Path], *, tta: bool | None = None
     ) -> torch.Tensor:
         """Class probabilities ``(N, K)`` for PIL images or image paths, calibrated by
-        ``temperature`` (for a multi-label model, each label's own probability); ``tta=True``
+        ``temperature`` (for a multi-label model, each label's own probability, its logit
+        divided by ``temperature``); ``tta=True``
         averages them with the mirror images' (flip test-time augmentation, twice the
         compute); default as the model was trained (``self.tta``)."""
         self.model.eval()
@@ -318,7 +321,9 @@ class FinetuneResult:
         mirror = self.tta if tta is None else tta
         if self.multi_label:
             both = torch.cat([x, x.flip(-1)]) if mirror else x
-            return self.model(both).float().sigmoid().view(1 + mirror, len(x), -1).mean(0)
+            probs = self.model(both).float().sigmoid().view(1 + mirror, len(x), -1).mean(0)
+            logits = logits_of(probs, multi_label=True)  # as the exported models compute it
+            return scale(logits, self.temperature, multi_label=True).float()
         scores = flip_average(self.model, x, log_probs=False) if mirror else self.model(x).float()
         return (scores / self.temperature).softmax(1)
 

@@ -12,6 +12,7 @@ import torch
 from .. import distributed
 from .._utils import check_writable_dir
 from ..backbones import KeyMap
+from ..calibration import logits_of, scale
 from ..data import ImageDataset
 from ..devices import loader_workers
 from ..history import History
@@ -434,10 +435,12 @@ def build_result(
             else choose_thresholds(probs, judged_labels)  # on the held-out images
         )
         plan.reasons.append(_threshold_reason(method if plan.kept == "fine-tuned" else None))
-        temperature, calibration = 1.0, dict[str, float]()
-    else:
-        temperature, probs, calibration = calibrate(probs, judged_labels)
-        plan.reasons.append(calibration_reason(method, calibration))
+    temperature, probs, calibration = calibrate(probs, judged_labels)
+    plan.reasons.append(calibration_reason(method, calibration))
+    if thresholds is not None:  # the same decisions on the calibrated probabilities
+        thresholds = scale(
+            logits_of(thresholds, multi_label=True), temperature, multi_label=True
+        ).float()
     metrics = metrics_from_probs(probs, judged_labels, thresholds)
     return FinetuneResult(
         model=model.eval().cpu(),
@@ -474,7 +477,4 @@ def _threshold_reason(method: str | None) -> str:
         else f"the {method} (which also score the model: its F1 there is optimistic; its "
         "mean average precision does not depend on them)"
     )
-    return (
-        f"a threshold per label, chosen for its F1 on {where}; per-label probabilities left "
-        "as they are (no temperature)"
-    )
+    return f"a threshold per label, chosen for its F1 on {where}"
