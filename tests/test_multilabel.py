@@ -67,6 +67,10 @@ def test_fit_detects_several_labels_and_keeps_out_of_fold_thresholds(run) -> Non
     assert "mean average precision" in report and "## Per label" in report
     assert "Confusion matrix" not in report and not (run["out"] / "confusion_matrix.png").exists()
     assert (run["out"] / "average_precision.png").is_file()
+    # calibrated like a single-label model: one temperature on every label's logit
+    assert metrics["calibration"]["temperature"] == model.temperature
+    assert metrics["calibration"]["ece"] <= metrics["calibration"]["ece_before"]
+    assert "## Calibration" in report and (run["out"] / "reliability.png").is_file()
 
 
 def test_the_python_result_scores_what_it_judged_and_refuses_a_single_answer(tmp_path) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ._utils import atomic_write_text, json_safe, replace_folder
-from .calibration import reliability
+from .calibration import logits_of, reliability, scale
 from .metrics import balanced_accuracy
 from .recipes.result import FinetuneResult
 
@@ -196,7 +196,8 @@ def _write_run(result: FinetuneResult, folder: Path) -> None:
 
 
 def _write_multi_label(result: FinetuneResult, folder: Path) -> None:
-    """``metrics.json``, ``report.md`` and the AP chart of a multi-label run."""
+    """``metrics.json``, ``report.md``, the AP chart and the reliability diagram of a
+    multi-label run."""
     m = result.val_metrics
     images = [] if result.val_labels is None else result.val_labels.sum(0).long().tolist()
     per_label = {
@@ -213,8 +214,11 @@ def _write_multi_label(result: FinetuneResult, folder: Path) -> None:
         "per_class": per_label,
         "backbone": result.backbone,
         "weights": result.info.weights,
+        "calibration": {"temperature": result.temperature,
+                        **{k: m.get(k) for k in ("ece_before", "ece_scaled", "ece")}},
         "recipe": {"name": result.recipe.name, "image_size": result.recipe.image_size,
-                   "reasons": result.recipe.reasons, "kept": result.recipe.kept},
+                   "reasons": result.recipe.reasons, "kept": result.recipe.kept,
+                   "seconds": result.recipe.seconds},
         "seconds": result.seconds,
         "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
     }  # fmt: skip
@@ -238,6 +242,9 @@ def _write_multi_label(result: FinetuneResult, folder: Path) -> None:
              "```text", label_table(result.classes, m, images), "```", ""]  # fmt: skip
     if chart:
         lines += ["## Average precision per label", "", f"![AP per label]({chart})", ""]
+    lines += _calibration_lines(m, multi_label=True)
+    if chart:  # matplotlib is there: the reliability diagram was drawn beside the chart
+        lines += ["![Reliability diagram](reliability.png)", ""]
     lines += ["## Files", "", "`model.pt` (weights, preprocessing and thresholds; "
               "`tlkit predict`, `tlkit export`), `metrics.json`, `history.csv`.", ""]  # fmt: skip
     atomic_write_text("\n".join(lines), folder / "report.md")
@@ -265,8 +272,8 @@ def label_table(classes: Sequence[str], metrics: dict[str, Any], images: Sequenc
 
 
 def _ap_chart(result: FinetuneResult, folder: Path) -> str | None:
-    """A bar per label of its average precision, the highest at the top; ``None`` without
-    matplotlib."""
+    """A bar per label of its average precision, the highest at the top, and the reliability
+    diagram; ``None`` without matplotlib."""
     try:
         import matplotlib
 
@@ -284,6 +291,7 @@ def _ap_chart(result: FinetuneResult, folder: Path) -> str | None:
     fig.tight_layout()
     fig.savefig(folder / "average_precision.png", dpi=100)
     plt.close(fig)
+    _reliability_diagram(result, folder, plt)
     return "average_precision.png"
 
 
@@ -355,8 +363,8 @@ def _pictures(result: FinetuneResult, folder: Path) -> list[str]:
 def _reliability_diagram(result: FinetuneResult, folder: Path, plt: Any) -> None:
     """Accuracy against confidence on the validation images, before and after calibration."""
     assert result.val_probs is not None and result.val_labels is not None
-    after = result.val_probs
-    before = (after.double().clamp_min(1e-12).log() * result.temperature).softmax(1)
+    after, multi = result.val_probs, result.multi_label
+    before = scale(logits_of(after, multi_label=multi) * result.temperature, 1.0, multi_label=multi)
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="calibrated")
     curves = [(after, "as the model gives them", "o-")]
@@ -368,8 +376,8 @@ def _reliability_diagram(result: FinetuneResult, folder: Path, plt: Any) -> None
         ax.plot(bins.confidence, bins.accuracy, style, label=f"{name}: ECE {bins.ece:.3f}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top probability)")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel("each label's probability" if multi else "confidence (top probability)")
+    ax.set_ylabel("share of images with the label" if multi else "accuracy")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(folder / "reliability.png", dpi=100)
@@ -408,7 +416,7 @@ def _percent(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.2%}"
 
 
-def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
+def _calibration_lines(calibration: dict[str, Any], multi_label: bool = False) -> list[str]:
     """The calibration paragraph of the report."""
     before, scaled = calibration.get("ece_before"), calibration.get("ece_scaled")
     if before is None or scaled is None:
@@ -426,12 +434,11 @@ def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
             f"validation predictions gave an expected calibration error of {scaled:.3f} on the "
             f"half it was not fitted on, no lower than {before:.3f} without it."
         )
-    return [
-        "## Calibration",
-        "",
-        said + " `tlkit predict --min-confidence P` answers `unknown` below P.",
-        "",
-    ]
+    if multi_label:  # each label's own probability; no single answer to refuse
+        said = said.replace("Probabilities are divided", "Each label's logit is divided")
+        return ["## Calibration", "", said.replace("accuracy", "how often the label is there"), ""]
+    tail = " `tlkit predict --min-confidence P` answers `unknown` below P."
+    return ["## Calibration", "", said + tail, ""]
 
 
 def _markdown(
