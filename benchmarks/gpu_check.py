@@ -11,8 +11,8 @@ warm-up steps, and their ratio.
 
 (b) ``tlkit fit`` on a generated folder of 640x480 JPEGs (10 classes, as in
 ``benchmarks/fit_scale.py``) with ``--budget``, then ``tlkit evaluate`` on 500 other images:
-wall time, peak GPU memory (``torch.cuda.max_memory_allocated``), each stage's time (from the
-timestamps of the lines ``fit`` prints) and the test accuracy.
+wall time, peak GPU memory (``torch.cuda.max_memory_allocated``), each stage's time (the
+plan's seconds by stage, and the timestamps of the lines ``fit`` prints) and the test accuracy.
 
 On a machine without CUDA it prints one line saying so and exits 0. Writes ``gpu_check.json``.
 """
@@ -136,8 +136,10 @@ def fit_run(work: Path, images: int, budget: str) -> dict[str, Any]:
     with contextlib.redirect_stdout(buffer):
         cli.main(["evaluate", str(out), str(test), "--json"])
     accuracy = json.loads(buffer.getvalue().strip().splitlines()[-1])["accuracy"]
+    stages = json.loads((out / "metrics.json").read_text())["recipe"]["seconds"]
     return {"images": images, "budget": budget, "wall_s": round(wall, 1),
             "peak_gpu_memory_gb": round(peak, 2), "test_accuracy": accuracy,
+            "stages_s": {k: round(v, 1) for k, v in stages.items()},
             "lines": stamped.lines}  # fmt: skip
 
 

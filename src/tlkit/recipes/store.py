@@ -156,7 +156,10 @@ class ImageStore:
         return torch.from_numpy(out)
 
     def batches(self, batch: int = 64) -> Iterator[torch.Tensor]:
-        """The images in order, ``batch`` at a time."""
+        """The images in order, ``batch`` at a time; an empty store gives one empty batch (a
+        pass over it still has its output's shape: a process's part may be empty)."""
+        if not len(self):
+            yield torch.empty((0, 3, self.size, self.size), dtype=torch.uint8)
         for start in range(0, len(self), batch):
             yield self.read(torch.arange(start, min(start + batch, len(self))))
 
