@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import pickle
 from typing import Any, TypeVar
 
 import torch
@@ -186,15 +185,9 @@ def agree(value: T) -> T:
     """
     if not _active():
         return value
-    payload = torch.frombuffer(bytearray(pickle.dumps(value)), dtype=torch.uint8)
-    size = _wire(torch.tensor([payload.numel()], dtype=torch.long))
-    dist.broadcast(size, src=0)
-    buffer = torch.empty(int(size.item()), dtype=torch.uint8)
-    if dist.get_rank() == 0:
-        buffer = payload
-    buffer = _wire(buffer)
-    dist.broadcast(buffer, src=0)
-    return pickle.loads(buffer.cpu().numpy().tobytes())
+    box = [value]
+    dist.broadcast_object_list(box, src=0)  # NCCL: through this process's current GPU
+    return box[0]
 
 
 def most(value: int) -> int:
@@ -240,10 +233,10 @@ def gather_rows(values: torch.Tensor, rows: torch.Tensor, total: int) -> torch.T
         count = _wire(torch.tensor([len(rows)], dtype=torch.long))
         counts = [torch.zeros_like(count) for _ in range(world_size)]
         dist.all_gather(counts, count)
-        most = int(max(c.item() for c in counts))
-        padded = torch.zeros((most, *values.shape[1:]), dtype=values.dtype)
+        longest = int(max(c.item() for c in counts))
+        padded = torch.zeros((longest, *values.shape[1:]), dtype=values.dtype)
         padded[: len(values)] = values
-        where = torch.full((most,), -1, dtype=torch.long)
+        where = torch.full((longest,), -1, dtype=torch.long)
         where[: len(rows)] = rows
         parts = [_wire(torch.empty_like(padded)) for _ in range(world_size)]
         places = [_wire(torch.empty_like(where)) for _ in range(world_size)]

@@ -24,6 +24,7 @@ from .store import ImageStore, store_loader
 
 __all__ = [
     "layer_stages",
+    "process_batch",
     "stage_records",
     "train_full",
 ]
@@ -62,6 +63,16 @@ def _loss(recipe: Recipe, *, multi_label: bool) -> nn.Module:
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=AUTO.label_smoothing)
 
 
+def process_batch(batch: int) -> int:
+    """This process's share of a global batch of ``batch`` images (all of it in one process).
+
+    Examples:
+        >>> process_batch(32)
+        32
+    """
+    return -(-batch // distributed.world()[2])
+
+
 def train_full(
     model: nn.Module,
     data: tuple[ImageStore, torch.Tensor, ImageStore, torch.Tensor],
@@ -84,8 +95,7 @@ def train_full(
     stages = layer_stages(model)
     groups = discriminative_param_groups(model, recipe.lr, decay=recipe.layer_decay, stages=stages)
     optimizer = torch.optim.AdamW(groups, weight_decay=AUTO.weight_decay)
-    processes = distributed.world()[2]  # under torchrun each trains on its own images
-    batch = -(-recipe.batch_size // processes)  # of the global batch
+    batch = process_batch(recipe.batch_size)  # under torchrun each trains on its own images
     most = distributed.most(len(train_x))  # as many batches in every process
     train = store_loader(train_x, train_y, batch, True, size=size, pin=compute.pin, samples=most)
     schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -212,6 +212,7 @@ class Decoded:
     store: ImageStore | None = None  # both, training images first
     rows: torch.Tensor | None = None  # this process's rows of both (``None``: all of them)
     counts: tuple[int, int] = (0, 0)  # training and validation images, in every process
+    every: torch.Tensor | None = None  # the labels of every image of both, in every process
 
     @classmethod
     def read(
@@ -241,16 +242,19 @@ class Decoded:
         store = ImageStore.empty(len(rows), size, directory)
         decode_into(store, both, loader_workers(AUTO.decode_workers))
         mine = int((rows < n).sum())
-        targets = torch.as_tensor(data.targets)
+        every = torch.as_tensor(data.targets)
+        if val is not None:
+            every = torch.cat([every, torch.as_tensor(val.targets).to(every.dtype)])
         return cls(
             store.subset(torch.arange(mine)),
-            targets[rows[:mine]],
+            every[rows[:mine]],
             store.subset(torch.arange(mine, len(rows))) if val is not None else None,
-            torch.as_tensor(val.targets)[rows[mine:] - n] if val is not None else None,
+            every[rows[mine:]] if val is not None else None,
             [str(f) for f in data.files],
             store,
             rows if len(rows) < count else None,
             (n, count - n),
+            every,
         )
 
     def everything(self) -> ImageStore:
@@ -267,12 +271,12 @@ class Decoded:
     def every_label(self) -> torch.Tensor:
         """The labels of every training image, then of every validation image (of all
         processes)."""
-        mine = self.labels if self.val_labels is None else torch.cat([self.labels, self.val_labels])
-        return self.gather(mine)
+        assert self.every is not None
+        return self.every
 
     def train_labels(self) -> torch.Tensor:
         """The labels of every training image (of all processes)."""
-        return self.labels if self.rows is None else self.every_label()[: self.counts[0]]
+        return self.every_label()[: self.counts[0]]
 
     def part(self, indices: torch.Tensor) -> tuple[ImageStore, torch.Tensor, torch.Tensor]:
         """Of the training images at ``indices`` (of all of them), the ones this process holds:

@@ -26,7 +26,7 @@ from .plan import choose_size, plan_finetune
 from .probing import Candidate, ProbeStage
 from .result import Recipe, build_head, load_head
 from .settings import AUTO
-from .stages import train_full
+from .stages import process_batch, train_full
 from .store import Decoded, ImageStore, to_model_input
 
 __all__ = ["TunedStage", "predict_probs", "run_finetune"]
@@ -108,7 +108,7 @@ def run_finetune(
     plan.batch_size = choose_batch_size(len(train_at))
     processes = distributed.world()[2]  # each takes its part of every batch
     infer, train_rate, plan.channels_last, layout = measure(
-        model, size, -(-plan.batch_size // processes), compute
+        model, size, process_batch(plan.batch_size), compute
     )
     infer, train_rate = infer * processes, train_rate * processes
     n_val = len(held) if sets.val_images is None else sets.counts[1]
