@@ -66,6 +66,9 @@ def test_one_temperature_calibrates_every_label_of_a_multi_label_model() -> None
                           probs)  # fmt: skip
     with pytest.raises(ValueError, match="multi-hot labels must be 0 or 1"):
         fit_temperature(logits, 2 * labels)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+            scale(logits, bad, multi_label=True)  # type: ignore[arg-type]
 
 
 def test_calibration_refuses_what_it_cannot_read() -> None:

@@ -99,7 +99,14 @@ def scale(logits: torch.Tensor, temperature: float, *, multi_label: bool = False
         tensor([[0.7311, 0.2689]])
         >>> scale(torch.tensor([[2.0, 0.0]]), 2.0, multi_label=True)
         tensor([[0.7311, 0.5000]])
+
+    Raises:
+        ValueError: For a temperature that is not a positive finite number.
     """
+    if isinstance(temperature, bool) or not (
+        isinstance(temperature, (int, float)) and 0 < temperature < math.inf
+    ):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     return (logits / temperature).sigmoid() if multi_label else (logits / temperature).softmax(1)
 
 
