@@ -278,8 +278,8 @@ def test_an_interrupted_fit_leaves_the_earlier_run_whole(tmp_path: Path, how: in
     # the feature pass is made to take minutes, so the signal lands inside it however fast
     # this machine is (and Ctrl-C is heard even in a background job, which ignores SIGINT)
     code = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "import tlkit.recipes.probing as probing; "
-            "probing.features = lambda *a, **k: time.sleep(600); from tlkit.cli import main; "
+            "import tlkit.recipes.views as views; "
+            "views.features = lambda *a, **k: time.sleep(600); from tlkit.cli import main; "
             "sys.exit(main(sys.argv[1:]))")  # fmt: skip
     process = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 import tlkit
-from tlkit.recipes import keep, parse_budget, probing, select, tuning
+from tlkit.recipes import keep, parse_budget, probing, select, tuning, views
 from tlkit.recipes.candidates import load_candidates
 from tlkit.recipes.plan import choose_size, plan_candidates, plan_finetune
 from tlkit.recipes.result import Recipe, StackedBackbones, build_network
@@ -488,13 +488,13 @@ def test_a_backbone_whose_features_no_longer_fit_at_the_measured_pace_is_left_ou
                                  rate=lambda model, size: 2 * n / 10)  # fmt: skip
     assert [c.seconds for c in candidates] == [10.0, 10.0]  # the speed check's estimates
     now = [0.0]
-    computed = probing.features
+    computed = views.features
 
     def timed(candidate: probing.Candidate, *args: object, **kwargs: object) -> torch.Tensor:
         now[0] += candidate.seconds * slowdown  # each pass takes `slowdown` times its estimate
         return computed(candidate, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(probing, "features", timed)
+    monkeypatch.setattr(views, "features", timed)
     stage = probing.run_probe(candidates, sets, 3, 0, lambda m: None, deadline=40.0,
                               share=0.85, clock=lambda: now[0])  # fmt: skip
     # 34 s for the features: two passes of 10 s fit; at 3 times the pace the second does not

@@ -6,7 +6,9 @@ regression, its regularisation swept on held-out data): features standardised, t
 to convergence with L-BFGS (no epochs, learning rates or schedules to get wrong), the L2 strength
 ``C`` chosen by stratified k-fold cross-validation on the training images, then the model refit
 on all of them. Several views of each image (the image and its mirror, crops) train as extra
-rows, stay together in one fold, and are averaged at prediction. Seconds on cached features.
+rows, stay together in one fold, and are averaged at prediction; views that only augment the
+training rows (``extra_views``: zoomed copies the model will not see at prediction) train but are
+not averaged into the out-of-fold predictions. Seconds on cached features.
 
 Given multi-hot labels ``(N, K)`` (several labels per image), the same protocol fits one
 logistic regression per label (binary cross-entropy, one shared ``C``), chooses ``C`` by the
@@ -135,6 +137,7 @@ class LinearProbe:
         groups: Any = None,
         classes: int | None = None,
         cv: bool | None = None,
+        extra_views: int = 0,
     ) -> LinearProbe:
         """Choose ``C`` by cross-validation, then fit on every row.
 
@@ -146,15 +149,26 @@ class LinearProbe:
             classes: Number of classes (default ``max(labels) + 1``).
             cv: Cross-validate (default: when several ``C`` are given). With one ``C``, ``True``
                 still computes ``cv_accuracy_`` and ``cv_probs_``.
+            extra_views: How many of the last views only train (augmented copies that
+                prediction will not be given): the out-of-fold predictions average the other
+                views of each held-out image, as ``predict_proba`` will.
 
         Returns:
             ``self``.
 
         Raises:
             ValueError: For features and labels of different lengths, non-finite features,
-                or labels that are not class indices.
+                labels that are not class indices, or ``extra_views`` that leave no view to
+                predict from.
         """
         x, y = self._check(features, labels)
+        if isinstance(extra_views, bool) or not isinstance(extra_views, int) or not (
+            0 <= extra_views < x.shape[0]
+        ):
+            raise ValueError(
+                f"extra_views must be an integer from 0 to {x.shape[0] - 1} (one less than the "
+                f"{x.shape[0]} views given), got {extra_views!r}"
+            )
         self.multi_label_ = y.dim() == 2
         k = y.shape[1] if self.multi_label_ else int(y.max()) + 1 if classes is None else classes
         if classes is not None and classes != k:
@@ -167,7 +181,7 @@ class LinearProbe:
         self.cv_accuracy_, self.cv_probs_ = {}, None
         self.class_weight_ = class_weights(self.class_weight, y, k)
         if cv if cv is not None else len(self.C) > 1:
-            self.C_ = self._cross_validate(x, y, k, groups)
+            self.C_ = self._cross_validate(x, y, k, groups, x.shape[0] - extra_views)
         else:
             self.C_ = self.C[0]
         self.weight_, self.bias_ = _fit(x, y, k, self.C_, self.max_iter, None, self.class_weight_)
@@ -227,8 +241,11 @@ class LinearProbe:
             raise ValueError("features hold NaN or infinite values")
         return x, y.float() if multi else y.long()
 
-    def _cross_validate(self, x: torch.Tensor, y: torch.Tensor, k: int, groups: Any) -> float:
-        """The ``C`` with the best out-of-fold accuracy (ties: the lower log loss)."""
+    def _cross_validate(
+        self, x: torch.Tensor, y: torch.Tensor, k: int, groups: Any, scored: int
+    ) -> float:
+        """The ``C`` with the best out-of-fold accuracy (ties: the lower log loss), each
+        held-out image predicted from its first ``scored`` views."""
         held_out = kfold(y, self.folds, groups=groups, seed=self.seed)
         probs = {c: torch.zeros(len(y), k) for c in self.C}
         multi = y.dim() == 2
@@ -238,7 +255,7 @@ class LinearProbe:
             start = None
             for c in self.C:  # strongest regularisation first, each fit warm-started
                 start = _fit(x[:, keep], y[keep], k, c, self.max_iter, start, self.class_weight_)
-                probs[c][held] = _probs(x[:, held], *start, multi=multi)
+                probs[c][held] = _probs(x[:scored, held], *start, multi=multi)
         scores = {}
         per_image = None if self.class_weight_ is None else balancing_weights(y, k)
         for c, p in probs.items():

@@ -12,9 +12,9 @@ from .. import heads
 from ..taps import LayerTaps, default_layers
 from .compute import Compute
 from .measure import time_batches
-from .probing import Candidate
 from .result import build_network
 from .settings import AUTO
+from .views import Candidate
 
 __all__ = ["load_candidates", "tap_layers"]
 

@@ -1,5 +1,6 @@
 """The probe stage: features of each candidate backbone (each image and its mirror image), a
-[tlkit.LinearProbe][] on each and on their concatenation, and the one cross-validation prefers.
+[tlkit.LinearProbe][] on each and on their concatenation, and the one cross-validation prefers;
+with time left, zoomed views of every image that train the chosen probe as augmented copies.
 
 Features are computed once per backbone from the images decoded at the largest size, resized
 for each backbone, so several backbones cost one decoding. Near-duplicate images (animation
@@ -16,19 +17,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .. import distributed, heads
+from .. import distributed
 from .._utils import plural
 from ..backbones import BackboneInfo
 from ..probe import LinearProbe, balancing_weights
 from ..stratify import rare_labels
-from ..taps import LayerTaps
 from .budget import FitPace, shared_clock
-from .compute import CPU, Compute
+from .compute import Compute
 from .judge import describe_grouping, fold_groups, metrics_from_probs, right_per_image
 from .keep import clearly_better
 from .result import load_head, stack
 from .settings import AUTO
-from .store import Decoded, ImageStore, to_model_input
+from .store import Decoded
+from .views import PREDICTED, VIEWS, ZOOMS, Candidate, compute_features, features
 
 __all__ = [
     "Candidate",
@@ -42,33 +43,6 @@ __all__ = [
     "right_per_image",
     "run_probe",
 ]
-
-
-@dataclass
-class Candidate:
-    """A backbone considered for the probe: its network (with a head), size and features."""
-
-    name: str
-    model: nn.Module
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    channels_last: bool = False
-    info: BackboneInfo | None = None
-    seconds: float = 0.0  # a feature pass over every image and its mirror image, here
-    taps: list[str] = field(default_factory=list)  # intermediate layers read too
-    tap_dim: int = 0  # the width they add
-    features: torch.Tensor | None = field(default=None, repr=False)  # (views, N, taps + D)
-
-    @property
-    def dim(self) -> int:
-        """Length of the final pooled feature vector (the head's input)."""
-        return heads.find_head(self.model)[1]
-
-    @property
-    def width(self) -> int:
-        """Length of the features computed: the intermediate layers' and the final ones."""
-        return self.features.shape[-1] if self.features is not None else self.tap_dim + self.dim
 
 
 def fit_seconds(chosen: list[Candidate], classes: int = 10) -> float:
@@ -95,37 +69,7 @@ class ProbeChoice:
     probes: dict[str, LinearProbe]
     mirror: bool = True
     taps: bool = False  # whether the probe reads the backbones' intermediate layers too
-
-
-@torch.no_grad()
-def features(
-    candidate: Candidate,
-    images: ImageStore,
-    *,
-    batch: int = 64,
-    mirror: bool = True,
-    compute: Compute | None = None,
-) -> torch.Tensor:
-    """Pooled features ``(V, N, D)`` (float32, on the CPU) of decoded images, resized to the
-    candidate's size and computed on ``compute``'s device (default the CPU): the image, and its
-    mirror image when ``mirror``; the pooled outputs of the candidate's ``taps`` layers first
-    when it has some ([tlkit.LayerTaps][]). Only a batch of images is in memory at a time."""
-    compute = compute or CPU
-    model = candidate.model.eval().to(compute.device)
-    layout = torch.channels_last if candidate.channels_last else torch.contiguous_format
-    views: list[list[torch.Tensor]] = [[], []] if mirror else [[]]
-    with heads.headless(model) as (_, _head):
-        model.to(memory_format=layout)
-        network = LayerTaps(model, candidate.taps) if candidate.taps else model
-        for chunk in images.batches(batch):
-            x = to_model_input(chunk, candidate.size, candidate.mean, candidate.std,
-                               compute.device, layout)  # fmt: skip
-            for view, out in enumerate(views):
-                with compute.autocast():
-                    pooled = network(x.flip(-1) if view else x)
-                out.append(pooled.float().flatten(1).cpu())
-        model.to(memory_format=torch.contiguous_format)
-    return torch.stack([torch.cat(out) for out in views])
+    zoom: bool = False  # whether zoomed copies of the images trained the probe too
 
 
 def choose_probe(
@@ -169,11 +113,14 @@ def choose_probe(
     metric = "accuracy" if class_weight is None else "balanced accuracy"
     metric = "mean average precision" if multi else metric
 
-    def fit(option: list[Candidate], views: int | None = None, taps: bool = True) -> LinearProbe:
-        x = _matrix(option, slice(0, n), views, taps)
+    def fit(
+        option: list[Candidate], views: int = len(PREDICTED), taps: bool = True, zoom: bool = False
+    ) -> LinearProbe:
+        x = _matrix(option, slice(0, n), views, taps, zoom)
         probe = LinearProbe(C=AUTO.probe_C, folds=AUTO.probe_folds, seed=seed,
                             class_weight=class_weight)  # fmt: skip
-        return probe.fit(x, y, groups=groups, classes=classes, cv=True)
+        extra = len(ZOOMS) if zoom else 0
+        return probe.fit(x, y, groups=groups, classes=classes, cv=True, extra_views=extra)
 
     for option in options:
         if probes and not pace.fits(_dims(option), f"the probe on {_label(option)}"):
@@ -197,6 +144,7 @@ def choose_probe(
         or not clearly_better(_right(probe, y), _right(unmirrored, y), weights=weights)[0]
     )
     probe = probe if mirror or unmirrored is None else unmirrored
+    probe, zoom, zoom_reason = _check_zoom(best, probe, fit, pace, y, weights, taps, mirror)
     listed = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
     what = f"{scores[_label(best)]:.4f}"
     if len(options) > 1:
@@ -212,8 +160,10 @@ def choose_probe(
         reasons.append(taps_reason)
     if unmirrored is not None:
         reasons.append(_mirror_reason(mirror, unmirrored))
+    if zoom_reason:
+        reasons.append(zoom_reason)
     return ProbeChoice([c.name for c in best], probe, scores, groups, reasons, probes, mirror,
-                       taps)  # fmt: skip
+                       taps, zoom)  # fmt: skip
 
 
 def _mirror_reason(mirror: bool, unmirrored: LinearProbe) -> str:
@@ -222,6 +172,46 @@ def _mirror_reason(mirror: bool, unmirrored: LinearProbe) -> str:
         "them (left out only when better by more than one standard error)"
         if mirror
         else "them, better by more than one standard error: left and right tell the classes apart"
+    )
+
+
+def _check_zoom(
+    best: list[Candidate],
+    probe: LinearProbe,
+    fit: Callable[..., LinearProbe],
+    pace: FitPace,
+    y: torch.Tensor,
+    weights: torch.Tensor | None,
+    taps: bool,
+    mirror: bool,
+) -> tuple[LinearProbe, bool, str]:
+    """Where the zoomed views were computed: the probe fitted with them too (augmented copies
+    of every training image), kept unless the probe without them is better out of fold by
+    more than one standard error; the probe kept, whether zoomed, and the reason."""
+    if any(c.features is None or c.features.shape[0] < len(VIEWS) for c in best):
+        return probe, False, ""
+    views = len(PREDICTED) if mirror else 1
+    rows = (views + len(ZOOMS)) / AUTO.probe_views  # against the fits timed so far
+    if not pace.fits(_dims(best, taps) * rows, "the probe with zoomed copies of the images"):
+        return probe, False, ""
+    zoomed = fit(best, views=views, taps=taps, zoom=True)
+    if clearly_better(_right(zoomed, y), _right(probe, y), weights=weights)[0]:
+        return (
+            probe,
+            False,
+            (
+                f"without zoomed copies of the images: {_score(zoomed):.4f} with them, worse by "
+                "more than one standard error"
+            ),
+        )
+    return (
+        zoomed,
+        True,
+        (
+            f"with zoomed copies of the images ({AUTO.probe_zoom:.0%} centre enlarged, image "
+            f"shrunk to {AUTO.probe_zoom:.0%}) training the probe too: {_score(zoomed):.4f}, "
+            f"{_score(probe):.4f} without them (kept unless worse by more than one standard error)"
+        ),
     )
 
 
@@ -256,14 +246,20 @@ def _dims(option: list[Candidate], taps: bool = True) -> float:
 
 
 def _matrix(
-    option: list[Candidate], rows: slice, views: int | None = None, taps: bool = True
+    option: list[Candidate],
+    rows: slice,
+    views: int = len(PREDICTED),
+    taps: bool = True,
+    zoom: bool = False,
 ) -> torch.Tensor:
-    """The option's features ``(V, N, D)`` of the images ``rows``: every view or the first
-    ``views``, the intermediate layers' too or the final features alone."""
+    """The option's features ``(V, N, D)`` of the images ``rows``: the first ``views`` (the
+    image, its mirror image), then the zoomed views when ``zoom``; the intermediate layers' too
+    or the final features alone."""
+    index = list(range(views)) + (list(range(len(PREDICTED), len(VIEWS))) if zoom else [])
     parts = []
     for c in option:
         assert c.features is not None
-        part = c.features[:views, rows]
+        part = c.features[index, rows]
         parts.append(part if taps else part[..., c.tap_dim :])
     return torch.cat(parts, -1)
 
@@ -355,47 +351,6 @@ class ProbeStage:
         return refit.fit(x, y, classes=probe.weight_.shape[0], cv=False).to_linear()
 
 
-def _compute_features(
-    candidates: list[Candidate],
-    sets: Decoded,
-    compute: Compute | None,
-    deadline: float | None,
-    share: float,
-    clock: Callable[[], float],
-    log: Callable[[str], None],
-) -> tuple[list[Candidate], list[str], float]:
-    """Each candidate's features (each process computing its rows) while they fit ``share`` of
-    the time left at the pace measured so far; those computed, why the others were not, and
-    the seconds the passes took."""
-    allowed = None if deadline is None else share * max(deadline - clock(), 0.0)
-    spent = estimated = 0.0
-    computed: list[Candidate] = []
-    skipped: list[str] = []
-    for candidate in candidates:
-        pace = spent / estimated if estimated else 1.0
-        need = candidate.seconds * pace
-        if computed and allowed is not None and spent + need > allowed:
-            skipped.append(
-                f"features of {candidate.name} not computed: about {need:.0f} s at the pace of "
-                f"the passes before it ({pace:.1f} times the speed check's estimate), more than "
-                f"the {max(allowed - spent, 0):.0f} s of {share:.0%} of the time left"
-            )
-            log(skipped[-1])
-            continue
-        layers = plural(len(candidate.taps), "intermediate layer")
-        inside = f" and {layers}" if candidate.taps else ""
-        log(
-            f"features of {candidate.name}{inside} at {candidate.size} px: "
-            f"{sum(sets.counts)} images and their mirror images (about {need:.0f} s here)"
-        )
-        began = clock()
-        mine = features(candidate, sets.everything(), compute=compute)
-        candidate.features = sets.gather(mine.transpose(0, 1)).transpose(0, 1)
-        spent, estimated = spent + clock() - began, estimated + candidate.seconds
-        computed.append(candidate)
-    return computed, skipped, spent
-
-
 def run_probe(
     candidates: list[Candidate],
     sets: Decoded,
@@ -414,10 +369,13 @@ def run_probe(
     The features may take ``share`` of the time left: after the first candidate's pass, each
     next one's estimate is scaled by how the passes so far compared with theirs (the speed
     check times a few random images; a whole folder can run slower), and a candidate that
-    would no longer fit is left out, said in the reasons."""
+    would no longer fit is left out, said in the reasons. With time left after them, zoomed
+    views of every image are computed too, and the chosen probe trains on them unless it is
+    worse for it ([tlkit.recipes.views.compute_features][])."""
     n, labels, val_images = sets.counts[0], sets.train_labels(), sets.val_images
-    candidates, skipped, spent = _compute_features(candidates, sets, compute, deadline, share,
-                                                   clock, log)  # fmt: skip
+    fits = fit_seconds(candidates, classes) * n
+    candidates, skipped, spent = compute_features(candidates, sets, compute, deadline, share,
+                                                  clock, log, fits)  # fmt: skip
     with warnings.catch_warnings():  # labels too rare for every fold: said in the reasons
         warnings.simplefilter("ignore")
         choice = choose_probe(
@@ -441,7 +399,7 @@ def run_probe(
         assert choice.probe.cv_probs_ is not None
         probs = choice.probe.cv_probs_
     else:
-        views = None if choice.mirror else 1
+        views = len(PREDICTED) if choice.mirror else 1
         x = _matrix(chosen, slice(n, None), views, choice.taps)
         probs = choice.probe.predict_proba(x)
     size = max(c.size for c in chosen)

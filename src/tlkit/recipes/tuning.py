@@ -23,11 +23,12 @@ from .judge import right_per_image
 from .keep import fine_tuning_wins
 from .measure import choose_batch_size, measure
 from .plan import choose_size, plan_finetune
-from .probing import Candidate, ProbeStage
+from .probing import ProbeStage
 from .result import Recipe, build_head, load_head
 from .settings import AUTO
 from .stages import process_batch, train_full
 from .store import Decoded, ImageStore, to_model_input
+from .views import Candidate
 
 __all__ = ["TunedStage", "predict_probs", "run_finetune"]
 
