@@ -14,7 +14,9 @@ Rows, on the test images:
   image and its mirror, standardised, one logistic regression per label fitted with L-BFGS,
   ``C`` chosen by 5-fold cross-validated mAP, labels at probability 0.5;
 - [tlkit.LinearProbe][] on the same features (its thresholds chosen on out-of-fold F1);
-- ``tlkit fit train/tags.csv --budget B`` end to end, then ``tlkit evaluate``.
+- ``tlkit fit train/tags.csv --budget B`` end to end, then ``tlkit evaluate``; and the
+  expected calibration error of its probabilities on the test images (over every image-label
+  pair) with the temperature it kept and without it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from real_folders import (
 
 import tlkit
 from tlkit import LinearProbe
+from tlkit.calibration import expected_calibration_error, logits_of, scale
 from tlkit.metrics import f1_scores, mean_average_precision
 
 GROUPS_LEFT_OUT = ("Component", "Flags", "Symbols")
@@ -179,9 +182,18 @@ def fit_row(root: Path, run: Path, budget: str, test_y: torch.Tensor) -> dict[st
                                 "--json"], capture_output=True, text=True, check=True)  # fmt: skip
     summary = json.loads(evaluated.stdout.strip().splitlines()[-1])
     metrics = json.loads((run / "metrics.json").read_text())
+    model = tlkit.load_model(run / "model.pt")
+    files = tlkit.ImageDataset.from_csv(root / "test" / "tags.csv").files
+    kept = torch.cat([model.predict(files[i : i + 64]) for i in range(0, len(files), 64)])
+    # the same probabilities before the temperature: each logit multiplied back by it
+    raw = scale(logits_of(kept, multi_label=True) * model.temperature, 1.0, multi_label=True)
+    ece = {"test ECE before": expected_calibration_error(raw.float(), test_y),
+           "test ECE after": expected_calibration_error(kept, test_y),
+           "temperature": model.temperature}  # fmt: skip
     print(f"  tlkit fit {budget}: mAP {summary['map']:.4f}, macro F1 {summary['macro_f1']:.4f} "
-          f"({wall:.0f} s)", flush=True)  # fmt: skip
+          f"({wall:.0f} s); test ECE {ece['test ECE before']:.4f} before, "
+          f"{ece['test ECE after']:.4f} after (T={model.temperature:.2f})", flush=True)  # fmt: skip
     return {"method": f"tlkit fit --budget {budget}", "mAP": summary["map"],
             "macro F1": summary["macro_f1"], "micro F1": summary["micro_f1"],
             "seconds": wall, "validation mAP": metrics["map"], "backbone": metrics["backbone"],
-            "reasons": metrics["recipe"]["reasons"]}  # fmt: skip
+            "reasons": metrics["recipe"]["reasons"], **ece}  # fmt: skip

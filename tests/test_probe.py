@@ -149,3 +149,21 @@ def test_balanced_multi_label_weights_raise_the_rare_labels_probabilities() -> N
     weighted = LinearProbe(C=0.1, class_weight="balanced").fit(x, tags)
     rare = tags[:, 2] == 1
     assert weighted.predict_proba(x)[rare, 2].mean() > plain.predict_proba(x)[rare, 2].mean()
+
+
+def test_extra_views_train_but_never_judge_out_of_fold() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat(20)
+    noise = torch.randn(60, 6, generator=g)  # the view predicted from: no signal at all
+    leak = torch.nn.functional.one_hot(y, 6).float() * 5 + 0.1 * torch.randn(60, 6, generator=g)
+    views = torch.stack([noise, leak])  # the second view names the class outright
+    scored = LinearProbe(C=1.0, folds=3).fit(views, y, cv=True)
+    trained = LinearProbe(C=1.0, folds=3).fit(views, y, cv=True, extra_views=1)
+    assert scored.cv_accuracy_[1.0] > 0.95  # averaged into the held-out predictions
+    assert trained.cv_accuracy_[1.0] < 0.6  # only trained: held-out images judged on noise
+    # the same rows trained both: the refit on every image is the same model
+    torch.testing.assert_close(trained.weight_, scored.weight_)
+    with pytest.raises(ValueError, match=r"extra_views must be an integer from 0 to 1 .* got 2"):
+        LinearProbe().fit(views, y, extra_views=2)
+    with pytest.raises(ValueError, match="got True"):
+        LinearProbe().fit(views, y, extra_views=True)

@@ -538,3 +538,34 @@ def test_a_backbone_is_left_out_before_the_probe_sees_fewer_than_half_the_images
     )
     assert "a stratified sample of 25 of the 30 training images" in plan.reasons[1]
     assert chosen[0].seconds == pytest.approx(25.0)  # rescaled to the sample
+
+
+@pytest.mark.parametrize(("deadline", "zoomed"), [(None, True), (1000.0, True), (40.0, False)])
+def test_zoomed_views_are_computed_only_with_time_left_after_every_backbone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deadline: float | None, zoomed: bool
+) -> None:
+    from tlkit.recipes.store import Decoded
+
+    data = tlkit.ImageDataset.from_folder(colours(tmp_path / "data"))
+    sets = Decoded.read(data, None, 32, "pad")
+    n = len(data)
+    candidates = load_candidates(["resnet18", "mobilenet_v3_small"], None, "strict", 32, 3, n,
+                                 rate=lambda model, size: 2 * n / 10)  # fmt: skip
+    now = [0.0]
+    computed = views.features
+
+    def timed(candidate: probing.Candidate, *args: object, **kwargs: object) -> torch.Tensor:
+        now[0] += candidate.seconds  # each pass of two views takes its estimate: 10 s
+        return computed(candidate, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(views, "features", timed)
+    stage = probing.run_probe(candidates, sets, 3, 0, lambda m: None, deadline=deadline,
+                              share=0.85, clock=lambda: now[0])  # fmt: skip
+    # 20 s for both backbones' passes, 20 s more for their zoomed views: not in 85% of 40 s
+    assert [c.features.shape[0] for c in candidates if c.features is not None] == (
+        [4, 4] if zoomed else [2, 2]
+    )
+    assert now[0] == (40.0 if zoomed else 20.0)
+    said = [r for r in stage.choice.reasons if "zoomed copies" in r]
+    assert len(said) == (1 if zoomed else 0)
+    assert stage.choice.zoom == (zoomed and said[0].startswith("with"))

@@ -117,3 +117,38 @@ def test_a_tapped_probe_saves_loads_and_predicts_the_same(tmp_path: Path) -> Non
     torch.save(state, tmp_path / "edited.pt")
     with pytest.raises(ValueError, match="taps must be one list of layer names per backbone"):
         tlkit.load_model(tmp_path / "edited.pt")
+
+
+def test_zoomed_views_train_the_probe_unless_it_is_clearly_worse_for_them() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(2).repeat(30)
+    signal = torch.randn(60, 8, generator=g) + torch.nn.functional.one_hot(y, 8) * 1.5
+
+    def candidate(zoomed: torch.Tensor) -> probing.Candidate:  # image, mirror, two zooms
+        views = torch.stack([signal, signal, zoomed, zoomed])
+        return probing.Candidate("a", nn.Identity(), 8, (0.0,) * 3, (1.0,) * 3, features=views)
+
+    alike = probing.choose_probe([candidate(signal + 0.1)], y, 2, seed=0, log=lambda m: None)
+    assert alike.zoom and any(r.startswith("with zoomed copies") for r in alike.reasons)
+    # zoomed copies whose features carry the other class's signal: clearly worse, left out
+    swapped = torch.randn(60, 8, generator=g) + torch.nn.functional.one_hot(1 - y, 8) * 3
+    worse = probing.choose_probe([candidate(swapped)], y, 2, seed=0, log=lambda m: None)
+    assert not worse.zoom and any(r.startswith("without zoomed copies") for r in worse.reasons)
+    # two views only (no time for the zooms): nothing said, nothing zoomed
+    plain = probing.Candidate("a", nn.Identity(), 8, (0.0,) * 3, (1.0,) * 3,
+                              features=torch.stack([signal, signal]))  # fmt: skip
+    unzoomed = probing.choose_probe([plain], y, 2, seed=0, log=lambda m: None)
+    assert not unzoomed.zoom and not any("zoomed" in r for r in unzoomed.reasons)
+
+
+def test_the_zoomed_views_enlarge_the_centre_and_shrink_the_image_with_its_edges() -> None:
+    from tlkit.recipes.views import VIEWS
+
+    x = torch.zeros(1, 3, 40, 40)
+    x[..., 10:30, 10:30] = 1.0  # a bright square in the middle, half the side
+    zoomed_in, zoomed_out = VIEWS["zoom in"](x), VIEWS["zoom out"](x)
+    assert zoomed_in.shape == zoomed_out.shape == x.shape
+    side = lambda img: int((img[0, 0, 20] > 0.5).sum())  # noqa: E731  the square's width
+    assert side(zoomed_in) > side(x) > side(zoomed_out)
+    assert float(zoomed_out[..., 0, :].abs().max()) == 0.0  # the edges extended: still dark
+    torch.testing.assert_close(VIEWS["mirror"](x), x.flip(-1))

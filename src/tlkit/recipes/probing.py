@@ -371,7 +371,7 @@ def run_probe(
     check times a few random images; a whole folder can run slower), and a candidate that
     would no longer fit is left out, said in the reasons. With time left after them, zoomed
     views of every image are computed too, and the chosen probe trains on them unless it is
-    worse for it ([tlkit.recipes.views.compute_features][])."""
+    worse for it (`views.compute_features`)."""
     n, labels, val_images = sets.counts[0], sets.train_labels(), sets.val_images
     fits = fit_seconds(candidates, classes) * n
     candidates, skipped, spent = compute_features(candidates, sets, compute, deadline, share,
