@@ -162,8 +162,10 @@ class LinearProbe:
                 predict from.
         """
         x, y = self._check(features, labels)
-        if isinstance(extra_views, bool) or not isinstance(extra_views, int) or not (
-            0 <= extra_views < x.shape[0]
+        if (
+            isinstance(extra_views, bool)
+            or not isinstance(extra_views, int)
+            or not (0 <= extra_views < x.shape[0])
         ):
             raise ValueError(
                 f"extra_views must be an integer from 0 to {x.shape[0] - 1} (one less than the "

@@ -35,8 +35,9 @@ class Settings:
     probe_views: int = 2  # each image and its mirror image
     probe_taps: bool = True  # read intermediate layers too (tlkit.taps.default_layers)
     probe_zoom: float = 0.85  # zoomed copies with time left: the centre this share enlarged,
-    # the image shrunk to it (3 Lites, 5 folds: test +1.6 on digits, +0.4 on Fashion-MNIST at
-    # 20 per class, 0.0 on emoji; the probe on them is kept unless worse out of fold)
+    # the image shrunk to it (benchmarks/real_folders.py, 3 Lites on cached features: test
+    # +1.6 on digits, +0.4 on Fashion-MNIST at 20 per class, 0.0 on emoji; kept unless the
+    # probe is worse out of fold with them)
     duplicate_similarity: float = 0.95  # cosine similarity joining near-duplicate images
     head_dropout: float = 0.1
     probe_fit_seconds: float = 3e-6  # per image, view and feature of a cross-validated probe
