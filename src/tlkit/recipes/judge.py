@@ -108,8 +108,9 @@ def calibrate(
     """The temperature fitted on the probabilities that judged the model, those probabilities
     scaled by it, and the expected calibration error before and after (see
     [tlkit.calibration][]). "After" is cross-fitted: each half of the images scaled by the
-    temperature fitted on the other. When that is no lower than before (a model already
-    calibrated, or too few images to tell), the temperature is left at 1. With multi-hot
+    temperature fitted on the other. When that is not lower than before by at least
+    ``AUTO.calibration_gain`` (a model already calibrated, predictions all right and sure, or
+    too few images to tell), the temperature is left at 1. With multi-hot
     ``labels``, one temperature scales every label's logit.
 
     Examples:
@@ -129,13 +130,14 @@ def calibrate(
     fitted = fit_temperature(scores, labels)
     before = expected_calibration_error(probs, labels)
     scaled = cross_fitted_ece(scores, labels)
-    temperature = fitted if scaled < before else 1.0
+    better = scaled <= before - AUTO.calibration_gain
+    temperature = fitted if better else 1.0
     figures = {
         "temperature": temperature,
         "fitted_temperature": fitted,
         "ece_before": before,
         "ece_scaled": scaled,
-        "ece": scaled if scaled < before else before,
+        "ece": scaled if better else before,
     }
     return temperature, scale(scores, temperature, multi_label=multi).float(), figures
 
@@ -156,5 +158,5 @@ def calibration_reason(method: str, figures: dict[str, float]) -> str:
     return (
         f"probabilities left as they are: a temperature fitted on the {method} ({fitted:.2f}) "
         f"gave an expected calibration error of {scaled:.3f} on the half it was not fitted on, "
-        f"no lower than {before:.3f} without it"
+        f"not lower by {AUTO.calibration_gain:g} than {before:.3f} without it"
     )

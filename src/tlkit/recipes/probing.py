@@ -145,25 +145,29 @@ def choose_probe(
     )
     probe = probe if mirror or unmirrored is None else unmirrored
     probe, zoom, zoom_reason = _check_zoom(best, probe, fit, pace, y, weights, taps, mirror)
-    listed = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-    what = f"{scores[_label(best)]:.4f}"
-    if len(options) > 1:
+    reasons = [
+        f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation {metric} "
+        f"{_scores_said(scores, _label(best), len(options))}; "
+        f"{describe_grouping(n, found, named, groups)}",
+        *pace.skipped,
+        taps_reason,
+        _mirror_reason(mirror, unmirrored) if unmirrored is not None else "",
+        zoom_reason,
+    ]
+    reasons = [r for r in reasons if r]
+    return ProbeChoice([c.name for c in best], probe, scores, groups, reasons, probes, mirror,
+                       taps, zoom)  # fmt: skip
+
+
+def _scores_said(scores: dict[str, float], best: str, options: int) -> str:
+    """The chosen option's cross-validated score, with every option's when there were several."""
+    what = f"{scores[best]:.4f}"
+    if options > 1:
+        listed = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
         what += (
             f" ({listed}; all together unless one alone is better by more than one standard error)"
         )
-    reasons = [
-        f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation {metric} "
-        f"{what}; {describe_grouping(n, found, named, groups)}",
-        *pace.skipped,
-    ]
-    if taps_reason:
-        reasons.append(taps_reason)
-    if unmirrored is not None:
-        reasons.append(_mirror_reason(mirror, unmirrored))
-    if zoom_reason:
-        reasons.append(zoom_reason)
-    return ProbeChoice([c.name for c in best], probe, scores, groups, reasons, probes, mirror,
-                       taps, zoom)  # fmt: skip
+    return what
 
 
 def _mirror_reason(mirror: bool, unmirrored: LinearProbe) -> str:
