@@ -569,3 +569,16 @@ def test_zoomed_views_are_computed_only_with_time_left_after_every_backbone(
     said = [r for r in stage.choice.reasons if "zoomed copies" in r]
     assert len(said) == (1 if zoomed else 0)
     assert stage.choice.zoom == (zoomed and said[0].startswith("with"))
+
+
+def test_auto_refuses_fine_tuning_on_few_images_per_class_before_any_speed_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def timed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the fine-tuning speed check ran")
+
+    monkeypatch.setattr(tuning, "measure", timed)
+    result = tlkit.finetune(colours(tmp_path / "data"), backbone_name="resnet18", weights=None,
+                            recipe="auto", image_size=32, verbose=False)  # fmt: skip
+    assert result.recipe.kept == "probe" and result.recipe.finetune_epochs == 0
+    assert "images per class to fine-tune on" in result.recipe.describe()

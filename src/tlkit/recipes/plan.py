@@ -19,6 +19,7 @@ __all__ = [
     "plan_candidates",
     "plan_finetune",
     "plan_sample",
+    "too_few",
 ]
 
 RecipeName = Literal["auto", "probe", "lp-ft", "full"]
@@ -109,6 +110,20 @@ def plan_sample(
     )
 
 
+def too_few(recipe: Recipe, n_train: int, classes: int) -> bool:
+    """Whether ``n_train`` images are too few per class for ``auto`` to fine-tune (fewer than
+    ``AUTO.few_per_class``); the reason goes into ``recipe``."""
+    per_class = n_train / classes
+    if per_class >= AUTO.few_per_class:
+        return False
+    recipe.reasons.append(
+        f"no fine-tuning: {per_class:.1f} images per class to fine-tune on (less any held-out "
+        f"fold), fewer than {AUTO.few_per_class}; fine-tuning millions of weights on so few "
+        "overfits, a linear head on pretrained features does not"
+    )
+    return True
+
+
 def plan_finetune(
     name: RecipeName,
     recipe: Recipe,
@@ -126,7 +141,6 @@ def plan_finetune(
     when ``AUTO.min_finetune_epochs`` fit the time left (after the probe); the keep rule then
     decides between the two models. With several labels per image the crops are mild (a
     hard crop cuts a labelled object out while its label stays)."""
-    per_class = n_train / classes
     epoch = n_train / train_rate + n_val / infer_rate
     speed = (
         f"this machine: {train_rate:.0f} img/s training everything, {infer_rate:.0f} img/s "
@@ -136,13 +150,7 @@ def plan_finetune(
     if name == "probe":
         return
     if name == "auto":
-        if per_class < AUTO.few_per_class:
-            recipe.reasons.append(
-                f"no fine-tuning: {per_class:.1f} images per class to fine-tune on (less any "
-                f"held-out fold), fewer than {AUTO.few_per_class}; "
-                "fine-tuning millions of weights on so few overfits, a linear head on "
-                "pretrained features does not"
-            )
+        if too_few(recipe, n_train, classes):
             return
         if affordable < AUTO.min_finetune_epochs:
             recipe.reasons.append(

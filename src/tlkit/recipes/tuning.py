@@ -22,7 +22,7 @@ from .compute import CPU, Compute
 from .judge import right_per_image
 from .keep import fine_tuning_wins
 from .measure import choose_batch_size, measure
-from .plan import choose_size, plan_finetune
+from .plan import choose_size, plan_finetune, too_few
 from .probing import ProbeStage
 from .result import Recipe, build_head, load_head
 from .settings import AUTO
@@ -106,6 +106,8 @@ def run_finetune(
         else choose_size(best.info.input_size, median_side)
     )
     train_at, held = _held_out_fold(sets, probe, seed)
+    if name == "auto" and too_few(plan, len(train_at), classes):  # before any speed check
+        return None
     plan.batch_size = choose_batch_size(len(train_at))
     processes = distributed.world()[2]  # each takes its part of every batch
     infer, train_rate, plan.channels_last, layout = measure(
