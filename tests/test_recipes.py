@@ -475,18 +475,19 @@ def test_auto_spends_nothing_on_fine_tuning_when_three_epochs_clearly_cannot_fit
     assert "no fine-tuning: 3 epochs would take about 300 s here" in plan.describe()
 
 
-@pytest.mark.parametrize("slowdown", [1.0, 3.0])
-def test_a_backbone_whose_features_no_longer_fit_at_the_measured_pace_is_left_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slowdown: float
-) -> None:
+def timed_probe(
+    root: Path, monkeypatch: pytest.MonkeyPatch, slowdown: float, deadline: float | None
+) -> tuple[probing.ProbeStage, list[probing.Candidate], float]:
+    """The probe stage of two backbones on the colour folder, each feature pass (of two views)
+    taking ``slowdown`` times the speed check's 10 s on an injected clock; the stage, the
+    candidates and the clock's time at the end."""
     from tlkit.recipes.store import Decoded
 
-    data = tlkit.ImageDataset.from_folder(colours(tmp_path / "data"))
+    data = tlkit.ImageDataset.from_folder(colours(root))
     sets = Decoded.read(data, None, 32, "pad")
     n = len(data)
     candidates = load_candidates(["resnet18", "mobilenet_v3_small"], None, "strict", 32, 3, n,
                                  rate=lambda model, size: 2 * n / 10)  # fmt: skip
-    assert [c.seconds for c in candidates] == [10.0, 10.0]  # the speed check's estimates
     now = [0.0]
     computed = views.features
 
@@ -495,8 +496,17 @@ def test_a_backbone_whose_features_no_longer_fit_at_the_measured_pace_is_left_ou
         return computed(candidate, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(views, "features", timed)
-    stage = probing.run_probe(candidates, sets, 3, 0, lambda m: None, deadline=40.0,
+    stage = probing.run_probe(candidates, sets, 3, 0, lambda m: None, deadline=deadline,
                               share=0.85, clock=lambda: now[0])  # fmt: skip
+    return stage, candidates, now[0]
+
+
+@pytest.mark.parametrize("slowdown", [1.0, 3.0])
+def test_a_backbone_whose_features_no_longer_fit_at_the_measured_pace_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slowdown: float
+) -> None:
+    stage, candidates, _ = timed_probe(tmp_path / "data", monkeypatch, slowdown, 40.0)
+    assert [c.seconds for c in candidates] == [10.0, 10.0]  # the speed check's estimates
     # 34 s for the features: two passes of 10 s fit; at 3 times the pace the second does not
     if slowdown == 1.0:
         assert set(stage.choice.scores) == {"resnet18", "mobilenet_v3_small",
@@ -544,28 +554,12 @@ def test_a_backbone_is_left_out_before_the_probe_sees_fewer_than_half_the_images
 def test_zoomed_views_are_computed_only_with_time_left_after_every_backbone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deadline: float | None, zoomed: bool
 ) -> None:
-    from tlkit.recipes.store import Decoded
-
-    data = tlkit.ImageDataset.from_folder(colours(tmp_path / "data"))
-    sets = Decoded.read(data, None, 32, "pad")
-    n = len(data)
-    candidates = load_candidates(["resnet18", "mobilenet_v3_small"], None, "strict", 32, 3, n,
-                                 rate=lambda model, size: 2 * n / 10)  # fmt: skip
-    now = [0.0]
-    computed = views.features
-
-    def timed(candidate: probing.Candidate, *args: object, **kwargs: object) -> torch.Tensor:
-        now[0] += candidate.seconds  # each pass of two views takes its estimate: 10 s
-        return computed(candidate, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(views, "features", timed)
-    stage = probing.run_probe(candidates, sets, 3, 0, lambda m: None, deadline=deadline,
-                              share=0.85, clock=lambda: now[0])  # fmt: skip
+    stage, candidates, now = timed_probe(tmp_path / "data", monkeypatch, 1.0, deadline)
     # 20 s for both backbones' passes, 20 s more for their zoomed views: not in 85% of 40 s
     assert [c.features.shape[0] for c in candidates if c.features is not None] == (
         [4, 4] if zoomed else [2, 2]
     )
-    assert now[0] == (40.0 if zoomed else 20.0)
+    assert now == (40.0 if zoomed else 20.0)
     said = [r for r in stage.choice.reasons if "zoomed copies" in r]
     assert len(said) == (1 if zoomed else 0)
     assert stage.choice.zoom == (zoomed and said[0].startswith("with"))

@@ -152,3 +152,6 @@ def test_the_zoomed_views_enlarge_the_centre_and_shrink_the_image_with_its_edges
     assert side(zoomed_in) > side(x) > side(zoomed_out)
     assert float(zoomed_out[..., 0, :].abs().max()) == 0.0  # the edges extended: still dark
     torch.testing.assert_close(VIEWS["mirror"](x), x.flip(-1))
+    with pytest.raises(ValueError, match="unknown view 'crop': the views are image, mirror"):
+        probing.features(probing.Candidate("a", nn.Identity(), 8, (0.0,) * 3, (1.0,) * 3),
+                         None, views=("image", "crop"))  # type: ignore[arg-type]  # fmt: skip

@@ -144,7 +144,7 @@ def choose_probe(
         or not clearly_better(_right(probe, y), _right(unmirrored, y), weights=weights)[0]
     )
     probe = probe if mirror or unmirrored is None else unmirrored
-    probe, zoom, zoom_reason = _check_zoom(best, probe, fit, pace, y, weights, taps, mirror)
+    zoom, probe, zoom_reason = _check_zoom(best, probe, fit, pace, y, weights, taps, mirror)
     reasons = [
         f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation {metric} "
         f"{_scores_said(scores, _label(best), len(options))}; "
@@ -188,35 +188,29 @@ def _check_zoom(
     weights: torch.Tensor | None,
     taps: bool,
     mirror: bool,
-) -> tuple[LinearProbe, bool, str]:
-    """Where the zoomed views were computed: the probe fitted with them too (augmented copies
-    of every training image), kept unless the probe without them is better out of fold by
-    more than one standard error; the probe kept, whether zoomed, and the reason."""
+) -> tuple[bool, LinearProbe, str]:
+    """Where the zoomed views were computed: whether the probe trains on them too (augmented
+    copies of every training image; kept unless the probe without them is better out of fold
+    by more than one standard error), the probe kept, and the reason."""
     if any(c.features is None or c.features.shape[0] < len(VIEWS) for c in best):
-        return probe, False, ""
+        return False, probe, ""
     views = len(PREDICTED) if mirror else 1
     rows = (views + len(ZOOMS)) / AUTO.probe_views  # against the fits timed so far
     if not pace.fits(_dims(best, taps) * rows, "the probe with zoomed copies of the images"):
-        return probe, False, ""
+        return False, probe, ""
     zoomed = fit(best, views=views, taps=taps, zoom=True)
     if clearly_better(_right(zoomed, y), _right(probe, y), weights=weights)[0]:
-        return (
-            probe,
-            False,
-            (
-                f"without zoomed copies of the images: {_score(zoomed):.4f} with them, worse by "
-                "more than one standard error"
-            ),
+        reason = (
+            f"without zoomed copies of the images: {_score(zoomed):.4f} with them, worse by "
+            "more than one standard error"
         )
-    return (
-        zoomed,
-        True,
-        (
-            f"with zoomed copies of the images ({AUTO.probe_zoom:.0%} centre enlarged, image "
-            f"shrunk to {AUTO.probe_zoom:.0%}) training the probe too: {_score(zoomed):.4f}, "
-            f"{_score(probe):.4f} without them (kept unless worse by more than one standard error)"
-        ),
+        return False, probe, reason
+    reason = (
+        f"with zoomed copies of the images ({AUTO.probe_zoom:.0%} centre enlarged, image "
+        f"shrunk to {AUTO.probe_zoom:.0%}) training the probe too: {_score(zoomed):.4f}, "
+        f"{_score(probe):.4f} without them (kept unless worse by more than one standard error)"
     )
+    return True, zoomed, reason
 
 
 def _check_taps(

@@ -101,7 +101,13 @@ def features(
     candidate's size and computed on ``compute``'s device (default the CPU): one per view of
     ``VIEWS`` named in ``views`` (default the image and its mirror image); the pooled outputs
     of the candidate's ``taps`` layers first when it has some ([tlkit.LayerTaps][]). Only a
-    batch of images is in memory at a time."""
+    batch of images is in memory at a time.
+
+    Raises:
+        ValueError: For a view that is not one of ``VIEWS``."""
+    unknown = [view for view in views if view not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown view {unknown[0]!r}: the views are {', '.join(VIEWS)}")
     compute = compute or CPU
     model = candidate.model.eval().to(compute.device)
     layout = torch.channels_last if candidate.channels_last else torch.contiguous_format
