@@ -476,11 +476,16 @@ def test_auto_spends_nothing_on_fine_tuning_when_three_epochs_clearly_cannot_fit
 
 
 def timed_probe(
-    root: Path, monkeypatch: pytest.MonkeyPatch, slowdown: float, deadline: float | None
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    slowdown: float,
+    deadline: float | None,
+    mirror: bool = True,
 ) -> tuple[probing.ProbeStage, list[probing.Candidate], float]:
-    """The probe stage of two backbones on the colour folder, each feature pass (of two views)
-    taking ``slowdown`` times the speed check's 10 s on an injected clock; the stage, the
-    candidates and the clock's time at the end."""
+    """The probe stage of two backbones on the colour folder, each feature pass (of two views;
+    of one, half as long, without ``mirror`` images) taking ``slowdown`` times the speed
+    check's 10 s on an injected clock; the stage, the candidates and the clock's time at the
+    end."""
     from tlkit.recipes.store import Decoded
 
     data = tlkit.ImageDataset.from_folder(colours(root))
@@ -488,11 +493,15 @@ def timed_probe(
     n = len(data)
     candidates = load_candidates(["resnet18", "mobilenet_v3_small"], None, "strict", 32, 3, n,
                                  rate=lambda model, size: 2 * n / 10)  # fmt: skip
+    for candidate in candidates:
+        candidate.mirror = mirror
     now = [0.0]
     computed = views.features
 
     def timed(candidate: probing.Candidate, *args: object, **kwargs: object) -> torch.Tensor:
-        now[0] += candidate.seconds * slowdown  # each pass takes `slowdown` times its estimate
+        given = kwargs.get("views", views.PREDICTED)
+        assert isinstance(given, tuple)  # each pass takes `slowdown` times its estimate
+        now[0] += candidate.seconds * len(given) / len(views.PREDICTED) * slowdown
         return computed(candidate, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(views, "features", timed)
@@ -521,33 +530,59 @@ def test_a_backbone_whose_features_no_longer_fit_at_the_measured_pace_is_left_ou
 
 
 @pytest.mark.parametrize("order", [None, ["b", "a"]], ids=["as-given", "ranked"])
-def test_a_backbone_is_left_out_before_the_probe_sees_fewer_than_half_the_images(
+def test_the_time_goes_to_every_image_then_mirror_images_then_more_backbones(
     tmp_path: Path, order: list[str] | None
 ) -> None:
     from tlkit.recipes.run import sample_within_budget
 
     data = tlkit.ImageDataset.from_folder(colours(tmp_path / "data", 10))  # 30 images
 
-    def candidates() -> list[probing.Candidate]:  # each: 1 s per image for its features
+    def candidates() -> list[probing.Candidate]:  # each: 1 s per image and its mirror image
         head = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
         return [probing.Candidate(name, copy.deepcopy(head), 32, (0.0,) * 3, (1.0,) * 3,
                                   seconds=30.0) for name in "ab"]  # fmt: skip
 
+    # 85% of 100 s: both backbones' features of every image and its mirror image fit
     plan = Recipe(name="probe", image_size=0)
-    # 85% of 42 s: both backbones' features fit 17 of the 30 images (more than half): kept
+    sampled, chosen = sample_within_budget(data, 0, candidates(), plan, 0, 100.0, 0.85, 0.0, order)
+    assert len(sampled) == 30 and all(c.mirror for c in chosen) and plan.reasons == []
+    # 85% of 42 s: with mirror images 17 of the 30 images; without them every image
     sampled, chosen = sample_within_budget(data, 0, candidates(), plan, 0, 42.0, 0.85, 0.0, order)
-    assert len(sampled) == 17 and [c.name for c in chosen] == ["a", "b"]
-    # 85% of 30 s: both fit 12 (fewer than half); one fits 25
+    assert len(sampled) == 30 and [c.name for c in chosen] == ["a", "b"]
+    assert not any(c.mirror for c in chosen) and [c.pass_seconds for c in chosen] == [15.0] * 2
+    assert plan.reasons == [
+        "no mirror images: with them the probe would see 17 of the 30 training images (a new "
+        "image teaches it more than a mirrored copy)"
+    ]
+    # 85% of 15 s: both fit 12 images without mirror images (fewer than half); one fits 25
     plan = Recipe(name="probe", image_size=0)
-    sampled, chosen = sample_within_budget(data, 0, candidates(), plan, 0, 30.0, 0.85, 0.0, order)
+    sampled, chosen = sample_within_budget(data, 0, candidates(), plan, 0, 15.0, 0.85, 0.0, order)
     dropped = "b" if order is None else "a"
     assert len(sampled) == 25 and [c.name for c in chosen] == ["ab".replace(dropped, "")]
     assert plan.reasons[0].startswith(
         f"{dropped} left out: with it the probe would see 12 of the 30 training images, fewer "
         "than 50%"
     )
-    assert "a stratified sample of 25 of the 30 training images" in plan.reasons[1]
-    assert chosen[0].seconds == pytest.approx(25.0)  # rescaled to the sample
+    assert plan.reasons[1].startswith("no mirror images: with them the probe would see 12 of")
+    assert "a stratified sample of 25 of the 30 training images" in plan.reasons[2]
+    assert chosen[0].seconds == pytest.approx(25.0) and not chosen[0].mirror  # the sample's
+
+
+def test_without_mirror_images_the_probe_computes_trains_and_predicts_one_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stage, candidates, now = timed_probe(tmp_path / "data", monkeypatch, 1.0, None, mirror=False)
+    assert [c.features.shape[0] for c in candidates if c.features is not None] == [1, 1]
+    assert now == 10.0  # two passes over one view: half the 10 s estimates each
+    assert not stage.choice.mirror and not stage.choice.zoom  # zoomed views after mirror ones
+    assert not any("mirror" in r or "zoomed" in r for r in stage.choice.reasons)
+    chosen = [c for c in candidates if c.name in stage.choice.names]
+    x = probing._matrix(chosen, slice(0, None), views=1, taps=stage.choice.taps)
+    probe = stage.choice.probe
+    again = tlkit.LinearProbe(C=probe.C_, class_weight=probe.class_weight)
+    again.fit(x, stage.choice.probe.cv_probs_.argmax(1) * 0 + torch.tensor(
+        tlkit.ImageDataset.from_folder(tmp_path / "data").targets), cv=False)  # fmt: skip
+    assert torch.allclose(again.weight_, probe.weight_)  # trained on the one view computed
 
 
 @pytest.mark.parametrize(("deadline", "zoomed"), [(None, True), (1000.0, True), (40.0, False)])

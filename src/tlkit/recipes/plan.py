@@ -49,7 +49,7 @@ def plan_candidates(
     priority: list[str] | None = None,
 ) -> tuple[list[str], str | None]:
     """Which candidate backbones the probe stage computes features for: each costs
-    ``seconds[name]`` (a pass over every image and its mirror image, measured here). All of
+    ``seconds[name]`` (a pass over one view of every image, measured here). All of
     them when they fit ``share`` of the time left; else, going through them by ``priority``
     (default: the costliest first, as larger ImageNet models tend to transfer better), those
     that still fit; the cheapest alone when none does. Kept in the given order.

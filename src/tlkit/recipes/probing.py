@@ -50,10 +50,13 @@ def fit_seconds(chosen: list[Candidate], classes: int = 10) -> float:
     ``AUTO.probe_fit_seconds`` per image, view and feature, measured with 8 and 10 classes, and
     in proportion above 10 classes or labels: the weights grow with them): each backbone alone
     and, with several, all together, on both views; then the preferred one once more without
-    the intermediate layers (where there are some), and once more on one view."""
+    the intermediate layers (where there are some), and once more on one view (where the mirror
+    images were computed: else every fit is on one view)."""
     dims = [c.width for c in chosen]
     options = sum(dims) * (2 if len(dims) > 1 else 1) + sum(c.dim for c in chosen if c.taps)
     per_feature = AUTO.probe_fit_seconds * max(1.0, classes / 10)
+    if not all(c.mirror for c in chosen):
+        return per_feature * options
     return per_feature * (AUTO.probe_views * options + sum(dims))
 
 
@@ -90,10 +93,11 @@ def choose_probe(
     kept unless one backbone alone is more accurate out of fold by more than one standard error
     of the paired difference (the one-standard-error rule: on a few hundred images one image
     moves accuracy by half a point, and a choice made on such noise does not carry to new
-    images). The mirror images train too unless leaving them out is better (classes told apart
-    by left and right). Only the first ``n`` images' features train (the rest are validation
-    images). Folds keep together near-duplicate images and, given their ``files``, the images
-    whose names begin alike ([tlkit.file_name_groups][]).
+    images). The mirror images train too, where their features were computed, unless leaving
+    them out is better (classes told apart by left and right). Only the first ``n`` images'
+    features train (the rest are validation images). Folds keep together near-duplicate
+    images and, given their ``files``, the images whose names begin alike
+    ([tlkit.file_name_groups][]).
 
     With a ``deadline`` (on ``clock``), each fit after the first is timed from the ones before
     it (seconds per feature dimension on this machine) and left out when it would end past the
@@ -112,9 +116,10 @@ def choose_probe(
     weights = None if class_weight is None or multi else balancing_weights(y, classes)
     metric = "accuracy" if class_weight is None else "balanced accuracy"
     metric = "mean average precision" if multi else metric
+    computed = min(len(c.views) for c in candidates)  # the image, and its mirror image?
 
     def fit(
-        option: list[Candidate], views: int = len(PREDICTED), taps: bool = True, zoom: bool = False
+        option: list[Candidate], views: int | None = None, taps: bool = True, zoom: bool = False
     ) -> LinearProbe:
         x = _matrix(option, slice(0, n), views, taps, zoom)
         probe = LinearProbe(C=AUTO.probe_C, folds=AUTO.probe_folds, seed=seed,
@@ -137,9 +142,11 @@ def choose_probe(
     probe = probes[_label(best)]
     taps, probe, taps_reason = _check_taps(best, probe, fit, pace, y, weights)
     unmirrored: LinearProbe | None = None
-    if pace.fits(_dims(best, taps) / AUTO.probe_views, "the probe without mirror images"):
+    if computed > 1 and pace.fits(
+        _dims(best, taps) / AUTO.probe_views, "the probe without mirror images"
+    ):
         unmirrored = fit(best, views=1, taps=taps)
-    mirror = (
+    mirror = computed > 1 and (
         unmirrored is None
         or not clearly_better(_right(probe, y), _right(unmirrored, y), weights=weights)[0]
     )
@@ -246,13 +253,14 @@ def _dims(option: list[Candidate], taps: bool = True) -> float:
 def _matrix(
     option: list[Candidate],
     rows: slice,
-    views: int = len(PREDICTED),
+    views: int | None = None,
     taps: bool = True,
     zoom: bool = False,
 ) -> torch.Tensor:
     """The option's features ``(V, N, D)`` of the images ``rows``: the first ``views`` (the
-    image, its mirror image), then the zoomed views when ``zoom``; the intermediate layers' too
-    or the final features alone."""
+    image, its mirror image; default those computed), then the zoomed views when ``zoom``; the
+    intermediate layers' too or the final features alone."""
+    views = min(len(c.views) for c in option) if views is None else views
     index = list(range(views)) + (list(range(len(PREDICTED), len(VIEWS))) if zoom else [])
     parts = []
     for c in option:

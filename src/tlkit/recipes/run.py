@@ -260,16 +260,27 @@ def sample_within_budget(
 ) -> tuple[ImageDataset, list[Candidate]]:
     """``data``, or a stratified sample of it when decoding every image (``decode`` seconds
     each), the chosen candidates' probe features and the probe's fits would not fit ``share``
-    of the time left ([tlkit.recipes.plan.plan_sample][]), and the candidates kept. Rather than
-    keep fewer than ``AUTO.least_sampled`` of the images, the last candidate in ``order`` (the
-    preferred first; default as given) is left out, while more than one is left. The
-    candidates' feature seconds are rescaled to the sample."""
+    of the time left ([tlkit.recipes.plan.plan_sample][]), and the candidates kept. The time
+    goes to the images first: where every image and its mirror image would not fit, the mirror
+    images are left out (``Candidate.mirror``) before any image is. Rather than keep fewer
+    than ``AUTO.least_sampled`` of the images, the last candidate in ``order`` (the preferred
+    first; default as given) is left out, while more than one is left. The candidates'
+    feature seconds are rescaled to the sample."""
     total, order = len(data) + n_val, order or [c.name for c in chosen]
-    while True:
+
+    def sample(mirror: bool) -> tuple[int, str | None]:
+        for candidate in chosen:
+            candidate.mirror = mirror
         fits = fit_seconds(chosen, len(data.classes))
-        per_image = decode + sum(c.seconds for c in chosen) / total + fits
-        n, why = plan_sample(len(data), len(data.classes), per_image, n_val * per_image,
-                             remaining, share)  # fmt: skip
+        per_image = decode + sum(c.pass_seconds for c in chosen) / total + fits
+        return plan_sample(len(data), len(data.classes), per_image, n_val * per_image,
+                           remaining, share)  # fmt: skip
+
+    while True:
+        mirrored, why = sample(mirror=True)
+        n = mirrored
+        if why is not None:
+            n, why = sample(mirror=False)
         if why is None or len(chosen) == 1 or n >= AUTO.least_sampled * len(data):
             break
         last = max(chosen, key=lambda c: order.index(c.name) if c.name in order else len(order))
@@ -278,6 +289,11 @@ def sample_within_budget(
             f"{last.name} left out: with it the probe would see {n:,} of the {len(data):,} "
             f"training images, fewer than {AUTO.least_sampled:.0%} (more images help a probe "
             "more than another backbone's features)"
+        )
+    if not chosen[0].mirror:
+        plan.reasons.append(
+            f"no mirror images: with them the probe would see {mirrored:,} of the "
+            f"{len(data):,} training images (a new image teaches it more than a mirrored copy)"
         )
     if why is None:
         return data, chosen
@@ -321,8 +337,9 @@ def choose_candidates(
     decode: float = 0.0,
     laps: Laps | None = None,
 ) -> tuple[list[Candidate], ImageDataset, float]:
-    """The candidates whose probe features fit the budget, the training images they will
-    see, and the share of the time left their features may take. The features get
+    """The candidates whose probe features fit the budget (one view of every image: the
+    mirror images come after another backbone), the training images they will see, and the
+    share of the time left their features may take. The features get
     ``AUTO.probe_share`` of the time left when fine-tuning may follow,
     ``AUTO.probe_share_alone`` when the probe is all there will be, less the decoding of every
     image (``decode`` seconds each in one process, shared by the decoding workers). When not
@@ -343,7 +360,9 @@ def choose_candidates(
     def left() -> float | None:  # the time left, less what decoding takes out of the share
         return None if deadline is None else deadline - shared_clock() - decoding / share
 
-    seconds, order = {c.name: c.seconds for c in candidates}, [c.name for c in candidates]
+    # a backbone comes before the mirror images: it is kept when one view of every image fits
+    seconds = {c.name: c.seconds / AUTO.probe_views for c in candidates}
+    order = [c.name for c in candidates]
     kept, why = plan_candidates(seconds, left(), share)
     if len(kept) < len(candidates) and len(data) > AUTO.rank_images and not data.multi_label:
         if ranking_can_change(seconds, left(), share):

@@ -4,7 +4,9 @@ of each image they are computed on, and the passes that compute them within the 
 Each image is seen as itself and as its mirror image (both averaged at prediction when the
 mirror images train the probe) and, when the time left allows after every chosen backbone's
 pass, zoomed in and out: copies that only train the probe (augmentation), as the random crops
-of fine-tuning do.
+of fine-tuning do. Time goes to the images first: where the budget allows every image or its
+mirror image but not both, the mirror images are left out (a new image teaches the probe more
+than a mirrored copy of one it has), and the zoomed views come after the mirror images.
 """
 
 from __future__ import annotations
@@ -72,10 +74,22 @@ class Candidate:
     channels_last: bool = False
     info: BackboneInfo | None = None
     seconds: float = 0.0  # a feature pass over every image and its mirror image, here
+    mirror: bool = True  # whether the mirror images' features are computed too
     taps: list[str] = field(default_factory=list)  # intermediate layers read too
     tap_dim: int = 0  # the width they add
     features: torch.Tensor | None = field(default=None, repr=False)  # (views, N, taps + D),
     # the views of VIEWS in order: the image and its mirror image, then the zooms where computed
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The views of each image computed first: the image, and its mirror image where
+        ``mirror``."""
+        return PREDICTED if self.mirror else PREDICTED[:1]
+
+    @property
+    def pass_seconds(self) -> float:
+        """Seconds of the feature pass over the ``views`` of every image, here."""
+        return self.seconds * len(self.views) / len(PREDICTED)
 
     @property
     def dim(self) -> int:
@@ -136,19 +150,19 @@ def compute_features(
     log: Callable[[str], None],
     fits: float = 0.0,
 ) -> tuple[list[Candidate], list[str], float]:
-    """Each candidate's features (each process computing its rows) while they fit ``share`` of
-    the time left at the pace measured so far; then, for those computed, the zoomed views when
-    they fit too at the pace of the first passes (without a ``deadline``, always), beside
-    twice the ``fits`` seconds the probe's fits are estimated at (with the zoomed copies, a
-    fit has twice the rows). Returns those computed, why the others were not, and the seconds
-    the passes took."""
+    """Each candidate's features of its ``views`` (each process computing its rows) while they
+    fit ``share`` of the time left at the pace measured so far; then, for those computed, when
+    the mirror images are, the zoomed views when they fit too at the pace of the first passes
+    (without a ``deadline``, always), beside twice the ``fits`` seconds the probe's fits are
+    estimated at (with the zoomed copies, a fit has twice the rows). Returns those computed,
+    why the others were not, and the seconds the passes took."""
     allowed = None if deadline is None else share * max(deadline - clock(), 0.0)
     spent = estimated = 0.0
     computed: list[Candidate] = []
     skipped: list[str] = []
     for candidate in candidates:
         pace = spent / estimated if estimated else 1.0
-        need = candidate.seconds * pace
+        need = candidate.pass_seconds * pace
         if computed and allowed is not None and spent + need > allowed:
             skipped.append(
                 f"features of {candidate.name} not computed: about {need:.0f} s at the pace of "
@@ -159,16 +173,18 @@ def compute_features(
             continue
         layers = plural(len(candidate.taps), "intermediate layer")
         inside = f" and {layers}" if candidate.taps else ""
+        mirrors = " and their mirror images" if candidate.mirror else ""
         log(
             f"features of {candidate.name}{inside} at {candidate.size} px: "
-            f"{sum(sets.counts)} images and their mirror images (about {need:.0f} s here)"
+            f"{sum(sets.counts)} images{mirrors} (about {need:.0f} s here)"
         )
         began = clock()
-        candidate.features = _pass(candidate, sets, PREDICTED, compute)
-        spent, estimated = spent + clock() - began, estimated + candidate.seconds
+        candidate.features = _pass(candidate, sets, candidate.views, compute)
+        spent, estimated = spent + clock() - began, estimated + candidate.pass_seconds
         computed.append(candidate)
     zooming = spent * len(ZOOMS) / len(PREDICTED)  # as many views again, at the same pace
-    if allowed is not None and spent + zooming + 2 * fits > allowed:
+    late = allowed is not None and spent + zooming + 2 * fits > allowed
+    if late or not all(c.mirror for c in computed):
         return computed, skipped, spent
     log(f"zoomed views of every image for {len(computed)} backbone(s) (about {zooming:.0f} s)")
     began = clock()
