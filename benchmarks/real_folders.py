@@ -20,8 +20,10 @@ Per folder, in one run: the floor (EfficientNet-Lite0, 1, 2 and their concatenat
 composited on white and letterboxed at the backbone's size, features of each image and its mirror
 image, standardised, multinomial logistic regression by L-BFGS with its L2 strength chosen by
 5-fold cross-validation, refit on every training image, mirror averaging at test), then
-``tlkit fit TRAIN --out RUN --budget B`` with no other option and ``tlkit evaluate RUN TEST``.
-Prints a table, writes ``real_folders.json``.
+``tlkit fit TRAIN --out RUN --budget B`` with no other option and ``tlkit evaluate RUN TEST``:
+test accuracy, and the expected calibration error of the model's probabilities on the test
+images with the temperature it kept and without it. Prints a table, writes
+``real_folders.json``.
 """
 
 from __future__ import annotations
@@ -323,7 +325,9 @@ def fit(root: Path, run: Path, budget: str) -> dict[str, Any]:
     return {"accuracy": summary["accuracy"], "wall_seconds": wall,
             "validation": metrics["accuracy"], "backbone": metrics["backbone"],
             "recipe": metrics["recipe"]["name"], "kept": metrics["recipe"]["kept"],
-            "reasons": metrics["recipe"]["reasons"]}  # fmt: skip
+            "reasons": metrics["recipe"]["reasons"], "test ece": summary["ece"],
+            "test ece without temperature": summary["ece_without_temperature"],
+            "temperature": summary["temperature"]}  # fmt: skip
 
 
 def main() -> None:
@@ -375,6 +379,15 @@ def main() -> None:
                      f"{100 * best:.1f}", *cells])  # fmt: skip
     header = ["folder", "train", "test", "best single floor %", "best floor %"]
     print(table([*header, *(f"{k} %" for k in columns)], rows))
+    calibration = [
+        [name, k.split()[-1], f"{v['temperature']:.2f}",
+         f"{v['test ece without temperature']:.3f}", f"{v['test ece']:.3f}"]
+        for name, record in records.items()
+        for k in columns
+        if (v := record.get(k)) and "test ece" in v
+    ]  # fmt: skip
+    print(table(["folder", "budget", "temperature", "test ECE without", "test ECE with"],
+                calibration))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from PIL import Image
 
 import tlkit
 from tlkit import cli
+from tlkit.calibration import expected_calibration_error
 
 from . import shapes
 
@@ -58,8 +59,17 @@ def test_evaluate_and_predict_json_on_unseen_images(
     run: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli.main(["evaluate", str(run["out"]), str(run["test"]), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    summary = json.loads(printed.strip().splitlines()[-1])
     assert summary["accuracy"] >= 0.75 and summary["images"] == 24
+    # the calibration error of what predict gives, on these images
+    model = tlkit.load_model(run["out"])
+    test = tlkit.ImageDataset.from_folder(run["test"])
+    probs = model.predict(test.files)
+    ece = expected_calibration_error(probs, torch.tensor(test.targets))
+    assert summary["ece"] == pytest.approx(ece, abs=1e-6)
+    assert summary["temperature"] == model.temperature
+    assert f"expected calibration error {ece:.3f}" in printed
     files = sorted(run["test"].rglob("*.png"))[:3]
     assert cli.main(["predict", str(run["out"]), *map(str, files), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]

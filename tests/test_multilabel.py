@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 import tlkit
 from tlkit import cli
+from tlkit.calibration import expected_calibration_error
 from tlkit.metrics import choose_thresholds, multi_label_metrics
 
 MARKS = {  # label: (box, colour), each drawn where the image has the label
@@ -115,6 +116,8 @@ def test_predict_and_evaluate_answer_label_sets(run, capsys) -> None:
                                    torch.tensor(model.thresholds))  # fmt: skip
     assert summary["map"] == pytest.approx(expected["map"]) and summary["images"] == 24
     assert summary["map"] > 0.8  # the marks are plain to see
+    ece = expected_calibration_error(model.predict(data.files), data.targets)
+    assert summary["ece"] == pytest.approx(ece, abs=1e-6)  # each label's probability
     for args in (
         ["predict", str(run["out"]), str(files[0]), "--min-confidence", "0.5"],
         ["evaluate", str(run["out"]), str(run["test"]), "--unknown", str(run["test"].parent)],

@@ -22,6 +22,7 @@ def probabilities(model: Any, files: Sequence[str | Path], tta: bool | None) -> 
 def evaluate(model: Any, data: Any, args: argparse.Namespace) -> int:
     """mAP, F1 and each label's AP, F1 and threshold of a multi-label model on labelled
     images (their labels a subset of the model's)."""
+    from .calibration import calibration_on, calibration_text
     from .metrics import multi_label_metrics
 
     if args.unknown is not None or args.min_confidence is not None:
@@ -45,8 +46,10 @@ def evaluate(model: Any, data: Any, args: argparse.Namespace) -> int:
         f"macro F1 {_pc(metrics['macro_f1'])}, every label right on {_pc(metrics['exact_match'])} "
         f"of {len(data)} images{left_out}"
     )
+    calibration = calibration_on(probs, targets, model.temperature, multi_label=True)
+    print(f"each label's probability: {calibration_text(calibration)}")
     print(label_table(model.classes, metrics, targets.sum(0).long().tolist()))
-    summary = {**metrics, "images": len(data), "classes": list(model.classes),
+    summary = {**metrics, **calibration, "images": len(data), "classes": list(model.classes),
                "skipped": [{"file": f, "reason": r} for f, r in data.skipped]}  # fmt: skip
     if args.json:
         print(json.dumps(json_safe(summary), allow_nan=False))

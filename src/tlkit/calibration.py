@@ -40,6 +40,8 @@ from torch import nn
 
 __all__ = [
     "Reliability",
+    "calibration_on",
+    "calibration_text",
     "cross_fitted_ece",
     "expected_calibration_error",
     "fit_temperature",
@@ -108,6 +110,48 @@ def scale(logits: torch.Tensor, temperature: float, *, multi_label: bool = False
     ):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     return (logits / temperature).sigmoid() if multi_label else (logits / temperature).softmax(1)
+
+
+def calibration_on(
+    probs: torch.Tensor, labels: torch.Tensor, temperature: float, *, multi_label: bool = False
+) -> dict[str, float]:
+    """The expected calibration error of a model's ``probs`` (divided by ``temperature``
+    before the softmax or sigmoid) on labelled images, and of the same probabilities without
+    the temperature: ``{"ece": ..., "ece_without_temperature": ..., "temperature": ...}``. What
+    ``tlkit evaluate`` reports, to check on new images what the temperature did.
+
+    Examples:
+        >>> labels = torch.tensor([0, 1] * 50)
+        >>> sure = torch.tensor([[0.99, 0.01], [0.01, 0.99]]).repeat(50, 1)
+        >>> sure[:20] = sure[:20].flip(1)  # 80% right at 0.99
+        >>> softened = scale(logits_of(sure), 3.0)  # as a model with temperature 3 gives them
+        >>> figures = calibration_on(softened, labels, 3.0)
+        >>> round(figures["ece_without_temperature"], 2), figures["ece"] < 0.1
+        (0.19, True)
+    """
+    raw = scale(logits_of(probs, multi_label=multi_label) * temperature, 1.0,
+                multi_label=multi_label)  # fmt: skip
+    return {
+        "ece": expected_calibration_error(probs.float(), labels),
+        "ece_without_temperature": expected_calibration_error(raw.float(), labels),
+        "temperature": float(temperature),
+    }
+
+
+def calibration_text(figures: dict[str, float]) -> str:
+    """``calibration_on``'s figures in a line.
+
+    Examples:
+        >>> calibration_text({"ece": 0.02, "ece_without_temperature": 0.05, "temperature": 1.5})
+        'expected calibration error 0.020 (0.050 without the temperature of 1.50)'
+    """
+    line = f"expected calibration error {figures['ece']:.3f}"
+    if figures["temperature"] == 1.0:
+        return line + " (no temperature)"
+    return (
+        f"{line} ({figures['ece_without_temperature']:.3f} without the temperature of "
+        f"{figures['temperature']:.2f})"
+    )
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:

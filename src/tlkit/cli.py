@@ -249,7 +249,8 @@ def _dataset(source: Path | None, background: Any, on_error: Any, label_sep: str
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from .calibration import threshold_table
+    from ._multilabel_cli import probabilities
+    from .calibration import calibration_on, calibration_text, threshold_table
     from .data import ImageDataset
     from .metrics import balanced_accuracy
     from .recipes import load_model
@@ -277,7 +278,8 @@ def evaluate(args: argparse.Namespace) -> int:
         others = _unlabelled_images(args.unknown, model.background, on_error)
     mapping = [model.classes.index(c) for c in data.classes]
     targets = torch.tensor([mapping[t] for t in data.targets])
-    confidence, predicted = _top(model, data.files, args.tta)
+    probs = probabilities(model, data.files, args.tta)
+    confidence, predicted = probs.max(1)
     k = len(model.classes)
     matrix = torch.bincount(targets * k + predicted, minlength=k * k).view(k, k)
     accuracy = float((predicted == targets).double().mean())
@@ -286,19 +288,24 @@ def evaluate(args: argparse.Namespace) -> int:
     balanced = balanced_accuracy(matrix)
     print(f"accuracy {accuracy:.2%}, balanced accuracy {balanced:.2%} on {len(data)} "
           f"images{left_out}")  # fmt: skip
+    calibration = calibration_on(probs, targets, model.temperature)
+    print(calibration_text(calibration))
     print(class_table(model.classes, rows))
     print("confusion matrix (rows: true, columns: predicted):")
     print(matrix.tolist())
     summary = {
         "accuracy": accuracy,
         "balanced_accuracy": balanced,
+        **calibration,
         "images": len(data),
         "skipped": [{"file": f, "reason": r} for f, r in data.skipped],
         "per_class": dict(zip(model.classes, rows, strict=True)),
         "confusion_matrix": matrix.tolist(),
     }
     if others is not None or args.min_confidence is not None:
-        unknown_confidence = _top(model, others.files, args.tta)[0] if others else None
+        unknown_confidence = (
+            probabilities(model, others.files, args.tta).max(1).values if others else None
+        )
         thresholds = [args.min_confidence] if args.min_confidence is not None else None
         table = threshold_table(confidence, predicted == targets, unknown_confidence, thresholds)
         print(_threshold_text(table))
@@ -306,12 +313,6 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(json_safe(summary), allow_nan=False))
     return 0
-
-
-def _top(model: Any, files: Sequence[str], tta: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top probability and the class of each image, 64 at a time."""
-    tops = [model.predict(files[i : i + 64], tta=tta).max(1) for i in range(0, len(files), 64)]
-    return torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops])
 
 
 def _unlabelled_images(folder: Path, background: Any, on_error: Literal["raise", "skip"]) -> Any:

@@ -33,6 +33,7 @@ from ._utils import atomic_write_text, json_safe, replace_folder
 from .calibration import logits_of, reliability, scale
 from .metrics import balanced_accuracy
 from .recipes.result import FinetuneResult
+from .recipes.settings import AUTO
 
 __all__ = ["check_run_folder", "class_table", "label_table", "per_class_metrics", "write_report"]
 
@@ -432,7 +433,8 @@ def _calibration_lines(calibration: dict[str, Any], multi_label: bool = False) -
         said = (
             "Probabilities are left as the model gives them: a temperature fitted on the "
             f"validation predictions gave an expected calibration error of {scaled:.3f} on the "
-            f"half it was not fitted on, no lower than {before:.3f} without it."
+            f"half it was not fitted on, not lower by {AUTO.calibration_gain:g} than "
+            f"{before:.3f} without it."
         )
     if multi_label:  # each label's own probability; no single answer to refuse
         said = said.replace("Probabilities are divided", "Each label's logit is divided")
