@@ -125,7 +125,8 @@ def test_finetune_calibrates_on_the_predictions_that_judged_it_and_saves_the_tem
     metrics = result.val_metrics
     assert result.temperature == metrics["temperature"]
     # the fitted temperature is kept only when it lowers the error on the half it did not see
-    applied = metrics["ece_scaled"] < metrics["ece_before"]
+    gain = metrics["ece_before"] - metrics["ece_scaled"]
+    applied = gain >= max(metrics["ece_gain_se"], 0.001)
     assert result.temperature == (metrics["fitted_temperature"] if applied else 1.0)
     said = "probabilities calibrated on the out-of-fold" if applied else "probabilities left as"
     assert any(r.startswith(said) for r in result.recipe.reasons)
@@ -375,3 +376,26 @@ def test_calibration_on_new_images_recovers_the_probabilities_without_the_temper
     assert multi["ece_without_temperature"] == pytest.approx(
         expected_calibration_error(logits[:, :3].sigmoid(), tags), abs=1e-5
     )
+
+
+def test_a_temperature_is_kept_only_when_its_gain_stands_clear_of_the_noise() -> None:
+    from tlkit.recipes.judge import calibrate, calibration_reason
+
+    g = torch.Generator().manual_seed(0)
+    for n, over_confident in ((400, True), (120, False)):
+        top = 0.55 + 0.4 * torch.rand(n, generator=g)  # each answer's confidence
+        right = torch.rand(n, generator=g) < (0.6 if over_confident else top)
+        labels = torch.randint(0, 2, (n,), generator=g)
+        predicted = torch.where(right, labels, 1 - labels)
+        probs = torch.stack([1 - top, top], 1)
+        probs = torch.where((predicted == 1)[:, None], probs, probs.flip(1))
+        t, _, figures = calibrate(probs, labels)
+        gain = figures["ece_before"] - figures["ece_scaled"]
+        assert figures["ece_gain_se"] > 0
+        if over_confident:  # 60% right at 0.75 on average: a clear gain, kept
+            assert gain > figures["ece_gain_se"] and t == figures["fitted_temperature"] > 1
+        else:  # calibrated already: whatever the fit gains on 120 images is noise
+            assert gain < figures["ece_gain_se"] and t == 1.0
+            assert "not lower by more than one standard error" in calibration_reason(
+                "out-of-fold predictions", figures
+            )

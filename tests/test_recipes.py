@@ -530,7 +530,7 @@ def test_a_backbone_whose_features_no_longer_fit_at_the_measured_pace_is_left_ou
 
 
 @pytest.mark.parametrize("order", [None, ["b", "a"]], ids=["as-given", "ranked"])
-def test_the_time_goes_to_every_image_then_mirror_images_then_more_backbones(
+def test_mirror_images_give_way_when_that_lets_every_image_fit_then_backbones_go(
     tmp_path: Path, order: list[str] | None
 ) -> None:
     from tlkit.recipes.run import sample_within_budget
@@ -554,18 +554,19 @@ def test_the_time_goes_to_every_image_then_mirror_images_then_more_backbones(
         "no mirror images: with them the probe would see 17 of the 30 training images (a new "
         "image teaches it more than a mirrored copy)"
     ]
-    # 85% of 15 s: both fit 12 images without mirror images (fewer than half); one fits 25
+    # 85% of 15 s: a sample either way (12 of 30 on one view), so both views, 6 images (fewer
+    # than half): a backbone left out; the other fits 12 on both views, 25 on one (a sample)
     plan = Recipe(name="probe", image_size=0)
     sampled, chosen = sample_within_budget(data, 0, candidates(), plan, 0, 15.0, 0.85, 0.0, order)
     dropped = "b" if order is None else "a"
-    assert len(sampled) == 25 and [c.name for c in chosen] == ["ab".replace(dropped, "")]
+    assert len(sampled) == 12 and [c.name for c in chosen] == ["ab".replace(dropped, "")]
     assert plan.reasons[0].startswith(
-        f"{dropped} left out: with it the probe would see 12 of the 30 training images, fewer "
+        f"{dropped} left out: with it the probe would see 6 of the 30 training images, fewer "
         "than 50%"
     )
-    assert plan.reasons[1].startswith("no mirror images: with them the probe would see 12 of")
-    assert "a stratified sample of 25 of the 30 training images" in plan.reasons[2]
-    assert chosen[0].seconds == pytest.approx(25.0) and not chosen[0].mirror  # the sample's
+    assert "a stratified sample of 12 of the 30 training images" in plan.reasons[1]
+    assert len(plan.reasons) == 2 and chosen[0].mirror  # sampled: both views, as paced
+    assert chosen[0].seconds == pytest.approx(12.0)  # rescaled to the sample
 
 
 def test_without_mirror_images_the_probe_computes_trains_and_predicts_one_view(

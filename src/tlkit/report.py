@@ -32,10 +32,12 @@ import torch
 from ._utils import atomic_write_text, json_safe, replace_folder
 from .calibration import logits_of, reliability, scale
 from .metrics import balanced_accuracy
+from .recipes.judge import not_lower_said
 from .recipes.result import FinetuneResult
-from .recipes.settings import AUTO
 
 __all__ = ["check_run_folder", "class_table", "label_table", "per_class_metrics", "write_report"]
+
+CALIBRATION_FIGURES = ("ece_before", "ece_scaled", "ece_gain_se", "ece")  # of the val_metrics
 
 RUN_FILES = ("model.pt", "metrics.json", "report.md", "history.csv", "curves.png",
              "confusion_matrix.png", "reliability.png", "top_losses.png",
@@ -165,9 +167,7 @@ def _write_run(result: FinetuneResult, folder: Path) -> None:
         "loss": result.val_metrics.get("loss"),
         "calibration": {
             "temperature": result.temperature,
-            "ece_before": result.val_metrics.get("ece_before"),
-            "ece_scaled": result.val_metrics.get("ece_scaled"),
-            "ece": result.val_metrics.get("ece"),
+            **{k: result.val_metrics.get(k) for k in CALIBRATION_FIGURES},
         },
         "images": result.val_metrics.get("count"),
         "method": result.val_metrics.get("method"),
@@ -216,7 +216,7 @@ def _write_multi_label(result: FinetuneResult, folder: Path) -> None:
         "backbone": result.backbone,
         "weights": result.info.weights,
         "calibration": {"temperature": result.temperature,
-                        **{k: m.get(k) for k in ("ece_before", "ece_scaled", "ece")}},
+                        **{k: m.get(k) for k in CALIBRATION_FIGURES}},
         "recipe": {"name": result.recipe.name, "image_size": result.recipe.image_size,
                    "reasons": result.recipe.reasons, "kept": result.recipe.kept,
                    "seconds": result.recipe.seconds},
@@ -433,8 +433,8 @@ def _calibration_lines(calibration: dict[str, Any], multi_label: bool = False) -
         said = (
             "Probabilities are left as the model gives them: a temperature fitted on the "
             f"validation predictions gave an expected calibration error of {scaled:.3f} on the "
-            f"half it was not fitted on, not lower by {AUTO.calibration_gain:g} than "
-            f"{before:.3f} without it."
+            f"half it was not fitted on, {not_lower_said(calibration)} than {before:.3f} "
+            "without it."
         )
     if multi_label:  # each label's own probability; no single answer to refuse
         said = said.replace("Probabilities are divided", "Each label's logit is divided")

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..calibration import (
-    cross_fitted_ece,
+    cross_fitted,
+    ece_difference_se,
     expected_calibration_error,
     fit_temperature,
     logits_of,
@@ -108,7 +109,8 @@ def calibrate(
     """The temperature fitted on the probabilities that judged the model, those probabilities
     scaled by it, and the expected calibration error before and after (see
     [tlkit.calibration][]). "After" is cross-fitted: each half of the images scaled by the
-    temperature fitted on the other. When that is not lower than before by at least
+    temperature fitted on the other. When that is not lower than before by more than one
+    standard error of the difference (paired bootstrap over the images) and at least
     ``AUTO.calibration_gain`` (a model already calibrated, predictions all right and sure, or
     too few images to tell), the temperature is left at 1. With multi-hot
     ``labels``, one temperature scales every label's logit.
@@ -129,14 +131,17 @@ def calibrate(
     scores = logits_of(probs, multi_label=multi)
     fitted = fit_temperature(scores, labels)
     before = expected_calibration_error(probs, labels)
-    scaled = cross_fitted_ece(scores, labels)
-    better = scaled <= before - AUTO.calibration_gain
+    crossed = cross_fitted(scores, labels)
+    scaled = expected_calibration_error(crossed, labels)
+    spread = ece_difference_se(probs.double(), crossed, labels)
+    better = before - scaled >= max(spread, AUTO.calibration_gain)
     temperature = fitted if better else 1.0
     figures = {
         "temperature": temperature,
         "fitted_temperature": fitted,
         "ece_before": before,
         "ece_scaled": scaled,
+        "ece_gain_se": spread,
         "ece": scaled if better else before,
     }
     return temperature, scale(scores, temperature, multi_label=multi).float(), figures
@@ -158,5 +163,13 @@ def calibration_reason(method: str, figures: dict[str, float]) -> str:
     return (
         f"probabilities left as they are: a temperature fitted on the {method} ({fitted:.2f}) "
         f"gave an expected calibration error of {scaled:.3f} on the half it was not fitted on, "
-        f"not lower by {AUTO.calibration_gain:g} than {before:.3f} without it"
+        f"{not_lower_said(figures)} than {before:.3f} without it"
     )
+
+
+def not_lower_said(figures: dict[str, Any]) -> str:
+    """Why a temperature was refused, in words: the gain it had to beat."""
+    spread = figures.get("ece_gain_se") or 0.0
+    if spread > AUTO.calibration_gain:
+        return f"not lower by more than one standard error ({spread:.3f})"
+    return f"not lower by {AUTO.calibration_gain:g}"

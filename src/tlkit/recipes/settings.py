@@ -41,8 +41,9 @@ class Settings:
     duplicate_similarity: float = 0.95  # cosine similarity joining near-duplicate images
     head_dropout: float = 0.1
     calibration_gain: float = 0.001  # a temperature is kept only when it lowers the
-    # cross-fitted calibration error by this much (out-of-fold predictions all right and sure
-    # would otherwise keep a sharpening temperature fitted on nothing to correct)
+    # cross-fitted calibration error by more than one bootstrap standard error and at least
+    # this much (out-of-fold predictions all right and sure would otherwise keep a sharpening
+    # temperature fitted on nothing to correct)
     probe_fit_seconds: float = 3e-6  # per image, view and feature of a cross-validated probe
     # fit (EfficientNet-Lite0 features, 2 CPU cores: 2.7e-6 at 1,839 images, 3.3e-6 at 3,525)
     probe_share: float = 0.5  # at most this share of the time left goes to probe features ...
