@@ -230,7 +230,8 @@ def test_the_report_shows_calibration_and_balanced_accuracy(fitted: dict[str, An
     with Image.open(out / "reliability.png") as picture:
         assert picture.width >= 300
     for applied in (True, False):
-        figures = {"ece_before": 0.2, "ece_scaled": 0.05 if applied else 0.1996}
+        figures = {"ece_before": 0.2, "ece_scaled": 0.05 if applied else 0.1996,
+                   "ece_gain_se": 0.0}  # fmt: skip
         result = dataclasses.replace(
             fitted["result"], temperature=2.0 if applied else 1.0,
             val_metrics={**fitted["result"].val_metrics, **figures},

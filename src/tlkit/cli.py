@@ -250,7 +250,7 @@ def _dataset(source: Path | None, background: Any, on_error: Any, label_sep: str
 
 def evaluate(args: argparse.Namespace) -> int:
     from ._multilabel_cli import probabilities
-    from .calibration import calibration_on, calibration_text, threshold_table
+    from .calibration import calibration_on, calibration_text
     from .data import ImageDataset
     from .metrics import balanced_accuracy
     from .recipes import load_model
@@ -303,16 +303,24 @@ def evaluate(args: argparse.Namespace) -> int:
         "confusion_matrix": matrix.tolist(),
     }
     if others is not None or args.min_confidence is not None:
-        unknown_confidence = (
-            probabilities(model, others.files, args.tta).max(1).values if others else None
-        )
-        thresholds = [args.min_confidence] if args.min_confidence is not None else None
-        table = threshold_table(confidence, predicted == targets, unknown_confidence, thresholds)
-        print(_threshold_text(table))
-        summary["thresholds"] = table
+        summary["thresholds"] = _thresholds(model, confidence, predicted == targets, others, args)
     if args.json:
         print(json.dumps(json_safe(summary), allow_nan=False))
     return 0
+
+
+def _thresholds(
+    model: Any, confidence: torch.Tensor, right: torch.Tensor, others: Any, args: argparse.Namespace
+) -> list[dict[str, float | None]]:
+    """What each minimum confidence does to the known images and to ``--unknown``'s, printed."""
+    from ._multilabel_cli import probabilities
+    from .calibration import threshold_table
+
+    unknown = probabilities(model, others.files, args.tta).max(1).values if others else None
+    thresholds = [args.min_confidence] if args.min_confidence is not None else None
+    table = threshold_table(confidence, right, unknown, thresholds)
+    print(_threshold_text(table))
+    return table
 
 
 def _unlabelled_images(folder: Path, background: Any, on_error: Literal["raise", "skip"]) -> Any:

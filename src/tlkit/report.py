@@ -32,8 +32,7 @@ import torch
 from ._utils import atomic_write_text, json_safe, replace_folder
 from .calibration import logits_of, reliability, scale
 from .metrics import balanced_accuracy
-from .recipes.judge import not_lower_said
-from .recipes.result import FinetuneResult
+from .recipes.result import FinetuneResult, not_lower_said
 
 __all__ = ["check_run_folder", "class_table", "label_table", "per_class_metrics", "write_report"]
 

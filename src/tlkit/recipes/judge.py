@@ -19,6 +19,7 @@ from ..calibration import (
 from ..groups import file_name_groups, join_groups, near_duplicate_groups
 from ..metrics import ClassificationMeter, label_ranking_precision, multi_label_metrics
 from ..stratify import label_sets
+from .result import not_lower_said
 from .settings import AUTO
 
 __all__ = [
@@ -165,11 +166,3 @@ def calibration_reason(method: str, figures: dict[str, float]) -> str:
         f"gave an expected calibration error of {scaled:.3f} on the half it was not fitted on, "
         f"{not_lower_said(figures)} than {before:.3f} without it"
     )
-
-
-def not_lower_said(figures: dict[str, Any]) -> str:
-    """Why a temperature was refused, in words: the gain it had to beat."""
-    spread = figures.get("ece_gain_se") or 0.0
-    if spread > AUTO.calibration_gain:
-        return f"not lower by more than one standard error ({spread:.3f})"
-    return f"not lower by {AUTO.calibration_gain:g}"

@@ -484,3 +484,11 @@ def load_model(path: str | Path) -> FinetuneResult:
         sizes=sizes,
         taps=taps,
     )
+
+
+def not_lower_said(figures: dict[str, Any]) -> str:
+    """Why a temperature was refused, in words: the gain it had to beat."""
+    spread = figures.get("ece_gain_se") or 0.0
+    if spread > AUTO.calibration_gain:
+        return f"not lower by more than one standard error ({spread:.3f})"
+    return f"not lower by {AUTO.calibration_gain:g}"

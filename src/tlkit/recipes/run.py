@@ -260,12 +260,9 @@ def sample_within_budget(
 ) -> tuple[ImageDataset, list[Candidate]]:
     """``data``, or a stratified sample of it when decoding every image (``decode`` seconds
     each), the chosen candidates' probe features and the probe's fits would not fit ``share``
-    of the time left ([tlkit.recipes.plan.plan_sample][]), and the candidates kept. The time
-    goes to the images first: where every image and its mirror image would not fit but every
-    image alone would, the mirror images are left out (``Candidate.mirror``). (Sampling on one
-    view ran 10-20% past the budget on folders of large JPEGs, where decoding weighs more
-    against a single pass than the speed check's estimate allows; a sample keeps both views.)
-    Rather than keep fewer
+    of the time left ([tlkit.recipes.plan.plan_sample][]), and the candidates kept. Where every
+    image fits on one view only, the mirror images are left out (``Candidate.mirror``); a
+    sample keeps both views (one-view samples overran on large JPEGs). Rather than keep fewer
     than ``AUTO.least_sampled`` of the images, the last candidate in ``order`` (the preferred
     first; default as given) is left out, while more than one is left. The candidates'
     feature seconds are rescaled to the sample."""
@@ -342,12 +339,11 @@ def choose_candidates(
     decode: float = 0.0,
     laps: Laps | None = None,
 ) -> tuple[list[Candidate], ImageDataset, float]:
-    """The candidates whose probe features fit the budget (one view of every image: the
-    mirror images come after another backbone), the training images they will see, and the
-    share of the time left their features may take. The features get
-    ``AUTO.probe_share`` of the time left when fine-tuning may follow,
-    ``AUTO.probe_share_alone`` when the probe is all there will be, less the decoding of every
-    image (``decode`` seconds each in one process, shared by the decoding workers). When not
+    """The candidates whose probe features (one view of every image) fit the budget, the
+    training images they will see, and the share of the time left their features may take
+    (``AUTO.probe_share`` when fine-tuning may follow, ``AUTO.probe_share_alone`` when the
+    probe is all there will be), less the decoding of every image (``decode`` seconds each
+    in one process, shared by the decoding workers). When not
     all fit and the folder is larger than LogME's sample, they are taken in the order LogME
     ranks them ([tlkit.rank_backbones][], itself within a share of the budget), unless only the
     quickest could fit after ranking; on smaller folders LogME would cost as much as the
