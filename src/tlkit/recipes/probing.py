@@ -116,7 +116,7 @@ def choose_probe(
     weights = None if class_weight is None or multi else balancing_weights(y, classes)
     metric = "accuracy" if class_weight is None else "balanced accuracy"
     metric = "mean average precision" if multi else metric
-    computed = min(len(c.views) for c in candidates)  # the image, and its mirror image?
+    mirrored = all(c.mirror for c in candidates)  # the mirror images' features computed?
 
     def fit(
         option: list[Candidate], views: int | None = None, taps: bool = True, zoom: bool = False
@@ -142,11 +142,11 @@ def choose_probe(
     probe = probes[_label(best)]
     taps, probe, taps_reason = _check_taps(best, probe, fit, pace, y, weights)
     unmirrored: LinearProbe | None = None
-    if computed > 1 and pace.fits(
+    if mirrored and pace.fits(
         _dims(best, taps) / AUTO.probe_views, "the probe without mirror images"
     ):
         unmirrored = fit(best, views=1, taps=taps)
-    mirror = computed > 1 and (
+    mirror = mirrored and (
         unmirrored is None
         or not clearly_better(_right(probe, y), _right(unmirrored, y), weights=weights)[0]
     )

@@ -278,11 +278,10 @@ def sample_within_budget(
 
     while True:
         mirrored, why = sample(mirror=True)
-        n = mirrored
-        if why is not None and sample(mirror=False)[1] is None:
-            n, why = len(data), None  # every image fits on one view
-        elif why is not None:
-            sample(mirror=True)  # a sample either way: on both views, as paced
+        one_view = why is not None and sample(mirror=False)[1] is None  # every image then fits
+        for candidate in chosen:
+            candidate.mirror = not one_view  # a sample either way keeps both views, as paced
+        n, why = (len(data), None) if one_view else (mirrored, why)
         if why is None or len(chosen) == 1 or n >= AUTO.least_sampled * len(data):
             break
         last = max(chosen, key=lambda c: order.index(c.name) if c.name in order else len(order))
