@@ -400,3 +400,18 @@ def test_a_temperature_is_kept_only_when_its_gain_stands_clear_of_the_noise() ->
             assert "not lower by more than one standard error" in calibration_reason(
                 "out-of-fold predictions", figures
             )
+
+
+def test_the_standard_error_of_a_calibration_gain_refuses_what_it_cannot_read() -> None:
+    from tlkit.calibration import calibration_on, ece_difference_se
+
+    probs, labels = torch.full((10, 2), 0.5), torch.zeros(10, dtype=torch.long)
+    with pytest.raises(ValueError, match="same images"):
+        ece_difference_se(probs, probs[:5], labels)
+    for bad in (0, 1, 2.5, True):
+        with pytest.raises(ValueError, match="draws must be an integer of at least 2"):
+            ece_difference_se(probs, probs, labels, draws=bad)
+    with pytest.raises(ValueError):
+        ece_difference_se(probs, probs, labels[:5])  # labels of other images
+    with pytest.raises(ValueError, match="temperature"):
+        calibration_on(probs, labels, 0.0)

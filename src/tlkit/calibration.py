@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,11 +108,15 @@ def scale(logits: torch.Tensor, temperature: float, *, multi_label: bool = False
     Raises:
         ValueError: For a temperature that is not a positive finite number.
     """
+    _check_temperature(temperature)
+    return (logits / temperature).sigmoid() if multi_label else (logits / temperature).softmax(1)
+
+
+def _check_temperature(temperature: Any) -> None:
     if isinstance(temperature, bool) or not (
         isinstance(temperature, (int, float)) and 0 < temperature < math.inf
     ):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    return (logits / temperature).sigmoid() if multi_label else (logits / temperature).softmax(1)
 
 
 def calibration_on(
@@ -130,7 +135,12 @@ def calibration_on(
         >>> figures = calibration_on(softened, labels, 3.0)
         >>> round(figures["ece_without_temperature"], 2), figures["ece"] < 0.1
         (0.19, True)
+
+    Raises:
+        ValueError: For a temperature that is not a positive finite number, or probabilities
+            that do not match ``labels``.
     """
+    _check_temperature(temperature)
     raw = scale(logits_of(probs, multi_label=multi_label) * temperature, 1.0,
                 multi_label=multi_label)  # fmt: skip
     return {
@@ -317,7 +327,19 @@ def ece_difference_se(
         0.0
         >>> 0 < ece_difference_se(sure, torch.full((200, 2), 0.5), labels) < 0.05
         True
+
+    Raises:
+        ValueError: For probabilities of different shapes or not matching ``labels``, or
+            ``draws`` below 2.
     """
+    _check(before, labels, "before")
+    if before.shape != after.shape:
+        raise ValueError(
+            f"before and after must be probabilities of the same images, got shapes "
+            f"{tuple(before.shape)} and {tuple(after.shape)}"
+        )
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise ValueError(f"draws must be an integer of at least 2, got {draws!r}")
     generator = torch.Generator().manual_seed(seed)
     gaps = []
     for _ in range(draws):
