@@ -10,13 +10,17 @@ computed once per folder; every probe below is fitted on them.
 - **imbalance**: Fashion-MNIST, class ``c`` of 10 keeps ``100 * r ** (-c / 9)`` training images
   (the largest class ``r`` times the smallest), tested on 100 images of every class. Balanced
   accuracy of [tlkit.LinearProbe][] with ``class_weight=None`` and ``"balanced"``, against the
-  hand-written probe of ``real_folders.py`` (plain and with the same weights in its loss). Then,
+  hand-written probe of ``real_folders.py`` (plain and with the same weights in its loss), with
+  the paired bootstrap standard error of the difference over the test images. Then,
   at the largest ratio, ``tlkit fit --class-weight none|balanced|auto`` end to end.
 - **skewed test sets**: on the emoji and Wesnoth folders, whose test images are as skewed as the
   training images, accuracy and balanced accuracy with and without weights (what weighting costs
   where the test set is skewed too).
 - **calibration**: expected calibration error on the test images of the probe's probabilities
-  before and after the temperature [tlkit.finetune][] fits on the out-of-fold predictions.
+  before and after the temperature fitted on the out-of-fold predictions (folds keeping
+  together near-duplicates and sprites named alike, as ``tlkit fit``'s do), with the paired
+  bootstrap standard error of the change on the test images, and the temperature ``tlkit fit``
+  keeps (1 unless the out-of-fold gain exceeds its standard error).
 - **unknown**: a probe on 8 of the 12 emoji subgroups (and 6 of the 8 Wesnoth races); the test
   images of the others are "unknown". For each ``min_confidence``, the share of known images
   answered, their accuracy, and the share of unknown images rejected.
@@ -54,9 +58,13 @@ from real_folders import (
 )
 
 from tlkit import LinearProbe
-from tlkit.calibration import expected_calibration_error, fit_temperature, threshold_table
+from tlkit.calibration import (
+    ece_difference_se,
+    expected_calibration_error,
+    threshold_table,
+)
 from tlkit.metrics import balanced_accuracy
-from tlkit.recipes.judge import calibrate
+from tlkit.recipes.judge import calibrate, fold_groups
 
 RATIOS = (1, 2, 3, 5, 10, 20)
 
@@ -69,6 +77,19 @@ def balanced(probs: torch.Tensor, labels: torch.Tensor) -> float:
     k = probs.shape[1]
     matrix = torch.bincount(labels * k + probs.argmax(1), minlength=k * k).view(k, k)
     return balanced_accuracy(matrix)
+
+
+def difference_se(
+    ours: torch.Tensor, theirs: torch.Tensor, labels: torch.Tensor, draws: int = 200
+) -> float:
+    """The paired bootstrap standard error of ``balanced(ours) - balanced(theirs)`` over the
+    test images (both scored on the same draw of them)."""
+    generator = torch.Generator().manual_seed(0)
+    gaps = []
+    for _ in range(draws):
+        pick = torch.randint(len(labels), (len(labels),), generator=generator)
+        gaps.append(balanced(ours[pick], labels[pick]) - balanced(theirs[pick], labels[pick]))
+    return float(torch.tensor(gaps).std())
 
 
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -140,11 +161,17 @@ def imbalance_rows(pool: dict[str, Any]) -> list[dict[str, Any]]:
     for ratio in RATIOS:
         keep = keep_for_ratio(y, ratio)
         row: dict[str, Any] = {"ratio": ratio, "train": len(keep)}
+        hand = {
+            "plain": floor(x[:, keep], y[keep], test_x, 10)[0],
+            "balanced": weighted_floor(x[:, keep], y[keep], test_x, 10),
+        }
         for weight in (None, "balanced"):
+            tag = weight or "plain"
             probe = LinearProbe(class_weight=weight, seed=0).fit(x[:, keep], y[keep], classes=10)
-            row[f"tlkit {weight or 'plain'}"] = balanced(probe.predict_proba(test_x), test_y)
-        row["hand plain"] = balanced(floor(x[:, keep], y[keep], test_x, 10)[0], test_y)
-        row["hand balanced"] = balanced(weighted_floor(x[:, keep], y[keep], test_x, 10), test_y)
+            ours = probe.predict_proba(test_x)
+            row[f"tlkit {tag}"] = balanced(ours, test_y)
+            row[f"hand {tag}"] = balanced(hand[tag], test_y)
+            row[f"{tag} difference se"] = difference_se(ours, hand[tag], test_y)
         print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in row.items()), flush=True)  # fmt: skip
         rows.append(row)
@@ -198,6 +225,12 @@ def folder_features(root: Path) -> dict[str, Any]:
     for part in ("train", "test"):
         images, labels = load_images(root / part, classes)
         out[part] = (features_of(images, model), labels)
+    # the folds keep together what tlkit fit's folds keep together: near-duplicates and
+    # sprites named alike (load_images reads each class's files in this order)
+    x, y = out["train"]
+    files = [p.name for name in classes for p in sorted((root / "train" / name).iterdir())
+             if p.is_file()]  # fmt: skip
+    out["groups"] = fold_groups(x[0], y, files, len(y))[2]
     return out
 
 
@@ -207,7 +240,8 @@ def skewed_and_calibration(name: str, data: dict[str, Any]) -> dict[str, Any]:
     counts = torch.bincount(y, minlength=k)
     row: dict[str, Any] = {"folder": name, "ratio": float(counts.max() / counts.min())}
     for weight in (None, "balanced"):
-        probe = LinearProbe(class_weight=weight, seed=0).fit(x, y, classes=k)
+        probe = LinearProbe(class_weight=weight, seed=0)
+        probe.fit(x, y, groups=data["groups"], classes=k)
         probs = probe.predict_proba(test_x)
         tag = "weighted" if weight else "plain"
         row[f"{tag} accuracy"] = accuracy(probs, test_y)
@@ -223,6 +257,7 @@ def skewed_and_calibration(name: str, data: dict[str, Any]) -> dict[str, Any]:
             row["test ece before"] = expected_calibration_error(probs, test_y)
             row["test ece fitted T"] = expected_calibration_error(forced, test_y)
             row["test ece kept T"] = expected_calibration_error(scaled, test_y)
+            row["test ece change se"] = ece_difference_se(probs.double(), forced, test_y)
     print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                            for k, v in row.items()), flush=True)  # fmt: skip
     return row
@@ -232,9 +267,10 @@ def unknown_rows(name: str, data: dict[str, Any], known: int) -> list[dict[str, 
     """A calibrated probe on the first ``known`` classes; the others' test images unknown."""
     (x, y), (test_x, test_y) = data["train"], data["test"]
     seen, unseen = y < known, test_y >= known
-    probe = LinearProbe(seed=0).fit(x[:, seen], y[seen], classes=known)
+    probe = LinearProbe(seed=0)
+    probe.fit(x[:, seen], y[seen], groups=data["groups"][seen], classes=known)
     assert probe.cv_probs_ is not None
-    t = fit_temperature(probe.cv_probs_.clamp_min(1e-12).log(), y[seen])
+    t = calibrate(probe.cv_probs_, y[seen])[0]  # the temperature tlkit fit would keep
 
     def calibrated(features: torch.Tensor) -> torch.Tensor:
         return (probe.predict_proba(features).clamp_min(1e-12).log() / t).softmax(1)
@@ -273,7 +309,7 @@ def main() -> None:
         return
     if args.folders_only:
         out.update({k: v for k, v in json.loads(earlier.read_text()).items()
-                    if k in ("imbalance", "fit")})  # fmt: skip
+                    if k in ("imbalance", "fit", "multi_label")})  # fmt: skip
     else:
         print("imbalance (Fashion-MNIST, balanced test set):", flush=True)
         pool = fmnist_pool(args.work)
@@ -291,12 +327,11 @@ def main() -> None:
         data = folder_features(root)
         out["folders"].append(skewed_and_calibration(name, data))
         out["unknown"] += unknown_rows(name, data, known)
-    print("multi-label (Noto emoji, group + subgroup + name words):", flush=True)
-    out["multi_label"] = multi_label.rows(args.work / "emoji-tags", args.work, budget)
+    if not args.folders_only:
+        print("multi-label (Noto emoji, group + subgroup + name words):", flush=True)
+        out["multi_label"] = multi_label.rows(args.work / "emoji-tags", args.work, budget)
     write_json(__file__, out)
-    print(table(["ratio", "train", "tlkit plain", "tlkit balanced", "hand plain", "hand balanced"],
-                [[r["ratio"], r["train"], r["tlkit plain"], r["tlkit balanced"], r["hand plain"],
-                  r["hand balanced"]] for r in out["imbalance"]]))  # fmt: skip
+    print(table(list(out["imbalance"][0]), [list(r.values()) for r in out["imbalance"]]))
     print(table(list(out["folders"][0]), [list(r.values()) for r in out["folders"]]))
     print(table(["folder", "min confidence", "answered", "accuracy", "unknown rejected"],
                 [[r["folder"], r["min_confidence"], r["answered"], r["accuracy"],
