@@ -210,7 +210,9 @@ def fit_rows(root: Path, work: Path, budget: str) -> list[dict[str, Any]]:
         said = next(r for r in reasons if r.startswith("classes differ"))
         rows.append({"class_weight": choice, "balanced_accuracy": summary["balanced_accuracy"],
                      "accuracy": summary["accuracy"], "wall_seconds": wall,
-                     "said": said})  # fmt: skip
+                     "test ece": summary["ece"],
+                     "test ece without temperature": summary["ece_without_temperature"],
+                     "temperature": summary["temperature"], "said": said})  # fmt: skip
         print(f"  tlkit fit --class-weight {choice}: balanced accuracy "
               f"{summary['balanced_accuracy']:.4f} ({wall:.0f} s); {said}",
               flush=True)  # fmt: skip
