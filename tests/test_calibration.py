@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import tlkit
 from tlkit import cli, finetune, load_model
 from tlkit.calibration import (
     cross_fitted_ece,
@@ -330,6 +331,77 @@ def test_finetune_balances_skewed_classes_by_itself_and_says_so(tmp_path: Path) 
     assert given.recipe.class_weight == [1.0] * 4
     with pytest.raises(ValueError, match=r"missing \['triangle'\]"):
         finetune(root, class_weight={"circle": 1.0, "cross": 1.0, "square": 1.0}, **kwargs)
+
+
+def test_a_balanced_sampler_draws_fine_tuning_images_by_class_weight_instead_of_the_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tlkit.recipes import stages
+
+    root = tmp_path / "data"
+    shapes.write(root, 4, seed=0)
+    extra = shapes.write(tmp_path / "more", 16, seed=3) / "circle"
+    for i, file in enumerate(sorted(extra.glob("*.png"))):
+        file.rename(root / "circle" / f"more-{i}.png")  # circles: 20 against 4 of the others
+    drawn: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    losses: list[nn.Module] = []
+
+    def recording_loader(images: Any, labels: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if args[1]:  # the shuffled training loader
+            drawn.append((labels, kwargs.get("weights")))
+        return store_loader(images, labels, *args, **kwargs)
+
+    def recording_loss(recipe: Any, *, multi_label: bool) -> nn.Module:
+        losses.append(loss(recipe, multi_label=multi_label))
+        return losses[-1]
+
+    store_loader, loss = stages.store_loader, stages._loss
+    monkeypatch.setattr(stages, "store_loader", recording_loader)
+    monkeypatch.setattr(stages, "_loss", recording_loss)
+    kwargs: dict[str, Any] = {"backbone_name": "resnet18", "weights": None, "recipe": "full",
+                              "image_size": 32, "verbose": False}  # fmt: skip
+    result = finetune(root, sampler="balanced", **kwargs)
+    assert result.recipe.sampler == "balanced"
+    reasons = "\n".join(result.recipe.reasons)
+    assert "fine-tuning balances by drawing (a balanced sampler)" in reasons
+    assert "each epoch draws its images with replacement" in reasons
+    ((labels, weights),) = drawn
+    assert weights is not None
+    assert torch.allclose(weights, torch.tensor(result.recipe.class_weight).double()[labels])
+    counts = torch.bincount(labels, minlength=4).double()  # the fine-tuning part: 17 circles
+    totals = torch.zeros(4, dtype=torch.float64).index_add_(0, labels, weights)
+    assert counts.max() / counts.min() > 5 and totals.max() / totals.min() < 1.5  # classes ~even
+    assert all(getattr(m, "weight", None) is None for m in losses)  # and the loss unweighted
+    drawn.clear()
+    plain = finetune(root, **kwargs)  # shuffled, the class weights in the loss instead
+    assert plain.recipe.sampler == "shuffle" and drawn[0][1] is None
+    assert "draws its images" not in "\n".join(plain.recipe.reasons)
+    assert losses[-1].weight is not None
+
+
+def test_a_balanced_sampler_is_refused_without_class_weights_or_one_class_per_image(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="sampler must be 'shuffle' or 'balanced', got 'even'"):
+        finetune(tmp_path / "no such folder", sampler="even")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="class_weight=None gives no weights"):
+        finetune(tmp_path / "no such folder", sampler="balanced", class_weight=None)
+    root = tmp_path / "tags"
+    (root / "images").mkdir(parents=True)
+    rows = ["path,labels"]
+    for i in range(8):
+        Image.new("RGB", (16, 16), (40 * i, 10, 10)).save(root / "images" / f"{i}.png")
+        rows.append(f"images/{i}.png,{'a b' if i % 2 else 'a'}")
+    (root / "tags.csv").write_text("\n".join(rows) + "\n")
+    tags = tlkit.ImageDataset.from_csv(root / "tags.csv", label_sep=" ")
+    with pytest.raises(ValueError, match="sampler='balanced' needs one label per image"):
+        finetune(tags, sampler="balanced", backbone_name="resnet18", weights=None,
+                 verbose=False)  # fmt: skip
+    even = shapes.write(tmp_path / "even", 4, seed=0)  # auto gives no weights: nothing to draw by
+    result = finetune(even, sampler="balanced", backbone_name="resnet18", weights=None,
+                      recipe="probe", image_size=32, verbose=False)  # fmt: skip
+    assert result.recipe.sampler == "shuffle" and result.recipe.class_weight is None
+    assert "the balanced sampler is not needed" in "\n".join(result.recipe.reasons)
 
 
 def test_a_bad_class_weight_is_refused_before_any_image_is_read(tmp_path: Path) -> None:

@@ -163,6 +163,10 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
         ["fit", str(folder), "--out", str(tmp_path / "o"), "--budget", "-5m"],
         ["fit", str(folder), "--out", str(tmp_path / "o"), "--image-size", "100000"],
         ["fit", str(folder), "--out", str(tmp_path / "o"), "--seed", str(2**70)],
+        [
+            *["fit", str(folder), "--out", str(tmp_path / "o")],
+            *["--sampler", "balanced", "--class-weight", "none"],
+        ],
     ]
     errors = []
     for argv in cases:
@@ -181,6 +185,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
     assert "positive duration" in errors[6] and "'-5m'" in errors[6]
     assert "at most 4096 px" in errors[7] and "100000" in errors[7]
     assert "seed must be between 0 and 2**64 - 1" in errors[8]
+    assert "--sampler balanced" in errors[9] and "--class-weight none" in errors[9]
 
 
 def test_a_bad_run_folder_is_refused_before_any_work(tmp_path: Path) -> None:

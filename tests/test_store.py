@@ -69,6 +69,22 @@ def test_a_store_loader_gives_labelled_batches_resized_in_a_seeded_order() -> No
     assert torch.equal(x, resize_square(images[y], 4))  # each image with its own label
 
 
+def test_a_weighted_store_loader_draws_each_image_by_its_weight() -> None:
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    store = ImageStore.empty(100, 2)
+    store.write(0, random_images(100, 2))
+    weights = torch.where(labels == 0, 1 / 90, 1 / 10).double()  # each class as likely
+    torch.manual_seed(0)
+    drawn = torch.cat([y for _, y in store_loader(store, labels, 50, True, samples=4000,
+                                                  weights=weights)])  # fmt: skip
+    assert len(drawn) == 4000
+    assert 1800 < int((drawn == 1).sum()) < 2200  # 10 images drawn as often as the other 90
+    torch.manual_seed(0)
+    again = torch.cat([y for _, y in store_loader(store, labels, 50, True, samples=4000,
+                                                  weights=weights)])  # fmt: skip
+    assert torch.equal(drawn, again)  # seeded from torch's generator, as the plain order is
+
+
 def photos(root: Path, per_class: int = 8) -> Path:
     for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220)), ("green", (30, 200, 30))):
         (root / name).mkdir(parents=True, exist_ok=True)

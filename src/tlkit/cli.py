@@ -105,6 +105,8 @@ def _add_fit(sub: Any) -> None:
     fit.add_argument("--class-weight", default="auto", choices=["auto", "balanced", "none"],
                      help="weigh classes against their size in the loss and choose by balanced "
                           "accuracy (auto: when class sizes differ several-fold)")  # fmt: skip
+    fit.add_argument("--sampler", default="shuffle", choices=["shuffle", "balanced"],
+                     help="balanced: fine-tuning draws each class about as often")  # fmt: skip
     fit.add_argument(
         "--device",
         default="auto",
@@ -198,6 +200,10 @@ def fit(args: argparse.Namespace) -> int:
     from .recipes import finetune, parse_budget
     from .report import write_report
 
+    if args.sampler == "balanced" and args.class_weight == "none":
+        raise ValueError(
+            "--sampler balanced draws images by class weight: not with --class-weight none"
+        )
     args.out = check_run_folder(args.out, args.data)
     cache_dir = args.cache_dir or _existing_parent(args.out)
     names = args.backbone or None
@@ -220,6 +226,7 @@ def fit(args: argparse.Namespace) -> int:
         on_error=on_error,
         seed=args.seed,
         class_weight=None if args.class_weight == "none" else args.class_weight,
+        sampler=args.sampler,
         device=args.device,
         cache_dir=cache_dir,
         started=args.started,

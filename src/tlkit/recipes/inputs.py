@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -16,19 +16,25 @@ from ..data import ImageDataset
 from .budget import parse_budget
 from .images import GEOMETRIES
 from .plan import RECIPES
+from .result import Recipe
 from .settings import AUTO
 
 __all__ = [
     "CLASS_WEIGHTS",
     "DEFAULT_BACKBONES",
+    "SAMPLERS",
     "check_arguments",
     "check_class_weight",
+    "check_sampler",
     "class_weight_for",
     "default_backbones",
     "read_datasets",
+    "sampler_for",
+    "weigh_classes",
 ]
 
 CLASS_WEIGHTS = ("auto", "balanced", None)
+SAMPLERS = ("shuffle", "balanced")
 
 # timm's tf_ variants: TensorFlow's "same" padding, as the ImageNet weights were trained (their
 # probe features beat the symmetric-padding variants by 4-5 points on the emoji folder of
@@ -133,9 +139,10 @@ def as_dataset(
     return ImageDataset.from_path(source, background=background, on_error=on_error)
 
 
-def check_class_weight(class_weight: Any) -> None:
+def check_class_weight(class_weight: Any, sampler: Any = "shuffle") -> None:
     """Raise unless ``class_weight`` is ``"auto"``, ``"balanced"``, ``None`` or a mapping of
-    class names to positive weights (the names are checked once the classes are known).
+    class names to positive weights (the names are checked once the classes are known), and
+    ``sampler`` is one ``check_sampler`` allows with it.
 
     Examples:
         >>> check_class_weight({"cat": 2.0})
@@ -144,6 +151,7 @@ def check_class_weight(class_weight: Any) -> None:
         ...
         ValueError: class_weight must be 'auto', 'balanced', None or {class name: weight}, ...
     """
+    check_sampler(sampler, class_weight)
     if class_weight is None or (isinstance(class_weight, str) and class_weight in CLASS_WEIGHTS):
         return
     if isinstance(class_weight, Mapping) and class_weight:
@@ -158,6 +166,57 @@ def check_class_weight(class_weight: Any) -> None:
     raise ValueError(
         "class_weight must be 'auto', 'balanced', None or {class name: weight}, got "
         f"{class_weight!r}"
+    )
+
+
+def check_sampler(sampler: Any, class_weight: Any) -> None:
+    """Raise unless ``sampler`` is ``"shuffle"`` or ``"balanced"``, and ``"balanced"`` comes
+    with class weights to draw the images by.
+
+    Examples:
+        >>> check_sampler("balanced", "auto")
+        >>> check_sampler("balanced", None)
+        Traceback (most recent call last):
+        ...
+        ValueError: sampler='balanced' draws each image by its class's weight, but ...
+    """
+    if not (isinstance(sampler, str) and sampler in SAMPLERS):
+        raise ValueError(f"sampler must be 'shuffle' or 'balanced', got {sampler!r}")
+    if sampler == "balanced" and class_weight is None:
+        raise ValueError(
+            "sampler='balanced' draws each image by its class's weight, but class_weight=None "
+            "gives no weights: use class_weight='auto', 'balanced' or {class name: weight}"
+        )
+
+
+def sampler_for(
+    sampler: str, weights: list[float] | None, multi_label: bool, why: str
+) -> tuple[Literal["shuffle", "balanced"], str]:
+    """How fine-tuning draws its images once the class weights are known, and ``why`` (the
+    reason for the weights) with what the sampler adds to it.
+
+    Raises:
+        ValueError: For ``"balanced"`` with several labels per image (an image is not of one
+            class to draw it by).
+
+    Examples:
+        >>> sampler_for("balanced", [0.6, 3.0], False, "skewed")[1]
+        'skewed; fine-tuning balances by drawing (a balanced sampler), not in its loss'
+        >>> sampler_for("balanced", None, False, "even")
+        ('shuffle', 'even; the balanced sampler is not needed: every image weighs alike')
+    """
+    if sampler == "shuffle":
+        return "shuffle", why
+    if multi_label:
+        raise ValueError(
+            "sampler='balanced' needs one label per image; with several, class_weight weighs "
+            "each label's positive images in the loss: use sampler='shuffle'"
+        )
+    if weights is None:
+        return "shuffle", f"{why}; the balanced sampler is not needed: every image weighs alike"
+    return (
+        "balanced",
+        f"{why}; fine-tuning balances by drawing (a balanced sampler), not in its loss",
     )
 
 
@@ -243,3 +302,10 @@ def multi_label_weight(
             f"{sizes}: each label's positive images weighed by its negatives / positives"
         )
     return None, f"{sizes}: every image weighs alike; choices by mean average precision"
+
+
+def weigh_classes(plan: Recipe, class_weight: Any, sampler: str, data: ImageDataset) -> None:
+    """Set ``plan``'s class weights and sampler for the images of ``data``, with the reason."""
+    plan.class_weight, why = class_weight_for(class_weight, data.targets, data.classes)
+    plan.sampler, why = sampler_for(sampler, plan.class_weight, data.multi_label, why)
+    plan.reasons.append(why)

@@ -5,11 +5,17 @@ class, this machine's measured speed and the budget left. Every number comes fro
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from .. import distributed
 from .._utils import plural
 from .result import Recipe
 from .settings import AUTO
+
+if TYPE_CHECKING:
+    from ..data import ImageDataset
+    from .compute import Compute
+    from .images import Geometry
 
 __all__ = [
     "RECIPES",
@@ -19,6 +25,7 @@ __all__ = [
     "plan_candidates",
     "plan_finetune",
     "plan_sample",
+    "start_plan",
     "too_few",
 ]
 
@@ -182,3 +189,33 @@ def plan_finetune(
         f"head, x{recipe.layer_decay:g} per stage towards the input, one-cycle schedule, "
         f"{loss}, flips and random crops of at least {recipe.crop_scale:.0%} of the image"
     )
+
+
+def start_plan(
+    recipe: str,
+    geometry: Geometry,
+    data: ImageDataset,
+    held_out: ImageDataset | None,
+    compute: Compute,
+) -> Recipe:
+    """The recipe before training, with the reasons that do not depend on it."""
+    plan = Recipe(name="full" if recipe == "full" else "probe", image_size=0)
+    processes = distributed.world()[2]
+    many = f", {processes} processes under torchrun" if processes > 1 else ""
+    plan.reasons.append(f"computing on {compute}{many}")
+    plan.reasons.append(
+        "letterboxed: each image fitted whole into the square, the rest filled with the "
+        "background colour"
+        if geometry == "pad"
+        else "centre-cropped: short side resized"
+    )
+    where = "validated on val" if held_out is not None else "judged by cross-validation"
+    if data.multi_label:
+        plan.reasons.append(
+            f"{len(data)} training images with several labels each (multi-label) over "
+            f"{len(data.classes)} labels; {where}; binary cross-entropy per label, a "
+            "threshold per label chosen for its F1"
+        )
+        return plan
+    plan.reasons.append(describe_images(len(data), len(data.classes), where))
+    return plan

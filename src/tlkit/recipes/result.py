@@ -170,7 +170,8 @@ class Recipe:
     [tlkit.finetune][] has returned, ``kept`` says which trained model it returned: ``"probe"``
     (the head on the frozen bodies) or ``"fine-tuned"``; ``None`` before training.
     ``class_weight`` is the loss weight of each class when classes are weighted (every choice
-    is then made on balanced accuracy), else ``None``.
+    is then made on balanced accuracy), else ``None``; with ``sampler="balanced"`` fine-tuning
+    draws images by those weights instead of weighing its loss.
 
     Examples:
         >>> Recipe(name="probe", image_size=96).name
@@ -187,6 +188,7 @@ class Recipe:
     batch_size: int = AUTO.batch_size
     channels_last: bool = False
     class_weight: list[float] | None = None
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
     reasons: list[str] = field(default_factory=list)
     kept: Literal["probe", "fine-tuned"] | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # by stage, once trained

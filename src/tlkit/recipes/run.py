@@ -22,10 +22,10 @@ from .budget import Laps, shared_clock
 from .candidates import load_candidates
 from .compute import Compute
 from .images import DecodedImages, Geometry
-from .inputs import check_arguments, check_class_weight, class_weight_for, read_datasets
+from .inputs import check_arguments, check_class_weight, read_datasets, weigh_classes
 from .judge import calibrate, calibration_reason
 from .measure import decode_seconds, sample_median_side
-from .plan import RecipeName, describe_images, plan_candidates, plan_sample
+from .plan import RecipeName, plan_candidates, plan_sample, start_plan
 from .probing import (
     Candidate,
     ProbeStage,
@@ -58,6 +58,7 @@ def finetune(
     on_error: Literal["raise", "skip"] = "raise",
     seed: int = 0,
     class_weight: str | Mapping[str, float] | None = "auto",
+    sampler: Literal["shuffle", "balanced"] = "shuffle",
     device: str | torch.device = "auto",
     cache_dir: str | Path | None = None,
     verbose: bool = True,
@@ -94,6 +95,12 @@ def finetune(
             With weights, the probe's ``C``, the backbones, the mirror images and the keep
             rule are all chosen by balanced accuracy (the mean per-class recall) instead of
             accuracy, which on skewed classes rewards answering the largest one.
+        sampler: How fine-tuning draws its images: ``"shuffle"`` (default), each once an
+            epoch; ``"balanced"``, each with a chance in proportion to its class weight, with
+            replacement (``WeightedRandomSampler``; a class's share of the draws is then its
+            share of a weighted loss: with balanced weights, every class about as often), and
+            the loss unweighted. Needs class weights; one label per image. The probe,
+            which sees every image at once, weighs its loss by them either way.
         device: Where every stage computes: ``"auto"`` (a CUDA GPU, else Apple's MPS, else
             the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``. On a CUDA GPU the
             forward passes run in bf16 mixed precision (fp16 with a gradient scaler where bf16
@@ -111,9 +118,10 @@ def finetune(
 
     Raises:
         ValueError: For a bad ``recipe``, ``budget``, ``image_size``, ``geometry``,
-            ``class_weight``, a ``device`` this machine does not have, too little disk for the
-            decoded images, a dataset with fewer than two classes or too few images to hold
-            out a validation image per class, repeated backbone names, one checkpoint file for
+            ``class_weight``, ``sampler`` (``"balanced"`` without class weights or with
+            several labels per image), a ``device`` this machine does not have, too little disk
+            for the decoded images, a dataset with fewer than two classes or too few images to
+            hold out a validation image per class, repeated backbone names, one checkpoint file for
             several backbones, or a bad ``key_map``.
         KeyError: For an unknown backbone name (before any image is read).
 
@@ -134,7 +142,7 @@ def finetune(
     names, seconds = check_arguments(
         backbone_name, weights, key_map, budget, recipe, image_size, geometry, seed
     )
-    check_class_weight(class_weight)
+    check_class_weight(class_weight, sampler)
     compute = Compute.resolve(device)
     distributed.init_process_group()  # under torchrun: every process works on its own images
     start = shared_clock() if started is None else distributed.agree(started)
@@ -148,8 +156,7 @@ def finetune(
 
     data, held_out = read_datasets(train, val, background, on_error)
     plan = start_plan(recipe, geometry, data, held_out, compute)
-    plan.class_weight, why = class_weight_for(class_weight, data.targets, data.classes)
-    plan.reasons.append(why)
+    weigh_classes(plan, class_weight, sampler, data)
     torch.manual_seed(seed)
     n_images = len(data) + (len(held_out) if held_out is not None else 0)
     candidates = load_candidates(names, weights, key_map, image_size, len(data.classes), n_images,
@@ -215,36 +222,6 @@ def judged_images(
         assert tuned.judged is not None
         judged = data.subset(tuned.judged.tolist())
     return DecodedImages(judged, size, result.geometry)
-
-
-def start_plan(
-    recipe: str,
-    geometry: Geometry,
-    data: ImageDataset,
-    held_out: ImageDataset | None,
-    compute: Compute,
-) -> Recipe:
-    """The recipe before training, with the reasons that do not depend on it."""
-    plan = Recipe(name="full" if recipe == "full" else "probe", image_size=0)
-    processes = distributed.world()[2]
-    many = f", {processes} processes under torchrun" if processes > 1 else ""
-    plan.reasons.append(f"computing on {compute}{many}")
-    plan.reasons.append(
-        "letterboxed: each image fitted whole into the square, the rest filled with the "
-        "background colour"
-        if geometry == "pad"
-        else "centre-cropped: short side resized"
-    )
-    where = "validated on val" if held_out is not None else "judged by cross-validation"
-    if data.multi_label:
-        plan.reasons.append(
-            f"{len(data)} training images with several labels each (multi-label) over "
-            f"{len(data.classes)} labels; {where}; binary cross-entropy per label, a "
-            "threshold per label chosen for its F1"
-        )
-        return plan
-    plan.reasons.append(describe_images(len(data), len(data.classes), where))
-    return plan
 
 
 def sample_within_budget(

@@ -55,9 +55,11 @@ def stage_records(history: History, stage: str) -> list[dict[str, Any]]:
 
 
 def _loss(recipe: Recipe, *, multi_label: bool) -> nn.Module:
-    """Cross-entropy with label smoothing and the recipe's class weights; for multi-hot
-    targets, binary cross-entropy per label with the class weights on positives."""
-    weights = None if recipe.class_weight is None else torch.tensor(recipe.class_weight)
+    """Cross-entropy with label smoothing and the recipe's class weights (none when its sampler
+    draws images by them); for multi-hot targets, binary cross-entropy per label with the class
+    weights on positives."""
+    weighed = recipe.class_weight is not None and recipe.sampler != "balanced"
+    weights = torch.tensor(recipe.class_weight) if weighed else None
     if multi_label:
         return nn.BCEWithLogitsLoss(pos_weight=weights)
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=AUTO.label_smoothing)
@@ -97,7 +99,11 @@ def train_full(
     optimizer = torch.optim.AdamW(groups, weight_decay=AUTO.weight_decay)
     batch = process_batch(recipe.batch_size)  # under torchrun each trains on its own images
     most = distributed.most(len(train_x))  # as many batches in every process
-    train = store_loader(train_x, train_y, batch, True, size=size, pin=compute.pin, samples=most)
+    draw = None  # each image's chance of being drawn, with a balanced sampler
+    if recipe.sampler == "balanced" and recipe.class_weight is not None:
+        draw = torch.tensor(recipe.class_weight, dtype=torch.float64)[train_y]
+    train = store_loader(train_x, train_y, batch, True, size=size, pin=compute.pin, samples=most,
+                         weights=draw)  # fmt: skip
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[g["lr"] for g in groups],

@@ -27,6 +27,7 @@ from torch.utils.data import (
     RandomSampler,
     SequentialSampler,
     Subset,
+    WeightedRandomSampler,
 )
 from torchvision.transforms import v2
 
@@ -324,15 +325,24 @@ def store_loader(
     size: int | None = None,
     pin: bool = False,
     samples: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> DataLoader:
     """Batches of uint8 ``(images, labels)`` read from ``images`` and resized to ``size``
     (antialiased, default as stored), shuffled from a seed drawn from torch's global generator
     (so the seed of [tlkit.finetune][] fixes the order); ``samples`` images per epoch when
-    shuffled (default all; more draws some twice)."""
+    shuffled (default all; more draws some twice). With ``weights`` (one per image), each
+    shuffled draw picks an image with a chance in proportion to its weight, with replacement
+    (``torch.utils.data.WeightedRandomSampler``)."""
     batch_data = _Batches(images, labels, size or images.size)
     if shuffle:
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
-        sampler: Any = RandomSampler(batch_data, num_samples=samples, generator=generator)
+        sampler: Any = (
+            RandomSampler(batch_data, num_samples=samples, generator=generator)
+            if weights is None
+            else WeightedRandomSampler(
+                weights.tolist(), samples or len(batch_data), generator=generator
+            )
+        )
     else:
         sampler = SequentialSampler(batch_data)
     return DataLoader(batch_data, batch_size=None, sampler=BatchSampler(sampler, batch, False),

@@ -123,6 +123,12 @@ def run_finetune(
         return None
     plan.name = "lp-ft" if name == "lp-ft" else "full"
     plan.reasons += [f"fine-tuning {best.name} at {why}", layout]
+    if plan.sampler == "balanced":
+        plan.reasons.append(
+            "each epoch draws its images with replacement, each with a chance in proportion to "
+            "its class weight (every class about as often with balanced weights); the loss "
+            "unweighted"
+        )
     judge_x, judge_y, where, total = sets.judging(held)
     judged = held if sets.val_images is None else None
     _start_head(model, name, probe, best.name, classes, seed)
