@@ -363,7 +363,7 @@ def test_a_balanced_sampler_draws_fine_tuning_images_by_class_weight_instead_of_
     result = finetune(root, sampler="balanced", **kwargs)
     assert result.recipe.sampler == "balanced"
     reasons = "\n".join(result.recipe.reasons)
-    assert "fine-tuning balances by drawing (a balanced sampler)" in reasons
+    assert "fine-tuning draws its images by them instead (a balanced sampler)" in reasons
     assert "each epoch draws its images with replacement" in reasons
     ((labels, weights),) = drawn
     assert weights is not None

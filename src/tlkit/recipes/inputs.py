@@ -201,7 +201,7 @@ def sampler_for(
 
     Examples:
         >>> sampler_for("balanced", [0.6, 3.0], False, "skewed")[1]
-        'skewed; fine-tuning balances by drawing (a balanced sampler), not in its loss'
+        "skewed; the probe's loss weighs by them, fine-tuning draws its images by them instead ..."
         >>> sampler_for("balanced", None, False, "even")
         ('shuffle', 'even; the balanced sampler is not needed: every image weighs alike')
     """
@@ -214,10 +214,8 @@ def sampler_for(
         )
     if weights is None:
         return "shuffle", f"{why}; the balanced sampler is not needed: every image weighs alike"
-    return (
-        "balanced",
-        f"{why}; fine-tuning balances by drawing (a balanced sampler), not in its loss",
-    )
+    drawn = "fine-tuning draws its images by them instead (a balanced sampler)"
+    return "balanced", f"{why}; the probe's loss weighs by them, {drawn}"
 
 
 def class_weight_for(
