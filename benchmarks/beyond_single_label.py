@@ -49,6 +49,7 @@ from real_folders import (
     FMNIST_CLASSES,
     cross_validated_c,
     floor,
+    image_paths,
     letterbox,
     lite,
     load_images,
@@ -228,10 +229,9 @@ def folder_features(root: Path) -> dict[str, Any]:
         images, labels = load_images(root / part, classes)
         out[part] = (features_of(images, model), labels)
     # the folds keep together what tlkit fit's folds keep together: near-duplicates and
-    # sprites named alike (load_images reads each class's files in this order)
+    # sprites named alike (the files in the order load_images reads them)
     x, y = out["train"]
-    files = [p.name for name in classes for p in sorted((root / "train" / name).iterdir())
-             if p.is_file()]  # fmt: skip
+    files = [path.name for path, _ in image_paths(root / "train", classes)]
     out["groups"] = fold_groups(x[0], y, files, len(y))[2]
     return out
 

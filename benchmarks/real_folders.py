@@ -166,15 +166,20 @@ BUILDERS = {
 
 
 # --------------------------------------------------------------------------- the floor
+def image_paths(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """Each image file of ``folder/<class>/`` with its class index, class by class, by name."""
+    return [(path, index) for index, name in enumerate(classes)
+            for path in sorted(p for p in (folder / name).iterdir() if p.is_file())]  # fmt: skip
+
+
 def load_images(folder: Path, classes: list[str]) -> tuple[list[Image.Image], torch.Tensor]:
     images, labels = [], []
-    for index, name in enumerate(classes):
-        for path in sorted(p for p in (folder / name).iterdir() if p.is_file()):
-            with Image.open(path) as image:
-                rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            images.append(Image.alpha_composite(white, rgba).convert("RGB"))
-            labels.append(index)
+    for path, index in image_paths(folder, classes):
+        with Image.open(path) as image:
+            rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        images.append(Image.alpha_composite(white, rgba).convert("RGB"))
+        labels.append(index)
     return images, torch.tensor(labels)
 
 
