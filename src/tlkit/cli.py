@@ -200,10 +200,6 @@ def fit(args: argparse.Namespace) -> int:
     from .recipes import finetune, parse_budget
     from .report import write_report
 
-    if args.sampler == "balanced" and args.class_weight == "none":
-        raise ValueError(
-            "--sampler balanced draws images by class weight: not with --class-weight none"
-        )
     args.out = check_run_folder(args.out, args.data)
     cache_dir = args.cache_dir or _existing_parent(args.out)
     names = args.backbone or None

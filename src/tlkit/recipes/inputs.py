@@ -178,14 +178,15 @@ def check_sampler(sampler: Any, class_weight: Any) -> None:
         >>> check_sampler("balanced", None)
         Traceback (most recent call last):
         ...
-        ValueError: sampler='balanced' draws each image by its class's weight, but ...
+        ValueError: sampler='balanced' (--sampler balanced) draws each image by its class's ...
     """
     if not (isinstance(sampler, str) and sampler in SAMPLERS):
         raise ValueError(f"sampler must be 'shuffle' or 'balanced', got {sampler!r}")
     if sampler == "balanced" and class_weight is None:
         raise ValueError(
-            "sampler='balanced' draws each image by its class's weight, but class_weight=None "
-            "gives no weights: use class_weight='auto', 'balanced' or {class name: weight}"
+            "sampler='balanced' (--sampler balanced) draws each image by its class's weight, "
+            "but class_weight=None gives no weights (--class-weight none): use "
+            "class_weight='auto', 'balanced' or {class name: weight}"
         )
 
 
