@@ -38,8 +38,8 @@ from PIL import Image
 import tlkit
 from tlkit.data import ImageDataset
 from tlkit.recipes.keep import fine_tuning_wins
-from tlkit.recipes.plan import plan_finetune
-from tlkit.recipes.result import Recipe
+from tlkit.recipes.plan import Backbone, Measurements
+from tlkit.recipes.planner import plan
 from tlkit.recipes.settings import AUTO
 
 MARGINS = (0.0, 0.5, 1.0)  # standard errors the fine-tuned model must win by
@@ -95,11 +95,14 @@ def candidates(
     # or both and its keep rule
     n_train = n_images - run["val_images"]
     run["train_per_class"] = n_train / len(result.classes)
-    plan = Recipe(name="probe", image_size=result.image_size)
-    plan_finetune("auto", plan, n_train=n_train, n_val=run["val_images"],
-                  classes=len(result.classes), infer_rate=1.0, train_rate=1.0,
-                  remaining=None)  # fmt: skip
-    keep = bool(plan.finetune_epochs) and fine_tuning_wins(right["probe"], right["full"])[0]
+    measured = Measurements(
+        n_train=n_train,
+        n_val=run["val_images"],
+        classes=len(result.classes),
+        backbones=(Backbone(name=result.backbone, seconds=1.0),),
+    )
+    tunes = plan(measured, None).runs("fine-tuning")  # no time limit: the images decide
+    keep = tunes and fine_tuning_wins(right["probe"], right["full"])[0]
     run["kept"], run["auto_test"] = (
         ("fine-tuned", run["full_test"]) if keep else ("probe", run["probe_test"])
     )

@@ -327,12 +327,20 @@ def fit(root: Path, run: Path, budget: str) -> dict[str, Any]:
                                capture_output=True, text=True, check=True)  # fmt: skip
     summary = json.loads(evaluated.stdout.strip().splitlines()[-1])
     metrics = json.loads((run / "metrics.json").read_text())
-    return {"accuracy": summary["accuracy"], "wall_seconds": wall,
-            "validation": metrics["accuracy"], "backbone": metrics["backbone"],
-            "recipe": metrics["recipe"]["name"], "kept": metrics["recipe"]["kept"],
-            "reasons": metrics["recipe"]["reasons"], "test ece": summary["ece"],
-            "test ece without temperature": summary["ece_without_temperature"],
-            "temperature": summary["temperature"]}  # fmt: skip
+    return {
+        "accuracy": summary["accuracy"],
+        "wall_seconds": wall,
+        "validation": metrics["accuracy"],
+        "backbone": metrics["backbone"],
+        "recipe": metrics["recipe"]["name"],
+        "kept": metrics["recipe"]["kept"],
+        "reasons": metrics["recipe"]["reasons"],
+        "test ece": summary["ece"],
+        "test ece without temperature": summary["ece_without_temperature"],
+        "temperature": summary["temperature"],
+        "seconds by stage": metrics["recipe"].get("seconds", {}),
+        "predicted seconds by stage": metrics["recipe"].get("predicted_seconds", {}),
+    }
 
 
 def main() -> None:
@@ -393,6 +401,31 @@ def main() -> None:
     ]  # fmt: skip
     print(table(["folder", "budget", "temperature", "test ECE without", "test ECE with"],
                 calibration))  # fmt: skip
+    print(stage_table(records, columns))
+
+
+def stage_table(records: dict[str, Any], columns: list[str]) -> str:
+    """Each run's predicted and measured seconds of every stage the plan predicted (of 1 s or
+    more), and their ratio."""
+    rows = []
+    for name, record in records.items():
+        for k in columns:
+            run = record.get(k) or {}
+            predicted, measured = (
+                run.get("predicted seconds by stage", {}),
+                run.get("seconds by stage", {}),
+            )
+            for stage, guess in predicted.items():
+                spent = measured.get(stage)
+                if spent is None or max(guess, spent) < 1.0:
+                    continue
+                ratio = spent / guess if guess > 0 else float("inf")
+                rows.append(
+                    [name, k.split()[-1], stage, f"{guess:.0f}", f"{spent:.0f}", f"{ratio:.2f}"]
+                )
+    return table(
+        ["folder", "budget", "stage", "predicted s", "measured s", "measured/predicted"], rows
+    )
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ def _existing_parent(path: Path) -> Path:
 
 def fit(args: argparse.Namespace) -> int:
     from . import distributed
-    from .recipes import finetune, parse_budget
+    from .recipes import finetune
     from .report import write_report
 
     args.out = check_run_folder(args.out, args.data)
@@ -230,8 +230,8 @@ def fit(args: argparse.Namespace) -> int:
     if distributed.world()[0] != 0:  # under torchrun rank 0 writes the run folder
         return 0
     report = write_report(result, args.out)
-    took = time.perf_counter() - args.started
-    budget = parse_budget(args.budget)
+    took = time.perf_counter() - args.started  # the report's pictures and files included
+    budget = result.recipe.budget
     over = f", {took - budget:.0f} s over the budget" if budget and took > budget + 1 else ""
     figure = "mean average precision" if result.multi_label else "accuracy"
     value = result.val_metrics["map" if result.multi_label else "accuracy"]

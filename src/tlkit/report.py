@@ -183,6 +183,8 @@ def _write_run(result: FinetuneResult, folder: Path) -> None:
             "reasons": result.recipe.reasons,
             "kept": result.recipe.kept,
             "seconds": result.recipe.seconds,
+            "predicted_seconds": result.recipe.predicted,
+            "budget": result.recipe.budget,
         },
         "seconds": result.seconds,
         "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
@@ -218,7 +220,8 @@ def _write_multi_label(result: FinetuneResult, folder: Path) -> None:
                         **{k: m.get(k) for k in CALIBRATION_FIGURES}},
         "recipe": {"name": result.recipe.name, "image_size": result.recipe.image_size,
                    "reasons": result.recipe.reasons, "kept": result.recipe.kept,
-                   "seconds": result.recipe.seconds},
+                   "seconds": result.recipe.seconds,
+                   "predicted_seconds": result.recipe.predicted, "budget": result.recipe.budget},
         "seconds": result.seconds,
         "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
     }  # fmt: skip

@@ -15,25 +15,36 @@ Three recipes:
   destroying the features).
 - ``"full"``: the whole network fine-tuned from a new head, with layer-wise learning rates.
 
-``recipe="auto"`` measures this machine's speed for the backbone, then chooses the recipe, the
-resolution, the memory format and the epochs from the images per class and the budget, and
-says why: the probe for fewer than 20 images per class (or no time for a fine-tuning epoch);
-``"full"`` with the probe run first below 60 training images per class, where the fine-tuned
-model is kept only if it is more accurate on the validation images by more than one standard
-error (the one-standard-error rule: the probe is the simpler and steadier model); ``"full"``
-with the whole budget from 60 per class up, where fine-tuning beat the probe in 17 of 18 paired
-runs of ``benchmarks/backbone_ranking.py`` (by 2.6 points on average). On Fashion-MNIST,
-fine-tuning from a new head beat fine-tuning from the probe's head at equal time
-(``benchmarks/auto_recipe.py``): the probe's head fits features computed with BatchNorm frozen
-at ImageNet statistics, which fine-tuning changes.
+``recipe="auto"`` plans before it runs: it measures this machine's speed for each backbone
+(and a real pass over a part of the folder), makes a plan ([tlkit.recipes.planner.plan][]: a
+pure function of the settings, those measurements and the time left), runs its stages, and
+plans the stages still to come again from what each stage measured. Whether it fine-tunes is
+decided in one place, the planner: from ``AUTO.few_per_class`` images per class to train on,
+when ``AUTO.min_finetune_epochs`` epochs fit the time fine-tuning would have; the fine-tuned
+model is then kept only if it is more accurate than the probe on the same held-out images by
+more than ``AUTO.keep_margin`` standard errors (the one-standard-error rule: the probe is the
+simpler and steadier model). On Fashion-MNIST, fine-tuning from a new head beat fine-tuning
+from the probe's head at equal time (``benchmarks/auto_recipe.py``): the probe's head fits
+features computed with BatchNorm frozen at ImageNet statistics, which fine-tuning changes.
 
-The package, one concept per module: [tlkit.recipes.settings][] (every number of the recipe),
-[tlkit.recipes.result][] (the result, its save format and its one head builder, importing nothing
-of training), [tlkit.recipes.images][], [tlkit.recipes.store][] (the decoded images, in memory
-or on disk), [tlkit.recipes.compute][] (the device and its precision),
-[tlkit.recipes.measure][], [tlkit.recipes.plan][],
-[tlkit.recipes.stages][], [tlkit.recipes.keep][], [tlkit.recipes.select][],
-[tlkit.recipes.budget][], and [tlkit.recipes.run][], where [tlkit.finetune][] composes them.
+The package, one concept per module:
+
+- what is planned: [tlkit.recipes.settings][] (every number of the recipe),
+  [tlkit.recipes.plan][] (the plan as data: stages, measurements),
+  [tlkit.recipes.planner][] (the rules that make a plan), [tlkit.recipes.budget][] (the one
+  owner of the time);
+- what is run: [tlkit.recipes.run][] (where [tlkit.finetune][] composes the rest),
+  [tlkit.recipes.executor][] (runs a plan's stages and plans again),
+  [tlkit.recipes.inputs][] (the arguments and datasets), [tlkit.recipes.candidates][] (the
+  backbones and the speed checks), [tlkit.recipes.measure][] (timing on this machine),
+  [tlkit.recipes.select][] (LogME's ranking), [tlkit.recipes.views][] (the feature passes),
+  [tlkit.recipes.probing][] (the probe's choice), [tlkit.recipes.tuning][] and
+  [tlkit.recipes.stages][] (fine-tuning), [tlkit.recipes.keep][] (the keep rule),
+  [tlkit.recipes.judge][] (folds, metrics and calibration);
+- what the stages read: [tlkit.recipes.images][], [tlkit.recipes.store][] (the decoded images,
+  in memory or on disk), [tlkit.recipes.compute][] (the device and its precision);
+- what comes out: [tlkit.recipes.result][] (the result, its save format and its one head
+  builder, importing nothing of training) and [tlkit.recipes.saved][] (its checks).
 """
 
 from .budget import parse_budget

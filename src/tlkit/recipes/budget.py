@@ -1,5 +1,5 @@
-"""Time budgets: ``"5m"`` to seconds, and a callback that stops training when the next epoch
-would not fit."""
+"""Time: ``"5m"`` to seconds, the clock every process of a fit reads, and the
+[Budget][tlkit.recipes.budget.Budget] that owns a fit's deadline and where its time went."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from .. import distributed
 
-__all__ = ["FitPace", "Laps", "parse_budget", "shared_clock"]
+__all__ = ["Budget", "FitPace", "parse_budget", "shared_clock"]
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DURATION = re.compile(rf"(?:{_NUMBER}h)?\s*(?:{_NUMBER}m)?\s*(?:{_NUMBER}s)?")
@@ -28,39 +28,6 @@ def shared_clock() -> float:
         True
     """
     return distributed.agree(time.perf_counter())
-
-
-class Laps:
-    """Seconds between marks on ``clock``, summed by name: where the time of a run went
-    (``first``: the time from ``start`` to now, under that name).
-
-    Examples:
-        >>> ticks = iter([0.0, 2.0, 5.0, 6.0])
-        >>> laps = Laps(lambda: next(ticks))
-        >>> laps.lap("decoding"); laps.lap("features"); laps.lap("decoding")
-        >>> laps.seconds
-        {'decoding': 3.0, 'features': 3.0}
-    """
-
-    def __init__(
-        self, clock: Callable[[], float], start: float | None = None, first: str | None = None
-    ) -> None:
-        self.clock = clock
-        self.last = clock() if start is None else start
-        self.seconds: dict[str, float] = {}
-        if first is not None:  # the time from ``start`` to now
-            self.lap(first)
-
-    def lap(self, name: str, part: tuple[str, float] | None = None) -> None:
-        """Count the time since the last mark to ``name``; ``part``: ``(other name, seconds)``
-        of it timed apart, counted to that name instead."""
-        now = self.clock()
-        spent = now - self.last
-        if part is not None:
-            self.seconds[part[0]] = self.seconds.get(part[0], 0.0) + part[1]
-            spent -= part[1]
-        self.seconds[name] = self.seconds.get(name, 0.0) + spent
-        self.last = now
 
 
 def parse_budget(text: str | float | int | None) -> float | None:
@@ -99,12 +66,85 @@ def parse_budget(text: str | float | int | None) -> float | None:
     return seconds
 
 
+class Budget:
+    """The one owner of a fit's time: its deadline, the time left, and each stage's predicted
+    and measured seconds. No other module computes the time left.
+
+    The rule when a stage runs long or short: the stages still to come are planned again
+    ([tlkit.recipes.planner.plan][]) from the time left and the pace measured, so a slow
+    stage shrinks the ones after it (fewer probe fits, no zoomed views, fewer epochs) and a
+    quick one leaves them more. Under ``torchrun`` every reading is rank 0's clock
+    ([shared_clock][tlkit.recipes.budget.shared_clock]), so all processes decide alike.
+
+    Args:
+        seconds: The budget, or ``None`` for none.
+        start: When it started, on ``clock`` (default: now).
+        clock: Seconds on a monotonic clock.
+
+    Examples:
+        >>> ticks = iter([0.0, 2.0, 5.0, 6.0, 6.0, 7.0])
+        >>> budget = Budget(10.0, clock=lambda: next(ticks))
+        >>> budget.expect("decoding", 4.0)
+        >>> budget.lap("decoding"), budget.lap("features"), budget.lap("decoding")  # 2, 5, 6 s
+        (2.0, 3.0, 1.0)
+        >>> budget.measured, budget.predicted, budget.left()  # at 6 s
+        ({'decoding': 3.0, 'features': 3.0}, {'decoding': 4.0}, 4.0)
+        >>> budget.over()  # at 7 s
+        0.0
+    """
+
+    def __init__(
+        self,
+        seconds: float | None,
+        *,
+        start: float | None = None,
+        clock: Callable[[], float] = shared_clock,
+    ) -> None:
+        self.clock = clock
+        self.start = clock() if start is None else start
+        self.seconds = seconds
+        self.deadline = None if seconds is None else self.start + seconds
+        self.measured: dict[str, float] = {}
+        self.predicted: dict[str, float] = {}
+        self.last = self.start
+
+    def left(self) -> float | None:
+        """Seconds until the deadline (0 once past it), or ``None`` without a budget."""
+        return None if self.deadline is None else max(self.deadline - self.clock(), 0.0)
+
+    def over(self) -> float:
+        """Seconds past the deadline (0 before it, or without a budget)."""
+        return 0.0 if self.deadline is None else max(self.clock() - self.deadline, 0.0)
+
+    def spent(self) -> float:
+        """Seconds since the start."""
+        return self.clock() - self.start
+
+    def expect(self, stage: str, seconds: float) -> None:
+        """Record the seconds the plan predicts for ``stage`` as it starts."""
+        self.predicted[stage] = self.predicted.get(stage, 0.0) + seconds
+
+    def lap(self, stage: str, part: tuple[str, float] | None = None) -> float:
+        """Count the time since the last mark to ``stage``; ``part``: ``(other stage,
+        seconds)`` of it timed apart, counted to that stage instead. Returns the seconds
+        counted to ``stage``."""
+        now = self.clock()
+        spent = now - self.last
+        if part is not None:
+            self.measured[part[0]] = self.measured.get(part[0], 0.0) + part[1]
+            spent -= part[1]
+        self.measured[stage] = self.measured.get(stage, 0.0) + spent
+        self.last = now
+        return spent
+
+
 class FitPace:
     """How long this machine's probe fits take per feature dimension, measured on the fits so
-    far, and whether another fits before the deadline (recording the ones left out)."""
+    far, and whether another fits in the time left of ``budget`` (recording the ones left
+    out)."""
 
-    def __init__(self, deadline: float | None, clock: Callable[[], float]) -> None:
-        self.deadline, self.clock = deadline, clock
+    def __init__(self, budget: Budget | None) -> None:
+        self.budget = budget
         self.seconds = self.dims = 0.0
         self.skipped: list[str] = []
 
@@ -113,13 +153,14 @@ class FitPace:
         self.seconds += seconds
 
     def fits(self, dims: float, what: str) -> bool:
-        if self.deadline is None or self.dims == 0:
+        left = None if self.budget is None else self.budget.left()
+        if left is None or self.dims == 0:
             return True
-        need, left = self.seconds / self.dims * dims, self.deadline - self.clock()
+        need = self.seconds / self.dims * dims
         if need <= left:
             return True
         self.skipped.append(
             f"{what} not fitted: about {need:.0f} s at the pace of the fits before it, more "
-            f"than the {max(left, 0):.0f} s left"
+            f"than the {left:.0f} s left"
         )
         return False

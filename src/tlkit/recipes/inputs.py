@@ -9,13 +9,16 @@ from typing import Any, Literal
 
 import torch
 
+from .. import distributed
 from .._utils import check_positive_int, check_seed
 from ..augment.presets import MAX_IMAGE_SIZE
 from ..backbones import check_key_map, check_name, weights_at_hand
 from ..data import ImageDataset
 from .budget import parse_budget
-from .images import GEOMETRIES
+from .compute import Compute
+from .images import GEOMETRIES, Geometry
 from .plan import RECIPES
+from .planner import describe_images
 from .result import Recipe
 from .settings import AUTO
 
@@ -30,6 +33,7 @@ __all__ = [
     "default_backbones",
     "read_datasets",
     "sampler_for",
+    "start_plan",
     "weigh_classes",
 ]
 
@@ -308,3 +312,33 @@ def weigh_classes(plan: Recipe, class_weight: Any, sampler: str, data: ImageData
     plan.class_weight, why = class_weight_for(class_weight, data.targets, data.classes)
     plan.sampler, why = sampler_for(sampler, plan.class_weight, data.multi_label, why)
     plan.reasons.append(why)
+
+
+def start_plan(
+    recipe: str,
+    geometry: Geometry,
+    data: ImageDataset,
+    held_out: ImageDataset | None,
+    compute: Compute,
+) -> Recipe:
+    """The recipe before training, with the reasons that do not depend on it."""
+    plan = Recipe(name="full" if recipe == "full" else "probe", image_size=0)
+    processes = distributed.world()[2]
+    many = f", {processes} processes under torchrun" if processes > 1 else ""
+    plan.reasons.append(f"computing on {compute}{many}")
+    plan.reasons.append(
+        "letterboxed: each image fitted whole into the square, the rest filled with the "
+        "background colour"
+        if geometry == "pad"
+        else "centre-cropped: short side resized"
+    )
+    where = "validated on val" if held_out is not None else "judged by cross-validation"
+    if data.multi_label:
+        plan.reasons.append(
+            f"{len(data)} training images with several labels each (multi-label) over "
+            f"{len(data.classes)} labels; {where}; binary cross-entropy per label, a "
+            "threshold per label chosen for its F1"
+        )
+        return plan
+    plan.reasons.append(describe_images(len(data), len(data.classes), where))
+    return plan

@@ -1,5 +1,5 @@
-"""The keep rule: below a few dozen images per class, auto trains a probe and fine-tunes; this
-decides which of the two models it returns."""
+"""The keep rule: where auto trains both a probe and a fine-tuned network, this decides which of
+the two models it returns."""
 
 from __future__ import annotations
 
@@ -56,10 +56,8 @@ def fine_tuning_wins(
     The probe is the simpler and the steadier of the two: on Fashion-MNIST at 50 images per
     class, fine-tuning scored 75.9-79.8% on the test images in five runs of
     ``benchmarks/auto_recipe.py`` with one seed, against the probe's 78.7% in every run, and a
-    fine-tuned model's validation score is the best of up to 12 epochs. The rule is only used
-    below 60 training images per class: above, a validation set of a hundred-odd images did not
-    resolve fine-tuning's 2-3 point lead (``benchmarks/keep_rule.py``), so auto fine-tunes
-    without a probe. ``margin`` is in standard errors (that benchmark compares 0, 0.5 and 1).
+    fine-tuned model's validation score is the best of up to 12 epochs. ``margin`` is in
+    standard errors (``benchmarks/keep_rule.py`` compares 0, 0.5 and 1).
 
     Examples:
         >>> right = torch.tensor([True] * 70 + [False] * 5)

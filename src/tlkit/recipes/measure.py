@@ -15,11 +15,12 @@ from .budget import shared_clock
 from .compute import CPU, Compute
 from .images import DecodedImages, Geometry
 from .settings import AUTO
+from .store import ImageStore
 
 __all__ = [
     "choose_batch_size",
-    "decode_seconds",
     "measure",
+    "pilot",
     "sample_median_side",
     "time_batches",
 ]
@@ -117,21 +118,27 @@ def sample_median_side(data: ImageDataset, sample: int = 64) -> int:
     return int(statistics.median(sides))
 
 
-def decode_seconds(
+def pilot(
     data: ImageDataset,
     size: int,
     geometry: Geometry,
+    passes: Callable[[ImageStore], object],
     *,
-    samples: int = 4,
+    images: int = 32,
     clock: Callable[[], float] = shared_clock,
-) -> float:
-    """Seconds to decode one image of ``data`` into a ``size`` px square here (the median of
-    ``samples`` images spread over the dataset), as [tlkit.recipes.store.Decoded][] will."""
-    images = DecodedImages(data, size, geometry)
-    step = max(1, len(data) // samples)
-    times = []
-    for index in range(0, len(data), step)[:samples]:
-        start = clock()
-        images[index]
-        times.append(clock() - start)
-    return statistics.median(times)
+) -> tuple[float, float]:
+    """A real pass over a part of the folder: ``(seconds to decode one image into a ``size``
+    px square, seconds of ``passes`` per image)``, on ``images`` images spread over ``data``
+    (decoded as [tlkit.recipes.store.Decoded][] will, then given to ``passes`` as one store).
+    Unlike a speed check on random input, it counts what a real pass does besides the network:
+    reading, resizing and normalising the images, reading intermediate layers, mirroring."""
+    step = max(1, len(data) // images)
+    chosen = list(range(0, len(data), step))[:images]
+    decoded = DecodedImages(data, size, geometry)
+    store = ImageStore.empty(len(chosen), size)
+    start = clock()
+    for row, index in enumerate(chosen):
+        store.write(row, decoded[index][None])
+    decoding = clock() - start
+    passes(store)
+    return decoding / len(chosen), (clock() - start - decoding) / len(chosen)

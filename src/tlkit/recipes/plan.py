@@ -1,221 +1,223 @@
-"""The plan: which recipe, how many epochs, at what resolution, and why, from the images per
-class, this machine's measured speed and the budget left. Every number comes from
-[tlkit.recipes.settings][]."""
+"""The plan of [tlkit.finetune][] as data: the stages in order, each with whether it runs, its
+predicted seconds, why and on what, and the measurements a plan rests on.
+
+[tlkit.recipes.planner.plan][] makes a [Plan][tlkit.recipes.plan.Plan] from
+[Measurements][tlkit.recipes.plan.Measurements] and the time left; the executor
+([tlkit.recipes.run][]) runs it, records each stage's measured seconds beside its prediction
+([tlkit.recipes.budget.Budget][]), and makes a new plan for the stages still to come from what
+they measured ([replan][tlkit.recipes.plan.replan], [changed][tlkit.recipes.plan.changed]).
+"""
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
-from .. import distributed
-from .._utils import plural
-from .result import Recipe
-from .settings import AUTO
-
-if TYPE_CHECKING:
-    from ..data import ImageDataset
-    from .compute import Compute
-    from .images import Geometry
+from .settings import AUTO, Settings
 
 __all__ = [
     "RECIPES",
+    "STAGES",
+    "Backbone",
+    "Measurements",
+    "Plan",
     "RecipeName",
-    "choose_size",
-    "describe_images",
-    "plan_candidates",
-    "plan_finetune",
-    "plan_sample",
-    "start_plan",
-    "too_few",
+    "Stage",
+    "changed",
+    "replan",
 ]
 
 RecipeName = Literal["auto", "probe", "lp-ft", "full"]
 RECIPES = ("auto", "probe", "lp-ft", "full")
+STAGES = (
+    "ranking",
+    "decoding",
+    "features",
+    "zoomed views",
+    "probe fits",
+    "fine-tuning",
+    "calibration",
+)
+"""The stages of a plan, in the order they run."""
 
 
-def choose_size(native: int, median_side: int) -> tuple[int, str]:
-    wanted = max(64, min(native, 8 * math.ceil(median_side * 2.5 / 8)))
-    if wanted >= native:
-        return native, f"{native} px: the backbone's pretraining size"
-    return wanted, (
-        f"{wanted} px: the images are small (median side {median_side} px), and upscaling them "
-        f"to the backbone's {native} px would cost {native**2 / wanted**2:.1f}x the compute"
-    )
+@dataclass(frozen=True, kw_only=True)
+class Backbone:
+    """A candidate backbone as measured here.
+
+    Attributes:
+        name: Its [tlkit.backbone][] name.
+        seconds: Its feature pass over one view of one image, here.
+        width: The features the probe reads (intermediate layers' and final).
+        dim: The final features alone.
+        epoch: Seconds per image of a fine-tuning epoch of it, here, over the images it
+            trains on and those it is scored on (``None``: estimated at
+            ``AUTO.train_slowdown`` times ``seconds``).
+    """
+
+    name: str
+    seconds: float
+    width: int = 1280
+    dim: int = 1280
+    epoch: float | None = None
+
+    def epoch_seconds(self, settings: Settings = AUTO) -> float:
+        """Seconds per image of a fine-tuning epoch: measured, else estimated."""
+        return settings.train_slowdown * self.seconds if self.epoch is None else self.epoch
 
 
-def describe_images(n_train: int, classes: int, where: str) -> str:
-    """``"59.5 training images per class over 4 classes"``: never rounded up to a threshold."""
-    shown = f"{n_train / classes:.1f}".removesuffix(".0")
-    return f"{shown} training images per class over {classes} classes; {where}"
+@dataclass(frozen=True, kw_only=True)
+class Measurements:
+    """What a plan rests on: the images, the backbones as measured, and what the stages that
+    ran measured and decided.
+
+    Attributes:
+        recipe: ``"auto"``, ``"probe"``, ``"lp-ft"`` or ``"full"``.
+        n_train: Training images.
+        n_val: Validation images (0: judged by cross-validation).
+        classes: Classes (or labels, with ``multi_label``).
+        multi_label: Several labels per image.
+        backbones: The candidates, in the order given.
+        decode: Seconds to decode one image, all decoding workers together.
+        rank: Seconds per image of LogME on every backbone.
+        ranked: LogME's order once ranked (best first), else ``None``.
+        pace: Measured seconds over predicted ones, by stage name.
+        done: The stages that have run: their time is not counted again.
+        sample: The training images the probe sees, once decoded.
+        kept: The backbones whose features are computed, once that has begun.
+        mirror: Whether the mirror images are computed, once that has begun.
+        tuned: The backbone fine-tuning trains, once the probe has chosen it.
+    """
+
+    recipe: str = "auto"
+    n_train: int
+    n_val: int = 0
+    classes: int
+    multi_label: bool = False
+    backbones: tuple[Backbone, ...]
+    decode: float = 0.0
+    rank: float = 0.0
+    ranked: tuple[str, ...] | None = None
+    pace: Mapping[str, float] = field(default_factory=dict)
+    done: frozenset[str] = frozenset()
+    sample: int | None = None
+    kept: tuple[str, ...] | None = None
+    mirror: bool | None = None
+    tuned: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.backbones:
+            raise ValueError("a plan needs at least one backbone")
+        unknown = sorted(set(self.done) - set(STAGES))
+        if unknown:
+            raise ValueError(f"unknown stage {unknown[0]!r}: the stages are {', '.join(STAGES)}")
+
+    def backbone(self, name: str) -> Backbone:
+        return next(b for b in self.backbones if b.name == name)
 
 
-def plan_candidates(
-    seconds: dict[str, float],
-    remaining: float | None,
-    share: float = AUTO.probe_share,
-    priority: list[str] | None = None,
-) -> tuple[list[str], str | None]:
-    """Which candidate backbones the probe stage computes features for: each costs
-    ``seconds[name]`` (a pass over one view of every image, measured here). All of
-    them when they fit ``share`` of the time left; else, going through them by ``priority``
-    (default: the costliest first, as larger ImageNet models tend to transfer better), those
-    that still fit; the cheapest alone when none does. Kept in the given order.
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a plan: whether it runs, its predicted seconds, why (where it is left out
+    or cut down), and what it runs on."""
+
+    name: str
+    run: bool
+    seconds: float = 0.0
+    reason: str = ""
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The stages in order, and the decisions the executor reads.
+
+    Attributes:
+        stages: One [Stage][tlkit.recipes.planner.Stage] per name of ``STAGES``, in order.
+        backbones: The backbones whose features the probe computes, in the order given.
+        order: The order in which backbones are preferred (LogME's once ranked).
+        sample: The training images the probe sees.
+        mirror: Whether the mirror images' features are computed.
+        share: The share of the time left the probe's stages may take.
+        left: The seconds left the plan was made for (``None``: no budget).
+        reasons: The decisions that are not one stage's, in words.
+    """
+
+    stages: tuple[Stage, ...]
+    backbones: tuple[str, ...]
+    order: tuple[str, ...]
+    sample: int
+    mirror: bool
+    share: float
+    left: float | None
+    reasons: tuple[str, ...] = ()
+
+    def stage(self, name: str) -> Stage:
+        """The stage called ``name``.
+
+        Raises:
+            KeyError: For a name that is not one of ``STAGES``.
+        """
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage {name!r}: the stages are {', '.join(STAGES)}")
+
+    def runs(self, name: str) -> bool:
+        """Whether the stage called ``name`` runs."""
+        return self.stage(name).run
+
+    def predicted(self) -> dict[str, float]:
+        """Predicted seconds of each stage that runs."""
+        return {s.name: s.seconds for s in self.stages if s.run}
+
+    def said(self) -> list[str]:
+        """Every reason of the plan, its own and its stages', in the order of the stages."""
+        return list(self.reasons) + [s.reason for s in self.stages if s.reason]
+
+    def room(self) -> float | None:
+        """Seconds the probe's stages may take: ``share`` of the time left."""
+        return None if self.left is None else self.share * max(self.left, 0.0)
+
+
+def replan(m: Measurements, **changes: Any) -> Measurements:
+    """``m`` with ``changes``; ``done`` adds stages to those done before, ``pace`` adds to the
+    paces measured before.
 
     Examples:
-        >>> seconds = {"a": 10.0, "b": 30.0, "c": 50.0}
-        >>> plan_candidates(seconds, 100.0)[0], plan_candidates(seconds, 100.0, 0.8)[0]
-        (['c'], ['b', 'c'])
+        >>> lite = Backbone(name="lite0", seconds=0.02)
+        >>> m = Measurements(n_train=200, classes=10, backbones=(lite,))
+        >>> sorted(replan(m, done={"decoding"}).done), sorted(replan(m, done={"ranking"}).done)
+        (['decoding'], ['ranking'])
     """
-    names = list(seconds)
-    if remaining is None or sum(seconds.values()) <= share * max(remaining, 0.0):
-        return names, None
-    order = priority or sorted(names, key=lambda n: -seconds[n])
-    chosen: set[str] = set()
-    for name in order:
-        if sum(seconds[n] for n in chosen) + seconds[name] <= share * max(remaining, 0.0):
-            chosen.add(name)
-    chosen = chosen or {min(names, key=lambda n: seconds[n])}
-    kept = [n for n in names if n in chosen]
-    left_out = [n for n in names if n not in chosen]
-    return kept, (
-        f"probe features of {', '.join(kept)} (about {sum(seconds[n] for n in kept):.0f} s "
-        f"here); {', '.join(left_out)} left out: more than {share:.0%} of the "
-        f"{max(remaining, 0):.0f} s left (a longer budget uses them)"
-    )
+    done = m.done | frozenset(changes.pop("done", ()))
+    pace = {**m.pace, **changes.pop("pace", {})}
+    return replace(m, done=done, pace=pace, **changes)
 
 
-def plan_sample(
-    n_train: int,
-    classes: int,
-    per_image: float,
-    fixed: float,
-    remaining: float | None,
-    share: float = AUTO.probe_share_alone,
-) -> tuple[int, str | None]:
-    """How many training images the budget allows: all of them when decoding them and the
-    quickest backbone's probe features (``per_image`` seconds each, measured here) fit
-    ``share`` of the time left after ``fixed`` seconds (the validation images), else as many
-    as fit, at least two per class.
+def changed(before: Plan, after: Plan, cause: str, stages: Sequence[str] = STAGES) -> str | None:
+    """What a re-plan changed in the stages still to run (``stages``), and why, in words; or
+    ``None`` when nothing did.
 
     Examples:
-        >>> plan_sample(1000, 10, 0.05, 0.0, 600.0)[0], plan_sample(1000, 10, 0.05, 0.0, 30.0)[0]
-        (1000, 510)
+        >>> from tlkit.recipes.planner import plan
+        >>> lite = Backbone(name="lite0", seconds=0.02)
+        >>> m = Measurements(n_train=200, classes=10, backbones=(lite,))
+        >>> slow = replan(m, pace={"features": 3.0}, done={"decoding", "features"},
+        ...               sample=200, kept=("lite0",), mirror=True)
+        >>> changed(plan(m, 40.0), plan(slow, 16.0), "features ran 3.0x the speed check")
+        're-planned (features ran 3.0x the speed check): zoomed views dropped'
     """
-    if remaining is None:
-        return n_train, None
-    room = share * max(remaining, 0.0) - fixed
-    if n_train * per_image <= room:
-        return n_train, None
-    n = max(int(room / per_image), 2 * classes)
-    if n >= n_train:  # two per class are needed anyway: all of them, over the budget
-        return n_train, None
-    return n, (
-        f"a stratified sample of {n:,} of the {n_train:,} training images: decoding an image, "
-        f"its probe features and the probe's fits take about {per_image * 1000:.0f} ms here, so "
-        f"all of them would take {n_train * per_image:.0f} s, more than {share:.0%} of the "
-        f"{max(remaining, 0):.0f} s left (a longer budget uses more)"
-    )
-
-
-def too_few(recipe: Recipe, n_train: int, classes: int) -> bool:
-    """Whether ``n_train`` images are too few per class for ``auto`` to fine-tune (fewer than
-    ``AUTO.few_per_class``); the reason goes into ``recipe``."""
-    per_class = n_train / classes
-    if per_class >= AUTO.few_per_class:
-        return False
-    recipe.reasons.append(
-        f"no fine-tuning: {per_class:.1f} images per class to fine-tune on (less any held-out "
-        f"fold), fewer than {AUTO.few_per_class}; fine-tuning millions of weights on so few "
-        "overfits, a linear head on pretrained features does not"
-    )
-    return True
-
-
-def plan_finetune(
-    name: RecipeName,
-    recipe: Recipe,
-    *,
-    n_train: int,
-    n_val: int,
-    classes: int,
-    infer_rate: float,
-    train_rate: float,
-    remaining: float | None,
-    multi_label: bool = False,
-) -> None:
-    """Whether and how long to fine-tune, into ``recipe`` (its epochs, rates, crops and the
-    reasons). ``"auto"`` fine-tunes from ``AUTO.few_per_class`` training images per class
-    when ``AUTO.min_finetune_epochs`` fit the time left (after the probe); the keep rule then
-    decides between the two models. With several labels per image the crops are mild (a
-    hard crop cuts a labelled object out while its label stays)."""
-    epoch = n_train / train_rate + n_val / infer_rate
-    speed = (
-        f"this machine: {train_rate:.0f} img/s training everything, {infer_rate:.0f} img/s "
-        f"scoring ({epoch:.0f} s per fine-tuning epoch)"
-    )
-    affordable = AUTO.max_epochs if remaining is None else int(max(remaining, 0) / epoch)
-    if name == "probe":
-        return
-    if name == "auto":
-        if too_few(recipe, n_train, classes):
-            return
-        if affordable < AUTO.min_finetune_epochs:
-            recipe.reasons.append(
-                f"no fine-tuning: {speed}; {max(remaining or 0, 0):.0f} s left allow "
-                f"{plural(affordable, 'epoch')}, fewer than {AUTO.min_finetune_epochs}"
-            )
-            return
-    if remaining is None:
-        seen = AUTO.images_without_budget
-        epochs = max(2, min(AUTO.max_epochs, math.ceil(seen / max(n_train, 1))))
-        why = f"no budget given: epochs scaled to see about {seen:,} images"
-    else:
-        epochs = max(1, min(AUTO.max_epochs, affordable))
-        fits = "fits" if epochs == 1 else "fit"
-        why = f"{plural(epochs, 'epoch')} {fits} the time left (at most {AUTO.max_epochs})"
-    recipe.finetune_epochs = epochs
-    recipe.lr = AUTO.lr
-    # few passes over the data are better spent on the images than on hard crops of them
-    hard = epochs >= AUTO.crop_epochs and not multi_label
-    recipe.crop_scale = AUTO.crop_scale if hard else AUTO.mild_crop_scale
-    start = "from the probe's head" if name == "lp-ft" else "from a new head"
-    loss = (
-        "binary cross-entropy per label"
-        if multi_label
-        else f"label smoothing {AUTO.label_smoothing:g}"
-    )
-    recipe.reasons.append(
-        f"fine-tuning everything {start}: {speed}; {why}; AdamW at {recipe.lr:g} for the "
-        f"head, x{recipe.layer_decay:g} per stage towards the input, one-cycle schedule, "
-        f"{loss}, flips and random crops of at least {recipe.crop_scale:.0%} of the image"
-    )
-
-
-def start_plan(
-    recipe: str,
-    geometry: Geometry,
-    data: ImageDataset,
-    held_out: ImageDataset | None,
-    compute: Compute,
-) -> Recipe:
-    """The recipe before training, with the reasons that do not depend on it."""
-    plan = Recipe(name="full" if recipe == "full" else "probe", image_size=0)
-    processes = distributed.world()[2]
-    many = f", {processes} processes under torchrun" if processes > 1 else ""
-    plan.reasons.append(f"computing on {compute}{many}")
-    plan.reasons.append(
-        "letterboxed: each image fitted whole into the square, the rest filled with the "
-        "background colour"
-        if geometry == "pad"
-        else "centre-cropped: short side resized"
-    )
-    where = "validated on val" if held_out is not None else "judged by cross-validation"
-    if data.multi_label:
-        plan.reasons.append(
-            f"{len(data)} training images with several labels each (multi-label) over "
-            f"{len(data.classes)} labels; {where}; binary cross-entropy per label, a "
-            "threshold per label chosen for its F1"
-        )
-        return plan
-    plan.reasons.append(describe_images(len(data), len(data.classes), where))
-    return plan
+    said = []
+    for name in stages:
+        old, new = before.stage(name), after.stage(name)
+        if old.run and not new.run and name not in ("features", "decoding", "ranking"):
+            said.append(f"{name} dropped")
+        elif new.run and not old.run:
+            said.append(f"{name} added")
+        elif new.run and old.inputs.get("epochs") != new.inputs.get("epochs"):
+            said.append(f"{name} {old.inputs.get('epochs')} -> {new.inputs.get('epochs')} epochs")
+    if not said:
+        return None
+    return f"re-planned ({cause}): {', '.join(said)}"

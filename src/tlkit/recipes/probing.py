@@ -22,14 +22,13 @@ from .._utils import plural
 from ..backbones import BackboneInfo
 from ..probe import LinearProbe, balancing_weights
 from ..stratify import rare_labels
-from .budget import FitPace, shared_clock
-from .compute import Compute
+from .budget import Budget, FitPace, shared_clock
 from .judge import describe_grouping, fold_groups, metrics_from_probs, right_per_image
 from .keep import clearly_better
 from .result import load_head, stack
 from .settings import AUTO
 from .store import Decoded
-from .views import PREDICTED, VIEWS, ZOOMS, Candidate, compute_features, features
+from .views import PREDICTED, VIEWS, ZOOMS, Candidate, features
 
 __all__ = [
     "Candidate",
@@ -37,27 +36,11 @@ __all__ = [
     "ProbeStage",
     "choose_probe",
     "features",
-    "fit_seconds",
     "metrics_from_probs",
     "probe_network",
     "right_per_image",
     "run_probe",
 ]
-
-
-def fit_seconds(chosen: list[Candidate], classes: int = 10) -> float:
-    """Seconds per training image that the probe's cross-validated fits take (at
-    ``AUTO.probe_fit_seconds`` per image, view and feature, measured with 8 and 10 classes, and
-    in proportion above 10 classes or labels: the weights grow with them): each backbone alone
-    and, with several, all together, on both views; then the preferred one once more without
-    the intermediate layers (where there are some), and once more on one view (where the mirror
-    images were computed: else every fit is on one view)."""
-    dims = [c.width for c in chosen]
-    options = sum(dims) * (2 if len(dims) > 1 else 1) + sum(c.dim for c in chosen if c.taps)
-    per_feature = AUTO.probe_fit_seconds * max(1.0, classes / 10)
-    if not all(c.mirror for c in chosen):
-        return per_feature * options
-    return per_feature * (AUTO.probe_views * options + sum(dims))
 
 
 @dataclass
@@ -84,8 +67,7 @@ def choose_probe(
     log: Callable[[str], None],
     n: int | None = None,
     files: list[str] | None = None,
-    deadline: float | None = None,
-    clock: Callable[[], float] = shared_clock,
+    budget: Budget | None = None,
     class_weight: list[float] | None = None,
 ) -> ProbeChoice:
     """Fit a cross-validated [tlkit.LinearProbe][] on each candidate's features and, with
@@ -99,9 +81,9 @@ def choose_probe(
     images and, given their ``files``, the images whose names begin alike
     ([tlkit.file_name_groups][]).
 
-    With a ``deadline`` (on ``clock``), each fit after the first is timed from the ones before
-    it (seconds per feature dimension on this machine) and left out when it would end past the
-    deadline: the concatenation, then the fit without mirror images, say so in the reasons.
+    With a ``budget``, each fit after the first is timed from the ones before it (seconds per
+    feature dimension on this machine) and left out when it would end past the deadline: the
+    concatenation, then the fit without mirror images, say so in the reasons.
 
     With ``class_weight`` (one per class) the probes weigh their loss so, and every choice is
     made on balanced accuracy instead of accuracy."""
@@ -112,7 +94,8 @@ def choose_probe(
     found, named, groups = fold_groups(pooled, y, files, n)
     options = [[c] for c in candidates] + ([candidates] if len(candidates) > 1 else [])
     probes: dict[str, LinearProbe] = {}
-    pace = FitPace(deadline, clock)
+    pace = FitPace(budget)
+    clock = budget.clock if budget is not None else shared_clock
     weights = None if class_weight is None or multi else balancing_weights(y, classes)
     metric = "accuracy" if class_weight is None else "balanced accuracy"
     metric = "mean average precision" if multi else metric
@@ -342,7 +325,6 @@ class ProbeStage:
     infos: dict[str, BackboneInfo]
     taps: dict[str, list[str]]
     start: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
-    feature_seconds: float = 0.0  # of the feature passes, on the clock of the fit
 
     def tuning_head(self) -> nn.Linear:
         """A head for fine-tuning the best single backbone from its probe (``lp-ft``): that
@@ -363,33 +345,26 @@ def run_probe(
     classes: int,
     seed: int,
     log: Callable[[str], None],
-    compute: Compute | None = None,
-    deadline: float | None = None,
+    budget: Budget | None = None,
     class_weight: list[float] | None = None,
-    share: float = AUTO.probe_share_alone,
-    clock: Callable[[], float] = shared_clock,
 ) -> ProbeStage:
-    """Features of every candidate, the cross-validated choice (fits that would end past
-    ``deadline``, a ``clock`` time, left out), and its network.
-
-    The features may take ``share`` of the time left: after the first candidate's pass, each
-    next one's estimate is scaled by how the passes so far compared with theirs (the speed
-    check times a few random images; a whole folder can run slower), and a candidate that
-    would no longer fit is left out, said in the reasons. With time left after them, zoomed
-    views of every image are computed too, and the chosen probe trains on them unless it is
-    worse for it (`views.compute_features`)."""
+    """The cross-validated choice among the candidates whose features are computed (fits that
+    would end past the ``budget``'s deadline left out, said in the reasons) and its network."""
     n, labels, val_images = sets.counts[0], sets.train_labels(), sets.val_images
-    fits = fit_seconds(candidates, classes) * n
-    candidates, skipped, spent = compute_features(candidates, sets, compute, deadline, share,
-                                                  clock, log, fits)  # fmt: skip
     with warnings.catch_warnings():  # labels too rare for every fold: said in the reasons
         warnings.simplefilter("ignore")
         choice = choose_probe(
-            candidates, labels, classes, seed=seed, log=log, n=n, files=sets.files,
-            deadline=deadline, clock=clock, class_weight=class_weight,
-        )  # fmt: skip
+            candidates,
+            labels,
+            classes,
+            seed=seed,
+            log=log,
+            n=n,
+            files=sets.files,
+            budget=budget,
+            class_weight=class_weight,
+        )
     choice = distributed.agree(choice)  # under torchrun: rank 0's, on every process
-    choice.reasons[1:1] = skipped
     rare = rare_labels(labels[:n], AUTO.probe_folds) if labels.dim() == 2 else []
     if rare:
         choice.reasons.append(
@@ -415,5 +390,6 @@ def run_probe(
     start = None
     if best.taps:  # the best backbone's final features, for a fine-tuning head
         start = (_matrix([best], slice(0, n), taps=False), labels[:n])
-    return ProbeStage(choice, model, size, probs, tuning_start, best.name, sizes, infos, taps,
-                      start, spent)  # fmt: skip
+    return ProbeStage(
+        choice, model, size, probs, tuning_start, best.name, sizes, infos, taps, start
+    )

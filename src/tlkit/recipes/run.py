@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -14,28 +13,19 @@ from .._utils import check_writable_dir
 from ..backbones import KeyMap
 from ..calibration import logits_of, scale
 from ..data import ImageDataset
-from ..devices import loader_workers
 from ..history import History
 from ..metrics import choose_thresholds
-from ..splits import split
-from .budget import Laps, shared_clock
-from .candidates import load_candidates
+from .budget import Budget
+from .candidates import SpeedChecks, load_candidates
 from .compute import Compute
+from .executor import Executor, decode, probe_stages, rank_and_choose
 from .images import DecodedImages, Geometry
-from .inputs import check_arguments, check_class_weight, read_datasets, weigh_classes
-from .judge import calibrate, calibration_reason
-from .measure import decode_seconds, sample_median_side
-from .plan import RecipeName, plan_candidates, plan_sample, start_plan
-from .probing import (
-    Candidate,
-    ProbeStage,
-    fit_seconds,
-    metrics_from_probs,
-    run_probe,
-)
+from .inputs import check_arguments, check_class_weight, read_datasets, start_plan, weigh_classes
+from .judge import calibrate, calibration_reason, metrics_from_probs
+from .measure import sample_median_side
+from .plan import RecipeName
+from .probing import ProbeStage
 from .result import FinetuneResult, Recipe
-from .select import rank_within_budget
-from .settings import AUTO
 from .stages import stage_records
 from .store import Decoded
 from .tuning import TunedStage, run_finetune
@@ -145,10 +135,9 @@ def finetune(
     check_class_weight(class_weight, sampler)
     compute = Compute.resolve(device)
     distributed.init_process_group()  # under torchrun: every process works on its own images
-    start = shared_clock() if started is None else distributed.agree(started)
+    timing = Budget(seconds, start=None if started is None else distributed.agree(started))
     if cache_dir is not None:
         check_writable_dir(cache_dir, "cache_dir")
-    deadline = start + seconds if seconds is not None else None
 
     def log(message: str) -> None:
         if verbose and distributed.world()[0] == 0:
@@ -159,52 +148,41 @@ def finetune(
     weigh_classes(plan, class_weight, sampler, data)
     torch.manual_seed(seed)
     n_images = len(data) + (len(held_out) if held_out is not None else 0)
-    candidates = load_candidates(names, weights, key_map, image_size, len(data.classes), n_images,
-                                 compute=compute)  # fmt: skip
-    median_side, share = sample_median_side(data), AUTO.probe_share
-    laps = Laps(shared_clock, start, "start and speed checks")
-    if recipe == "full":
-        candidates = candidates[:1]
-    else:
-        size = max(c.size for c in candidates)
-        decode = 0.0 if deadline is None else decode_seconds(data, size, geometry)
-        candidates, data, share = choose_candidates(
-            candidates, plan, recipe, data, held_out, weights, image_size, median_side, seed,
-            deadline, compute, decode, laps,
-        )  # fmt: skip
-    sets = Decoded.read(data, held_out, max(c.size for c in candidates), geometry, cache_dir)
-    laps.lap("decoding")
+    candidates = load_candidates(
+        names, weights, key_map, image_size, len(data.classes), n_images, compute=compute
+    )
+    candidates = candidates[:1] if recipe == "full" else candidates
+    median_side = sample_median_side(data)
+    checks = SpeedChecks(recipe, data, held_out, geometry, median_side, image_size, compute)
+    measurements = checks.measure(candidates, timing)
+    timing.lap("speed checks")
+    ex = Executor(measurements, timing, plan, log)
+    if recipe != "full":
+        sizes = {c.name: checks.tuning_size(c)[0] for c in candidates}
+        candidates, data = rank_and_choose(ex, candidates, data, weights, sizes, seed, compute)
+    sets = decode(ex, data, held_out, max(c.size for c in candidates), geometry, cache_dir)
     probe, tuned = None, None
     if recipe != "full":
-        probe = run_probe(candidates, sets, len(data.classes), seed, log, compute, deadline,
-                          plan.class_weight, share)  # fmt: skip
-        laps.lap("probe fits", part=("features", probe.feature_seconds))
+        probe = probe_stages(
+            ex, candidates, sets, len(data.classes), seed, compute, plan.class_weight
+        )
         plan.probe, plan.kept, plan.image_size = True, "probe", probe.size
-        plan.reasons += probe.choice.reasons
     if recipe != "probe":
         best = next(c for c in candidates if probe is None or c.name == probe.best_name)
+        classes = len(data.classes)
         tuned = run_finetune(
-            recipe, plan, best, probe, sets, median_side=median_side, image_size=image_size,
-            classes=len(data.classes), seed=seed, deadline=deadline, log=log, compute=compute,
-        )  # fmt: skip
-        laps.lap("fine-tuning")
-    note_overrun(plan, deadline)
+            recipe, plan, best, probe, sets, ex=ex, checks=checks, classes=classes, seed=seed
+        )
+    ex.begin("calibration")
     result = build_result(plan, probe, tuned, sets, data.classes, geometry)
-    laps.lap("judging and calibration")
-    plan.seconds = laps.seconds
+    ex.end("calibration")
+    ex.finish()
     if sets.rows is not None:  # each process decoded a part: the report's pictures decode again
         result.val_images = judged_images(result, tuned, data, held_out, sets.images.size)
     log(plan.describe())
-    result.background, result.seconds = data.background, shared_clock() - start
+    result.background, result.seconds = data.background, timing.spent()
     result.skipped = list(data.skipped) + (list(held_out.skipped) if held_out else [])
     return result
-
-
-def note_overrun(plan: Recipe, deadline: float | None) -> None:
-    """Say so in the reasons when training ended past the deadline."""
-    over = shared_clock() - deadline if deadline is not None else 0.0
-    if over > 0:
-        plan.reasons.append(f"the budget is spent ({over:.0f} s over)")
 
 
 def judged_images(
@@ -222,176 +200,6 @@ def judged_images(
         assert tuned.judged is not None
         judged = data.subset(tuned.judged.tolist())
     return DecodedImages(judged, size, result.geometry)
-
-
-def sample_within_budget(
-    data: ImageDataset,
-    n_val: int,
-    chosen: list[Candidate],
-    plan: Recipe,
-    seed: int,
-    remaining: float | None,
-    share: float,
-    decode: float,
-    order: list[str] | None = None,
-) -> tuple[ImageDataset, list[Candidate]]:
-    """``data``, or a stratified sample of it when decoding every image (``decode`` seconds
-    each), the chosen candidates' probe features and the probe's fits would not fit ``share``
-    of the time left ([tlkit.recipes.plan.plan_sample][]), and the candidates kept. Where every
-    image fits on one view only, the mirror images are left out (``Candidate.mirror``); a
-    sample keeps both views (one-view samples overran on large JPEGs). Rather than keep fewer
-    than ``AUTO.least_sampled`` of the images, the last candidate in ``order`` (the preferred
-    first; default as given) is left out, while more than one is left. The candidates'
-    feature seconds are rescaled to the sample."""
-    total, order = len(data) + n_val, order or [c.name for c in chosen]
-
-    def sample(mirror: bool) -> tuple[int, str | None]:
-        for candidate in chosen:
-            candidate.mirror = mirror
-        fits = fit_seconds(chosen, len(data.classes))
-        per_image = decode + sum(c.pass_seconds for c in chosen) / total + fits
-        return plan_sample(len(data), len(data.classes), per_image, n_val * per_image,
-                           remaining, share)  # fmt: skip
-
-    while True:
-        mirrored, why = sample(mirror=True)
-        one_view = why is not None and sample(mirror=False)[1] is None  # every image then fits
-        for candidate in chosen:
-            candidate.mirror = not one_view  # a sample either way keeps both views, as paced
-        n, why = (len(data), None) if one_view else (mirrored, why)
-        if why is None or len(chosen) == 1 or n >= AUTO.least_sampled * len(data):
-            break
-        last = max(chosen, key=lambda c: order.index(c.name) if c.name in order else len(order))
-        chosen = [c for c in chosen if c is not last]
-        plan.reasons.append(
-            f"{last.name} left out: with it the probe would see {n:,} of the {len(data):,} "
-            f"training images, fewer than {AUTO.least_sampled:.0%} (more images help a probe "
-            "more than another backbone's features)"
-        )
-    if not chosen[0].mirror:
-        plan.reasons.append(
-            f"no mirror images: with them the probe would see {mirrored:,} of the "
-            f"{len(data):,} training images (a new image teaches it more than a mirrored copy)"
-        )
-    if why is None:
-        return data, chosen
-    plan.reasons.append(why)
-    with warnings.catch_warnings():  # a label too rare for both parts: the plan says so
-        warnings.simplefilter("ignore")
-        keep = split(len(data), (n, len(data) - n), seed=seed, stratify=data.targets)[0]
-    for candidate in chosen:
-        candidate.seconds *= (n + n_val) / total
-    return data.subset(keep.tolist()), chosen
-
-
-def probe_alone(
-    candidates: list[Candidate], recipe: str, data: ImageDataset, remaining: float | None
-) -> bool:
-    """Whether the probe is all there will be: the probe recipe, fewer than
-    ``AUTO.few_per_class`` images per class, or too little time for the half of it that
-    fine-tuning would get to fit ``AUTO.min_finetune_epochs`` epochs of the quickest candidate
-    (an epoch estimated at ``AUTO.train_slowdown`` times its scoring time per image)."""
-    if recipe == "probe" or len(data) / len(data.classes) < AUTO.few_per_class:
-        return True
-    if remaining is None or recipe == "full":
-        return False
-    scoring = min(c.seconds for c in candidates) / AUTO.probe_views  # one view of every image
-    epoch = AUTO.train_slowdown * scoring
-    return AUTO.min_finetune_epochs * epoch > (1 - AUTO.probe_share) * remaining
-
-
-def choose_candidates(
-    candidates: list[Candidate],
-    plan: Recipe,
-    recipe: str,
-    data: ImageDataset,
-    held_out: ImageDataset | None,
-    weights: str | Path | None,
-    image_size: int | None,
-    median_side: int,
-    seed: int,
-    deadline: float | None,
-    compute: Compute | None = None,
-    decode: float = 0.0,
-    laps: Laps | None = None,
-) -> tuple[list[Candidate], ImageDataset, float]:
-    """The candidates whose probe features (one view of every image) fit the budget, the
-    training images they will see, and the share of the time left their features may take
-    (``AUTO.probe_share`` when fine-tuning may follow, ``AUTO.probe_share_alone`` when the
-    probe is all there will be), less the decoding of every image (``decode`` seconds each
-    in one process, shared by the decoding workers). When not
-    all fit and the folder is larger than LogME's sample, they are taken in the order LogME
-    ranks them ([tlkit.rank_backbones][], itself within a share of the budget), unless only the
-    quickest could fit after ranking; on smaller folders LogME would cost as much as the
-    features, and the larger ones go first. When even the chosen ones do not fit, a stratified
-    sample of the images does, the last in LogME's order (or as given) left out first rather
-    than keep fewer than ``AUTO.least_sampled`` of the images
-    ([sample_within_budget][tlkit.recipes.run.sample_within_budget])."""
-    n_val = len(held_out) if held_out is not None else 0
-    parallel = decode / loader_workers(AUTO.decode_workers)  # seconds per image, all workers
-    decoding = parallel * (len(data) + n_val)
-    now = None if deadline is None else deadline - shared_clock()
-    alone = probe_alone(candidates, recipe, data, None if now is None else now - decoding)
-    share = AUTO.probe_share_alone if alone else AUTO.probe_share
-
-    def left() -> float | None:  # the time left, less what decoding takes out of the share
-        return None if deadline is None else deadline - shared_clock() - decoding / share
-
-    # a backbone comes before the mirror images: it is kept when one view of every image fits
-    seconds = {c.name: c.seconds / AUTO.probe_views for c in candidates}
-    order = [c.name for c in candidates]
-    kept, why = plan_candidates(seconds, left(), share)
-    if len(kept) < len(candidates) and len(data) > AUTO.rank_images and not data.multi_label:
-        if ranking_can_change(seconds, left(), share):
-            names = [c.name for c in candidates]
-            ranking, ranked = rank_within_budget(
-                names,
-                weights,
-                data,
-                image_size,
-                median_side,
-                seed,
-                deadline,
-                compute,
-                decode=decode,
-            )
-            # scored alike in every process; under torchrun, rank 0's
-            ranking, ranked = distributed.agree((ranking, ranked))
-            plan.reasons.append(ranked)
-            if ranking:
-                order = [r.name for r in ranking]
-                kept, why = plan_candidates(seconds, left(), share, order)
-        else:
-            plan.reasons.append(
-                "no LogME ranking: after it, only the quickest backbone's features could fit "
-                "the time left"
-            )
-    if why:
-        plan.reasons.append(why)
-    chosen = [c for c in candidates if c.name in kept]
-    remaining = None if deadline is None else deadline - shared_clock()
-    data, chosen = sample_within_budget(data, n_val, chosen, plan, seed, remaining, share,
-                                        parallel, order)  # fmt: skip
-    if laps is not None:
-        laps.lap("choosing backbones")
-    return chosen, data, share
-
-
-def ranking_can_change(seconds: dict[str, float], remaining: float | None, share: float) -> bool:
-    """Whether, after LogME took its ``AUTO.rank_share`` of the time left, a candidate other
-    than the quickest would still fit ``share`` of the rest (else ranking changes nothing).
-
-    Examples:
-        >>> ranking_can_change({"a": 10.0, "b": 30.0}, 100.0, 0.5)
-        True
-        >>> ranking_can_change({"a": 10.0, "b": 60.0}, 100.0, 0.5)
-        False
-    """
-    if remaining is None:
-        return True
-    quickest = min(seconds, key=lambda n: seconds[n])
-    room = share * (1 - AUTO.rank_share) * max(remaining, 0.0)
-    return any(s <= room for n, s in seconds.items() if n != quickest)
 
 
 def build_result(

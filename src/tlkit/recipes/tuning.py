@@ -3,9 +3,8 @@ held-out fold, then judged against the probe on that fold (the keep rule)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -17,12 +16,13 @@ from ..history import History
 from ..probe import balancing_weights
 from ..splits import kfold
 from ..tta import flip_average
-from .budget import shared_clock
+from .candidates import SpeedChecks
 from .compute import CPU, Compute
+from .executor import Executor
 from .judge import right_per_image
 from .keep import fine_tuning_wins
 from .measure import choose_batch_size, measure
-from .plan import choose_size, plan_finetune, too_few
+from .planner import plan_finetune
 from .probing import ProbeStage
 from .result import Recipe, build_head, load_head
 from .settings import AUTO
@@ -84,93 +84,118 @@ def run_finetune(
     probe: ProbeStage | None,
     sets: Decoded,
     *,
-    median_side: int,
-    image_size: int | None,
+    ex: Executor,
+    checks: SpeedChecks,
     classes: int,
     seed: int,
-    deadline: float | None,
-    log: Callable[[str], None],
-    compute: Compute | None = None,
 ) -> TunedStage | None:
-    """Fine-tune ``best`` when the plan says so (``None`` when it does not), and keep it over
-    the probe only when the keep rule says it is better on the same held-out images."""
+    """Fine-tune ``best`` when the plan says so (``None`` when it does not), at the epochs its
+    speed check here allows, and keep it over the probe only when the keep rule says it is
+    better on the same held-out images. The plan is made again once the probe has chosen
+    ``best`` (the time left may no longer allow fine-tuning) and once its speed is measured
+    (reused from ``checks.speeds`` where the same network was timed at the same size and
+    batch)."""
     assert best.info is not None
-    if name == "auto" and too_late(best, deadline, plan):
+    probed = {"ranking", "decoding", "features", "zoomed views", "probe fits"}
+    ex.replan(f"the probe chose {best.name}", tuned=best.name, done=probed)
+    if not ex.plan.runs("fine-tuning"):
+        ex.begin("fine-tuning")  # says why not
         return None
     # the probe stage's untouched copy, or (no probe) the candidate's own network: both are
     # this stage's alone to train
     model = probe.tuning_start if probe is not None else best.model
-    size, why = (
-        (image_size, f"{image_size} px: given")
-        if image_size is not None
-        else choose_size(best.info.input_size, median_side)
-    )
+    size, why = checks.tuning_size(best)
+    compute = checks.compute
     train_at, held = _held_out_fold(sets, probe, seed)
-    if name == "auto" and too_few(plan, len(train_at), classes):  # before any speed check
-        return None
     plan.batch_size = choose_batch_size(len(train_at))
-    processes = distributed.world()[2]  # each takes its part of every batch
-    infer, train_rate, plan.channels_last, layout = measure(
-        model, size, process_batch(plan.batch_size), compute
-    )
-    infer, train_rate = infer * processes, train_rate * processes
     n_val = len(held) if sets.val_images is None else sets.counts[1]
-    remaining = None if deadline is None else deadline - shared_clock()
-    plan_finetune(name, plan, n_train=len(train_at), n_val=n_val, classes=classes,  # type: ignore[arg-type]
-                  infer_rate=infer, train_rate=train_rate, remaining=remaining,
-                  multi_label=sets.labels.dim() == 2)  # fmt: skip
-    if not plan.finetune_epochs:
+    infer, train_rate, layout = _speed(
+        ex, checks, model, best.name, size, plan, len(train_at), n_val
+    )
+    if not ex.begin("fine-tuning"):
         return None
+    multi = sets.labels.dim() == 2
+    plan_finetune(
+        name,  # type: ignore[arg-type]
+        plan,
+        n_train=len(train_at),
+        n_val=n_val,
+        infer_rate=infer,
+        train_rate=train_rate,
+        remaining=ex.budget.left(),
+        multi_label=multi,
+    )
     plan.name = "lp-ft" if name == "lp-ft" else "full"
     plan.reasons += [f"fine-tuning {best.name} at {why}", layout]
-    if plan.sampler == "balanced":
-        plan.reasons.append(
-            "each epoch draws its images with replacement, each with a chance in proportion to "
-            "its class weight (every class about as often with balanced weights); the loss "
-            "unweighted"
-        )
     judge_x, judge_y, where, total = sets.judging(held)
     judged = held if sets.val_images is None else None
     _start_head(model, name, probe, best.name, classes, seed)
     augment = BatchAugment(size, scale=(plan.crop_scale, 1.0), info=best.info)
     split = (*sets.part(train_at)[:2], judge_x, judge_y)
-    history = train_full(model, split, augment, plan, deadline, log, size=size, compute=compute)
-    multi = judge_y.dim() == 2
-    probs = predict_probs(model, judge_x, size, best.mean, best.std, compute=compute,
-                          multi_label=multi)  # fmt: skip
+    history = train_full(
+        model, split, augment, plan, ex.budget.deadline, ex.log, size=size, compute=compute
+    )
+    probs = predict_probs(
+        model, judge_x, size, best.mean, best.std, compute=compute, multi_label=multi
+    )
     if sets.rows is not None:  # every process's judging images, in order
         probs, judge_y = (distributed.gather_rows(t, where, total) for t in (probs, judge_y))
     plan.kept = "fine-tuned"
     if probe is not None:
         probe_probs = probe.val_probs if sets.val_images is not None else probe.val_probs[held]
-        weights = None
-        if plan.class_weight is not None and not multi:
-            weights = balancing_weights(judge_y, classes)
-        keep, verdict = fine_tuning_wins(
-            right_per_image(probe_probs, judge_y), right_per_image(probs, judge_y), weights=weights
-        )
-        plan.kept = "fine-tuned" if keep else "probe"
-        plan.reasons.append(verdict)
-    return TunedStage(best.name, best.info, model.eval(), size, history, judge_x, judge_y, probs,
-                      judged)  # fmt: skip
-
-
-def too_late(best: Candidate, deadline: float | None, plan: Recipe) -> bool:
-    """Whether ``AUTO.min_finetune_epochs`` epochs clearly cannot fit the time left, by the
-    estimate the plan made before the probe (an epoch ``AUTO.train_slowdown`` times one view
-    of the feature pass): then even the speed check, several training steps, is not spent."""
-    if deadline is None:
-        return False
-    epoch = AUTO.train_slowdown * best.seconds / AUTO.probe_views
-    left = deadline - shared_clock()
-    if AUTO.min_finetune_epochs * epoch <= left:
-        return False
-    plan.reasons.append(
-        f"no fine-tuning: {AUTO.min_finetune_epochs} epochs would take about "
-        f"{AUTO.min_finetune_epochs * epoch:.0f} s here (estimated from the feature pass), more "
-        f"than the {max(left, 0):.0f} s left"
+        plan.kept = _kept(plan, probe_probs, probs, judge_y, classes)
+    ex.end("fine-tuning")
+    return TunedStage(
+        best.name, best.info, model.eval(), size, history, judge_x, judge_y, probs, judged
     )
-    return True
+
+
+def _speed(
+    ex: Executor,
+    checks: SpeedChecks,
+    model: nn.Module,
+    name: str,
+    size: int,
+    plan: Recipe,
+    n_train: int,
+    n_val: int,
+) -> tuple[float, float, str]:
+    """Fine-tuning's speed here (inference and training images per second, of every process
+    together, and the memory format's reason), measured unless ``checks`` timed the same
+    network at the same size and batch; the plan is made again from it."""
+    key = (name, size, plan.batch_size)
+    if key not in checks.speeds:
+        batch = process_batch(plan.batch_size)  # each process takes its part of every batch
+        checks.speeds[key] = measure(model, size, batch, checks.compute)
+        ex.budget.lap("speed checks")
+    infer, train_rate, plan.channels_last, layout = checks.speeds[key]
+    processes = distributed.world()[2]
+    infer, train_rate = infer * processes, train_rate * processes
+    epoch = (n_train / train_rate + n_val / infer) / (n_train + n_val)
+    backbones = tuple(
+        replace(b, epoch=epoch) if b.name == name else b for b in ex.measurements.backbones
+    )
+    ex.replan(f"fine-tuning {name} measured here", backbones=backbones)
+    return infer, train_rate, layout
+
+
+def _kept(
+    plan: Recipe,
+    probe_probs: torch.Tensor,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    classes: int,
+) -> Literal["probe", "fine-tuned"]:
+    """Which model the keep rule keeps, judged on the same images (by balanced accuracy with
+    class weights); its verdict goes into the reasons."""
+    weights = None
+    if plan.class_weight is not None and labels.dim() == 1:
+        weights = balancing_weights(labels, classes)
+    keep, verdict = fine_tuning_wins(
+        right_per_image(probe_probs, labels), right_per_image(probs, labels), weights=weights
+    )
+    plan.reasons.append(verdict)
+    return "fine-tuned" if keep else "probe"
 
 
 def _held_out_fold(

@@ -26,7 +26,15 @@ from .compute import CPU, Compute
 from .settings import AUTO
 from .store import Decoded, ImageStore, to_model_input
 
-__all__ = ["PREDICTED", "VIEWS", "ZOOMS", "Candidate", "compute_features", "features"]
+__all__ = [
+    "PREDICTED",
+    "VIEWS",
+    "ZOOMS",
+    "Candidate",
+    "add_zoomed_views",
+    "compute_features",
+    "features",
+]
 
 
 def _zoom_in(x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +115,7 @@ def features(
     candidate: Candidate,
     images: ImageStore,
     *,
-    batch: int = 64,
+    batch: int | None = None,
     views: tuple[str, ...] = PREDICTED,
     compute: Compute | None = None,
 ) -> torch.Tensor:
@@ -115,7 +123,7 @@ def features(
     candidate's size and computed on ``compute``'s device (default the CPU): one per view of
     ``VIEWS`` named in ``views`` (default the image and its mirror image); the pooled outputs
     of the candidate's ``taps`` layers first when it has some ([tlkit.LayerTaps][]). Only a
-    batch of images is in memory at a time.
+    ``batch`` of images (default ``compute.feature_batch``) is in memory at a time.
 
     Raises:
         ValueError: For a view that is not one of ``VIEWS``."""
@@ -123,6 +131,7 @@ def features(
     if unknown:
         raise ValueError(f"unknown view {unknown[0]!r}: the views are {', '.join(VIEWS)}")
     compute = compute or CPU
+    batch = batch or compute.feature_batch
     model = candidate.model.eval().to(compute.device)
     layout = torch.channels_last if candidate.channels_last else torch.contiguous_format
     out: list[list[torch.Tensor]] = [[] for _ in views]
@@ -144,32 +153,28 @@ def compute_features(
     candidates: list[Candidate],
     sets: Decoded,
     compute: Compute | None,
-    deadline: float | None,
-    share: float,
+    allowed: float | None,
     clock: Callable[[], float],
     log: Callable[[str], None],
-    fits: float = 0.0,
+    pace: float = 1.0,
 ) -> tuple[list[Candidate], list[str], float]:
     """Each candidate's features of its ``views`` (each process computing its rows) while they
-    fit ``share`` of the time left at the pace measured so far; then, for those computed, when
-    the mirror images are, the zoomed views when they fit too at the pace of the first passes
-    (without a ``deadline``, always), beside twice the ``fits`` seconds the probe's fits are
-    estimated at (with the zoomed copies, a fit has twice the rows). Returns those computed,
-    why the others were not, and the seconds the passes took."""
-    allowed = None if deadline is None else share * max(deadline - clock(), 0.0)
+    fit the ``allowed`` seconds (``None``: all of them) at the pace measured so far: each pass
+    is predicted at its speed check's seconds times ``pace`` at first, then times the pace of
+    the passes before it. Returns those computed, why the others were not, and the seconds the
+    passes took."""
     spent = estimated = 0.0
     computed: list[Candidate] = []
     skipped: list[str] = []
     for candidate in candidates:
-        pace = spent / estimated if estimated else 1.0
+        pace = spent / estimated if estimated else pace
         need = candidate.pass_seconds * pace
         if computed and allowed is not None and spent + need > allowed:
             skipped.append(
                 f"features of {candidate.name} not computed: about {need:.0f} s at the pace of "
                 f"the passes before it ({pace:.1f} times the speed check's estimate), more than "
-                f"the {max(allowed - spent, 0):.0f} s of {share:.0%} of the time left"
+                f"the {max(allowed - spent, 0):.0f} s the probe has left for them"
             )
-            log(skipped[-1])
             continue
         layers = plural(len(candidate.taps), "intermediate layer")
         inside = f" and {layers}" if candidate.taps else ""
@@ -182,17 +187,21 @@ def compute_features(
         candidate.features = _pass(candidate, sets, candidate.views, compute)
         spent, estimated = spent + clock() - began, estimated + candidate.pass_seconds
         computed.append(candidate)
-    zooming = spent * len(ZOOMS) / len(PREDICTED)  # as many views again, at the same pace
-    late = allowed is not None and spent + zooming + 2 * fits > allowed
-    if late or not all(c.mirror for c in computed):
-        return computed, skipped, spent
-    log(f"zoomed views of every image for {len(computed)} backbone(s) (about {zooming:.0f} s)")
-    began = clock()
-    for candidate in computed:
+    return computed, skipped, spent
+
+
+def add_zoomed_views(
+    candidates: list[Candidate],
+    sets: Decoded,
+    compute: Compute | None,
+    log: Callable[[str], None],
+) -> None:
+    """The zoomed views of every image for each candidate, after the views it has."""
+    log(f"zoomed views of every image for {len(candidates)} backbone(s)")
+    for candidate in candidates:
         assert candidate.features is not None
         zoomed = _pass(candidate, sets, ZOOMS, compute)
         candidate.features = torch.cat([candidate.features, zoomed])
-    return computed, skipped, spent + clock() - began
 
 
 def _pass(
