@@ -25,7 +25,7 @@ from PIL import Image
 from skimage import data as skdata
 
 import tlkit
-from tlkit.recipes.images import square
+from tlkit.model.images import square
 
 SIZES = {"12 MP (4000x3000)": (4000, 3000), "6 MP (3000x2000)": (3000, 2000),
          "2 MP (1920x1080)": (1920, 1080), "0.3 MP (640x480)": (640, 480)}  # fmt: skip

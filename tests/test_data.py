@@ -182,7 +182,7 @@ def _photo(width: int, height: int) -> Image.Image:
 
 
 def test_min_side_decodes_a_jpeg_at_reduced_scale_to_the_same_picture(tmp_path) -> None:
-    from tlkit.recipes.images import square
+    from tlkit.model.images import square
 
     path = tmp_path / "photo.jpg"
     _photo(3000, 2000).save(path, quality=92)
@@ -228,7 +228,7 @@ def test_the_recipes_decode_large_jpegs_reduced_and_ranking_at_its_resize_side(t
 
 
 def augment_square(image: Image.Image, size: int) -> torch.Tensor:
-    from tlkit.recipes.images import square
+    from tlkit.model.images import square
 
     return square(image, size)
 

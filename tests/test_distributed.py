@@ -65,7 +65,7 @@ def test_distributed_loader_keeps_every_setting_of_the_users_loader(monkeypatch)
 
 
 def test_tlkit_fit_under_torchrun_agrees_and_writes_once(tmp_path: Path) -> None:
-    from tlkit.recipes import load_model
+    from tlkit.model import load_model
 
     from . import shapes
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from tlkit import to_rgb
 from tlkit.export import Deployable
-from tlkit.recipes.images import normalise, square
+from tlkit.model.images import normalise, square
 
 
 def identity_net() -> nn.Module:

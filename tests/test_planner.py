@@ -125,7 +125,7 @@ def test_once_ranked_the_order_decides_which_backbones_the_room_keeps() -> None:
 
 
 # ------------------------------------------------------------------ sample and mirror images
-def test_mirror_images_give_way_when_that_lets_every_image_fit_then_backbones_go() -> None:
+def test_mirror_images_give_way_before_images_and_backbones_before_half_the_images() -> None:
     backbones = lites(0.5, 0.5, width=4, dim=4)  # each: 1 s per image and its mirror image
     kwargs = {"n_train": 30, "classes": 3, "backbones": backbones, "recipe": "probe"}
     roomy = plan(m(**kwargs), 100.0 / AUTO.probe_share_alone)  # 100 s of room
@@ -137,22 +137,23 @@ def test_mirror_images_give_way_when_that_lets_every_image_fit_then_backbones_go
         "no mirror images: with them the probe would see 20 of the 30 training images (a new "
         "image teaches it more than a mirrored copy)",
     )
-    # wide features (slow fits): with both backbones a sample of fewer than half the images,
-    # so one is left out (LogME's last, or the last given), then every image fits on one view
-    wide = {**kwargs, "backbones": lites(0.5, 0.5, width=40_000, dim=40_000)}
-    short = plan(m(**wide), 40.0 / AUTO.probe_share_alone)
+    # wide features (slow fits): with both backbones fewer than half the images even on one
+    # view, so one is left out (LogME's last, or the last given); then every image fits on one
+    wide = {**kwargs, "backbones": lites(0.5, 0.5, width=100_000, dim=100_000)}
+    short = plan(m(**wide), 30.0 / AUTO.probe_share_alone)
     assert short.backbones == ("l0",) and not short.mirror and short.sample == 30
     assert short.reasons == (
-        "l1 left out: with it the probe would see 12 of the 30 training images, fewer than 50% "
+        "l1 left out: with it the probe would see 13 of the 30 training images, fewer than 50% "
         "(more images help a probe more than another backbone's features)",
-        "no mirror images: with them the probe would see 29 of the 30 training images (a new "
+        "no mirror images: with them the probe would see 15 of the 30 training images (a new "
         "image teaches it more than a mirrored copy)",
     )
-    ranked = plan(m(**wide, ranked=("l1", "l0")), 40.0 / AUTO.probe_share_alone)
+    ranked = plan(m(**wide, ranked=("l1", "l0")), 30.0 / AUTO.probe_share_alone)
     assert ranked.backbones == ("l1",)  # LogME's last goes first
-    sampled = plan(m(**wide), 15.0 / AUTO.probe_share_alone)  # a sample either way
-    assert sampled.backbones == ("l0",) and sampled.mirror and sampled.sample < 30
-    assert "a stratified sample of" in sampled.reasons[-1]
+    # a sample either way: of images on one view, twice as many as with their mirror images
+    sampled = plan(m(**wide), 15.0 / AUTO.probe_share_alone)
+    assert sampled.backbones == ("l0",) and not sampled.mirror and sampled.sample == 18
+    assert "a stratified sample of 18 of the 30 training images" in sampled.reasons[-1]
 
 
 def test_plan_sample_keeps_two_images_per_class_at_least() -> None:

@@ -11,13 +11,13 @@ from PIL import Image
 from torch import nn
 
 import tlkit
+from tlkit.model import Recipe, StackedBackbones, build_network
 from tlkit.recipes import executor, keep, parse_budget, probing, select, tuning
 from tlkit.recipes.budget import Budget
 from tlkit.recipes.candidates import load_candidates
 from tlkit.recipes.executor import Executor
 from tlkit.recipes.plan import Backbone, Measurements
 from tlkit.recipes.planner import choose_size, plan_finetune
-from tlkit.recipes.result import Recipe, StackedBackbones, build_network
 
 
 def colours(root: Path, per_class: int = 6) -> Path:
@@ -351,7 +351,7 @@ def test_the_keep_margin_is_counted_in_standard_errors() -> None:
 
 
 def test_letterboxing_keeps_the_whole_image_and_the_model_remembers_it(tmp_path: Path) -> None:
-    from tlkit.recipes.images import square
+    from tlkit.model.images import square
 
     wide = Image.new("RGB", (60, 20), (30, 30, 220))
     wide.paste((220, 30, 30), (0, 0, 6, 20))  # a red end that a centre crop cuts off

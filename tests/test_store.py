@@ -64,7 +64,7 @@ def test_a_store_loader_gives_labelled_batches_resized_in_a_seeded_order() -> No
     assert sorted(torch.cat([y for _, y in first]).tolist()) == list(range(10))
     x, y = first[0]
     assert x.shape == (4, 3, 4, 4) and x.dtype == torch.uint8
-    from tlkit.recipes.images import resize_square
+    from tlkit.model.images import resize_square
 
     assert torch.equal(x, resize_square(images[y], 4))  # each image with its own label
 

@@ -12,8 +12,8 @@ import torchvision
 from torch import nn
 
 import tlkit
+from tlkit.model.network import final_linear
 from tlkit.recipes import probing
-from tlkit.recipes.result import final_linear
 from tlkit.taps import LayerTaps, default_layers, pool
 
 from .test_recipes import colours

@@ -15,54 +15,59 @@ Examples:
 
 from __future__ import annotations
 
-from . import (
-    augment,
-    callbacks,
-    checkpoint,
-    devices,
-    distributed,
-    exceptions,
-    export,
-    features,
-    heads,
-    report,
-    taps,
-    tta,
-)
-from .augment import channel_stats
-from .backbones import BackboneInfo, backbone, imagenet_classes, load_weights
-from .callbacks import (
-    EMA,
-    Callback,
-    EarlyStopping,
-    GradualUnfreeze,
-    HistoryLogger,
-    LRScheduler,
-    ModelCheckpoint,
-    ProgressBar,
-)
-from .data import ImageDataset, WithTransform, read_image, to_rgb
-from .exceptions import NonFiniteLossError
-from .features import extract_features
-from .freeze import FreezePolicy, FreezeReport, unfreeze
-from .heads import replace_head
-from .history import History
-from .metrics import ClassificationMeter
-from .optim import discriminative_param_groups
-from .probe import LinearProbe
-from .ranking import BackboneScore, logme, rank_backbones
-from .recipes import FinetuneResult, Recipe, finetune, load_model
-from .registry import Registry
-from .splits import (
-    file_name_groups,
-    join_groups,
-    kfold,
-    near_duplicate_groups,
-    part_sizes,
-    split,
-)
-from .taps import LayerTaps
-from .trainer import Trainer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what static tools (type checkers, the API docs) read
+    from . import (
+        augment,
+        callbacks,
+        checkpoint,
+        devices,
+        distributed,
+        exceptions,
+        export,
+        features,
+        heads,
+        report,
+        taps,
+        tta,
+    )
+    from .augment import channel_stats
+    from .backbones import BackboneInfo, backbone, imagenet_classes, load_weights
+    from .callbacks import (
+        EMA,
+        Callback,
+        EarlyStopping,
+        GradualUnfreeze,
+        HistoryLogger,
+        LRScheduler,
+        ModelCheckpoint,
+        ProgressBar,
+    )
+    from .data import ImageDataset, WithTransform, read_image, to_rgb
+    from .exceptions import NonFiniteLossError
+    from .features import extract_features
+    from .freeze import FreezePolicy, FreezeReport, unfreeze
+    from .heads import replace_head
+    from .history import History
+    from .metrics import ClassificationMeter
+    from .model import FinetuneResult, Recipe, load_model
+    from .optim import discriminative_param_groups
+    from .probe import LinearProbe
+    from .ranking import BackboneScore, logme, rank_backbones
+    from .recipes import finetune
+    from .registry import Registry
+    from .splits import (
+        file_name_groups,
+        join_groups,
+        kfold,
+        near_duplicate_groups,
+        part_sizes,
+        split,
+    )
+    from .taps import LayerTaps
+    from .trainer import Trainer
 
 __version__ = "0.1.0"
 
@@ -124,3 +129,79 @@ __all__ = [
     "tta",
     "unfreeze",
 ]
+
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "augment": (".augment", None),
+    "backbone": (".backbones", "backbone"),
+    "BackboneInfo": (".backbones", "BackboneInfo"),
+    "BackboneScore": (".ranking", "BackboneScore"),
+    "Callback": (".callbacks", "Callback"),
+    "callbacks": (".callbacks", None),
+    "channel_stats": (".augment", "channel_stats"),
+    "checkpoint": (".checkpoint", None),
+    "ClassificationMeter": (".metrics", "ClassificationMeter"),
+    "devices": (".devices", None),
+    "discriminative_param_groups": (".optim", "discriminative_param_groups"),
+    "distributed": (".distributed", None),
+    "EarlyStopping": (".callbacks", "EarlyStopping"),
+    "EMA": (".callbacks", "EMA"),
+    "exceptions": (".exceptions", None),
+    "export": (".export", None),
+    "extract_features": (".features", "extract_features"),
+    "features": (".features", None),
+    "file_name_groups": (".splits", "file_name_groups"),
+    "finetune": (".recipes", "finetune"),
+    "FinetuneResult": (".model", "FinetuneResult"),
+    "FreezePolicy": (".freeze", "FreezePolicy"),
+    "FreezeReport": (".freeze", "FreezeReport"),
+    "GradualUnfreeze": (".callbacks", "GradualUnfreeze"),
+    "heads": (".heads", None),
+    "History": (".history", "History"),
+    "HistoryLogger": (".callbacks", "HistoryLogger"),
+    "ImageDataset": (".data", "ImageDataset"),
+    "imagenet_classes": (".backbones", "imagenet_classes"),
+    "join_groups": (".splits", "join_groups"),
+    "kfold": (".splits", "kfold"),
+    "LayerTaps": (".taps", "LayerTaps"),
+    "LinearProbe": (".probe", "LinearProbe"),
+    "load_model": (".model", "load_model"),
+    "load_weights": (".backbones", "load_weights"),
+    "logme": (".ranking", "logme"),
+    "LRScheduler": (".callbacks", "LRScheduler"),
+    "ModelCheckpoint": (".callbacks", "ModelCheckpoint"),
+    "near_duplicate_groups": (".splits", "near_duplicate_groups"),
+    "NonFiniteLossError": (".exceptions", "NonFiniteLossError"),
+    "part_sizes": (".splits", "part_sizes"),
+    "ProgressBar": (".callbacks", "ProgressBar"),
+    "rank_backbones": (".ranking", "rank_backbones"),
+    "read_image": (".data", "read_image"),
+    "Recipe": (".model", "Recipe"),
+    "Registry": (".registry", "Registry"),
+    "replace_head": (".heads", "replace_head"),
+    "report": (".report", None),
+    "split": (".splits", "split"),
+    "taps": (".taps", None),
+    "to_rgb": (".data", "to_rgb"),
+    "Trainer": (".trainer", "Trainer"),
+    "tta": (".tta", None),
+    "unfreeze": (".freeze", "unfreeze"),
+    "WithTransform": (".data", "WithTransform"),
+}
+"""Each public name and where it lives: imported when first used, so that loading a model and
+predicting with it ([tlkit.load_model][]) does not import the training stack."""
+
+
+def __getattr__(name: str) -> Any:
+    """``tlkit.<name>``, imported from its module on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'tlkit' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = importlib.import_module(module, __name__)
+    if attribute is not None:
+        value = getattr(value, attribute)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

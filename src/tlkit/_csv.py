@@ -80,8 +80,9 @@ def read_table(csv_path: Path, base: Path, label_sep: str | None) -> LabelTable:
             f"{str(csv_path)!r} has rows with no path{' or no label' if single else ''}, on "
             f"line(s) {_lines(empty)}; fill them in or remove them"
         )
-    files = [Path(r[path_at]) if Path(r[path_at]).is_absolute() else base / r[path_at]
-             for r in rows]  # fmt: skip
+    files = [
+        Path(r[path_at]) if Path(r[path_at]).is_absolute() else base / r[path_at] for r in rows
+    ]
     if one_column:
         column = [row[label_at[0]] for row in rows]
         if tagged:

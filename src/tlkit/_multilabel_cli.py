@@ -49,8 +49,13 @@ def evaluate(model: Any, data: Any, args: argparse.Namespace) -> int:
     calibration = calibration_on(probs, targets, model.temperature, multi_label=True)
     print(f"each label's probability: {calibration_text(calibration)}")
     print(label_table(model.classes, metrics, targets.sum(0).long().tolist()))
-    summary = {**metrics, **calibration, "images": len(data), "classes": list(model.classes),
-               "skipped": [{"file": f, "reason": r} for f, r in data.skipped]}  # fmt: skip
+    summary = {
+        **metrics,
+        **calibration,
+        "images": len(data),
+        "classes": list(model.classes),
+        "skipped": [{"file": f, "reason": r} for f, r in data.skipped],
+    }
     if args.json:
         print(json.dumps(json_safe(summary), allow_nan=False))
     return 0

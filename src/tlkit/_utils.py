@@ -89,8 +89,9 @@ def replace_folder(target: str | os.PathLike[str], build: Callable[[Path], objec
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp",
-                                    dir=target.parent))  # fmt: skip
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    )
     try:
         os.chmod(staging, _folder_mode(target))
         build(staging)
@@ -275,3 +276,34 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def load_file(path: str | os.PathLike[str], *, what: str = "checkpoint") -> Any:
+    """Read a file saved with ``torch.save`` through ``torch.load(weights_only=True)``, on CPU.
+
+    Args:
+        path: The file.
+        what: How error messages name the file (``"checkpoint"``, ``"weights"``).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        IsADirectoryError: If ``path`` is a folder (the message lists the ``.pt`` files in it).
+        ValueError: If the file is truncated, not a PyTorch file, or holds pickled objects.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> path = tempfile.mkdtemp() + "/w.pt"
+        >>> torch.save({"w": torch.ones(2)}, path)
+        >>> load_file(path)["w"]
+        tensor([1., 1.])
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt*"))
+        hint = f"; it holds {', '.join(found[:5])}" if found else " with no .pt file in it"
+        raise IsADirectoryError(
+            f"{what} {str(path)!r} is a folder{hint}: pass a file, e.g. {str(path / 'last.pt')!r}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    return read_torch_file(path, what)

@@ -49,6 +49,7 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "logits_of",
+    "not_lower_said",
     "reliability",
     "scale",
     "threshold_table",
@@ -141,8 +142,9 @@ def calibration_on(
             that do not match ``labels``.
     """
     _check_temperature(temperature)
-    raw = scale(logits_of(probs, multi_label=multi_label) * temperature, 1.0,
-                multi_label=multi_label)  # fmt: skip
+    raw = scale(
+        logits_of(probs, multi_label=multi_label) * temperature, 1.0, multi_label=multi_label
+    )
     return {
         "ece": expected_calibration_error(probs.float(), labels),
         "ece_without_temperature": expected_calibration_error(raw.float(), labels),
@@ -223,8 +225,13 @@ class Reliability:
         total = sum(self.count)
         if not total:
             return float("nan")
-        return sum(n * abs(a - c) for c, a, n in zip(self.confidence, self.accuracy, self.count,
-                                                     strict=True)) / total  # fmt: skip
+        return (
+            sum(
+                n * abs(a - c)
+                for c, a, n in zip(self.confidence, self.accuracy, self.count, strict=True)
+            )
+            / total
+        )
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, *, bins: int = 15) -> Reliability:
@@ -398,3 +405,20 @@ def threshold_table(
             }
         )
     return out
+
+
+def not_lower_said(figures: dict[str, Any]) -> str:
+    """Why a temperature was refused, in words: the gain it had to beat (one standard error of
+    it, ``figures["ece_gain_se"]``, or at least ``figures["ece_gain_least"]``).
+
+    Examples:
+        >>> not_lower_said({"ece_gain_se": 0.02, "ece_gain_least": 0.001})
+        'not lower by more than one standard error (0.020)'
+        >>> not_lower_said({"ece_gain_se": 0.0, "ece_gain_least": 0.001})
+        'not lower by 0.001'
+    """
+    spread = figures.get("ece_gain_se") or 0.0
+    least = figures.get("ece_gain_least") or 0.0
+    if spread > least:
+        return f"not lower by more than one standard error ({spread:.3f})"
+    return f"not lower by {least:g}"

@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ._utils import atomic_save, check_state_finite, check_weights_finite, read_torch_file
+from ._utils import atomic_save, check_state_finite, check_weights_finite, load_file
 from .history import History
 
 __all__ = [
@@ -42,37 +42,6 @@ FORMAT = 1
 """Version of the training-checkpoint layout written by this tlkit."""
 
 _REQUIRED = ("model", "optimizer", "epochs_done", "global_step", "rng", "history", "callbacks")
-
-
-def load_file(path: str | os.PathLike[str], *, what: str = "checkpoint") -> Any:
-    """Read a file saved with ``torch.save`` through ``torch.load(weights_only=True)``, on CPU.
-
-    Args:
-        path: The file.
-        what: How error messages name the file (``"checkpoint"``, ``"weights"``).
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        IsADirectoryError: If ``path`` is a folder (the message lists the ``.pt`` files in it).
-        ValueError: If the file is truncated, not a PyTorch file, or holds pickled objects.
-
-    Examples:
-        >>> import tempfile, torch
-        >>> path = tempfile.mkdtemp() + "/w.pt"
-        >>> torch.save({"w": torch.ones(2)}, path)
-        >>> load_file(path)["w"]
-        tensor([1., 1.])
-    """
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.pt*"))
-        hint = f"; it holds {', '.join(found[:5])}" if found else " with no .pt file in it"
-        raise IsADirectoryError(
-            f"{what} {str(path)!r} is a folder{hint}: pass a file, e.g. {str(path / 'last.pt')!r}"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    return read_torch_file(path, what)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -470,6 +439,8 @@ class CheckpointConnector:
         self.load_state_dict(state, source=str(path))
         set_rng_state(state["rng"], loader)
         done = int(state["batches_done"])
-        self.trainer.log(f"resumed from {path}: {self.trainer.epochs_done} epochs done"
-                         + (f", {done} batches into the next" if done else ""))  # fmt: skip
+        self.trainer.log(
+            f"resumed from {path}: {self.trainer.epochs_done} epochs done"
+            + (f", {done} batches into the next" if done else "")
+        )
         return done

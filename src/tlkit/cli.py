@@ -256,8 +256,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .calibration import calibration_on, calibration_text
     from .data import ImageDataset
     from .metrics import balanced_accuracy
-    from .recipes import load_model
-    from .recipes.result import check_confidence
+    from .model import check_confidence, load_model
     from .report import class_table, per_class_metrics
 
     check_confidence(args.min_confidence)
@@ -353,8 +352,7 @@ def _threshold_text(table: list[dict[str, Any]]) -> str:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .recipes import load_model
-    from .recipes.result import check_confidence
+    from .model import check_confidence, load_model
 
     check_confidence(args.min_confidence)
     model = load_model(args.run)
@@ -383,7 +381,7 @@ def predict(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from .export import SUFFIXES
     from .export import export as write
-    from .recipes import load_model
+    from .model import load_model
     from .report import RUN_FILES
 
     run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent

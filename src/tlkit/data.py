@@ -242,8 +242,10 @@ class ImageDataset(Dataset[tuple[Any, Any]]):
         if not base.exists():
             raise FileNotFoundError(f"image folder {str(base)!r} does not exist")
         if not base.is_dir():
-            raise NotADirectoryError(f"{str(base)!r} is a file; pass the folder holding one "
-                                     "folder per class (or a CSV of path,label)")  # fmt: skip
+            raise NotADirectoryError(
+                f"{str(base)!r} is a file; pass the folder holding one "
+                "folder per class (or a CSV of path,label)"
+            )
         folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not folders:
             loose = [p.name for p in base.iterdir() if p.suffix.lower() in extensions][:3]
@@ -268,8 +270,9 @@ class ImageDataset(Dataset[tuple[Any, Any]]):
                 + ", ".join(empty[:5])
             )
         classes = [f.name for f in folders]
-        return cls(files, targets, classes, background=background, transform=transform,
-                   on_error=on_error)  # fmt: skip
+        return cls(
+            files, targets, classes, background=background, transform=transform, on_error=on_error
+        )
 
     @classmethod
     def from_csv(

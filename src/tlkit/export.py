@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .recipes.result import FinetuneResult, check_confidence
+from .model import FinetuneResult, check_confidence
 
 __all__ = ["Deployable", "export"]
 
@@ -290,11 +290,13 @@ def _write(result: FinetuneResult, target: Path, format: str, min_confidence: fl
             )
         scripted.save(str(target))
         return
-    module = _Exportable(network, *args, pad=pad, mirror=mirror, temperature=t,
-                         thresholds=labels).eval()  # fmt: skip
+    module = _Exportable(
+        network, *args, pad=pad, mirror=mirror, temperature=t, thresholds=labels
+    ).eval()
     # 2 channels: no size of the example is 0 or 1, which torch.export would fix as constant
-    example = torch.randint(0, 256, (2, 2, result.image_size + 9, result.image_size + 21),
-                            dtype=torch.uint8)  # fmt: skip
+    example = torch.randint(
+        0, 256, (2, 2, result.image_size + 9, result.image_size + 21), dtype=torch.uint8
+    )
     if format == "pt2":
         with torch.no_grad():
             program = torch.export.export(

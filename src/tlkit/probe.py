@@ -344,9 +344,13 @@ def _fit(
     weight.requires_grad_(True)
     bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
-        [weight, bias], max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-6, tolerance_change=1e-10,
-    )  # fmt: skip
+        [weight, bias],
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-10,
+    )
     penalty = 1.0 / (2 * c * len(targets))
     row_weight = None
     multi_loss = nn.BCEWithLogitsLoss(reduction="none", pos_weight=class_weight)

@@ -248,17 +248,25 @@ def rank_backbones(
         if isinstance(dataset, ImageDataset):  # JPEGs decoded no larger than the eval resize needs
             source = dataset.with_min_side(_resize_side(evaluation))
         part = Subset(source, indices) if indices is not None else source
-        loader = DataLoader(WithTransform(part, evaluation), batch_size=batch_size,
-                            num_workers=loader_workers(4))  # fmt: skip
+        loader = DataLoader(
+            WithTransform(part, evaluation), batch_size=batch_size, num_workers=loader_workers(4)
+        )
         layout = torch.channels_last if channels_last else torch.contiguous_format
         with headless(model.to(run_device).to(memory_format=layout)):
-            features = extract_features(model, loader, device=run_device,
-                                        batch_transform=_layout(layout))  # fmt: skip
+            features = extract_features(
+                model, loader, device=run_device, batch_transform=_layout(layout)
+            )
         score = logme(features.tensors[0], features.tensors[1])
-        results.append(BackboneScore(
-            name, weights, score, len(features), time.perf_counter() - start,
-            TensorDataset(*(t.cpu() for t in features.tensors)) if keep_features else None,
-        ))  # fmt: skip
+        results.append(
+            BackboneScore(
+                name,
+                weights,
+                score,
+                len(features),
+                time.perf_counter() - start,
+                TensorDataset(*(t.cpu() for t in features.tensors)) if keep_features else None,
+            )
+        )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(last=f"{name} {score:.3f}")

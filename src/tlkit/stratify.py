@@ -121,8 +121,9 @@ def iterative_parts(targets: Any, sizes: list[int], rng: random.Random) -> list[
             if dealt[i]:
                 continue
             open_parts = [j for j in range(len(sizes)) if room[j] > 0]
-            j = max(open_parts, key=lambda p: (wanted[p][label], wanted_any[p], room[p],
-                                               rng.random()))  # fmt: skip
+            j = max(
+                open_parts, key=lambda p: (wanted[p][label], wanted_any[p], room[p], rng.random())
+            )
             parts[j].append(i)
             dealt[i], room[j] = True, room[j] - 1
             for c in sets[i]:

@@ -41,14 +41,15 @@ The package, one concept per module:
   [tlkit.recipes.probing][] (the probe's choice), [tlkit.recipes.tuning][] and
   [tlkit.recipes.stages][] (fine-tuning), [tlkit.recipes.keep][] (the keep rule),
   [tlkit.recipes.judge][] (folds, metrics and calibration);
-- what the stages read: [tlkit.recipes.images][], [tlkit.recipes.store][] (the decoded images,
-  in memory or on disk), [tlkit.recipes.compute][] (the device and its precision);
-- what comes out: [tlkit.recipes.result][] (the result, its save format and its one head
-  builder, importing nothing of training) and [tlkit.recipes.saved][] (its checks).
+- what the stages read: [tlkit.recipes.store][] (the decoded images, in memory or on disk) and
+  [tlkit.recipes.compute][] (the device and its precision).
+
+What comes out, the trained model with its save format, network and checks, is its own
+package below this one, [tlkit.model][], importing nothing of training.
 """
 
+from ..model.result import FinetuneResult, Recipe, load_model
 from .budget import parse_budget
-from .result import FinetuneResult, Recipe, load_model
 from .run import finetune
 
 __all__ = ["FinetuneResult", "Recipe", "finetune", "load_model", "parse_budget"]

@@ -13,14 +13,14 @@ from torch import nn
 from .. import distributed, heads
 from ..data import ImageDataset
 from ..devices import loader_workers
+from ..model.images import Geometry
+from ..model.network import build_network
 from ..taps import LayerTaps, default_layers
 from .budget import Budget
 from .compute import CPU, Compute
-from .images import Geometry
 from .measure import choose_batch_size, measure, pilot, time_batches
 from .plan import Backbone, Measurements
 from .planner import choose_size, plan, tuning_images
-from .result import build_network
 from .settings import AUTO
 from .stages import process_batch
 from .views import PREDICTED, Candidate, features
@@ -59,9 +59,16 @@ def load_candidates(
         model, info = build_network([name], [0], classes, weights=weights, key_map=key_map)
         size = image_size or info.input_size
         per_second = rate(model, size)
-        candidate = Candidate(name, model, size, tuple(info.mean), tuple(info.std),
-                              channels_last=True, info=info,
-                              seconds=AUTO.probe_views * n_images / per_second)  # fmt: skip
+        candidate = Candidate(
+            name,
+            model,
+            size,
+            tuple(info.mean),
+            tuple(info.std),
+            channels_last=True,
+            info=info,
+            seconds=AUTO.probe_views * n_images / per_second,
+        )
         if AUTO.probe_taps:
             candidate.taps, candidate.tap_dim = tap_layers(model, size)
         candidates.append(candidate)

@@ -17,14 +17,14 @@ from typing import Any
 
 from .. import distributed
 from ..data import ImageDataset
+from ..model.images import Geometry
+from ..model.result import Recipe
 from ..splits import split
 from .budget import Budget
 from .compute import Compute
-from .images import Geometry
 from .plan import Measurements, Plan, changed, replan
 from .planner import plan
 from .probing import ProbeStage, run_probe
-from .result import Recipe
 from .select import rank_sample
 from .store import Decoded
 from .views import Candidate, add_zoomed_views, compute_features

@@ -14,12 +14,12 @@ from .._utils import check_positive_int, check_seed
 from ..augment.presets import MAX_IMAGE_SIZE
 from ..backbones import check_key_map, check_name, weights_at_hand
 from ..data import ImageDataset
+from ..model.images import GEOMETRIES, Geometry
+from ..model.result import Recipe
 from .budget import parse_budget
 from .compute import Compute
-from .images import GEOMETRIES, Geometry
 from .plan import RECIPES
 from .planner import describe_images
-from .result import Recipe
 from .settings import AUTO
 
 __all__ = [

@@ -14,12 +14,12 @@ from ..calibration import (
     expected_calibration_error,
     fit_temperature,
     logits_of,
+    not_lower_said,
     scale,
 )
 from ..groups import file_name_groups, join_groups, near_duplicate_groups
 from ..metrics import ClassificationMeter, label_ranking_precision, multi_label_metrics
 from ..stratify import label_sets
-from .result import not_lower_said
 from .settings import AUTO
 
 __all__ = [
@@ -138,6 +138,7 @@ def calibrate(
     better = before - scaled >= max(spread, AUTO.calibration_gain)
     temperature = fitted if better else 1.0
     figures = {
+        "ece_gain_least": AUTO.calibration_gain,
         "temperature": temperature,
         "fitted_temperature": fitted,
         "ece_before": before,

@@ -11,9 +11,9 @@ from PIL import Image
 from torch import nn
 
 from ..data import ImageDataset
+from ..model.images import DecodedImages, Geometry
 from .budget import shared_clock
 from .compute import CPU, Compute
-from .images import DecodedImages, Geometry
 from .settings import AUTO
 from .store import ImageStore
 
@@ -93,8 +93,9 @@ def measure(
             model, size, batch, train=True, channels_last=cl, timed=1, compute=compute
         )
     channels_last = rates[True] > 1.05 * rates[False]
-    infer = time_batches(model, size, 32, train=False, channels_last=channels_last, timed=1,
-                         compute=compute)  # fmt: skip
+    infer = time_batches(
+        model, size, 32, train=False, channels_last=channels_last, timed=1, compute=compute
+    )
     layout = "channels-last" if channels_last else "channels-first"
     reason = (
         f"{layout} memory format: {max(rates.values()) / min(rates.values()):.1f}x the training "

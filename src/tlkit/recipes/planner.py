@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._utils import plural
+from ..model.result import Recipe
 from .plan import STAGES, Backbone, Measurements, Plan, RecipeName, Stage
-from .result import Recipe
 from .settings import AUTO, Settings
 
 __all__ = [
@@ -355,10 +355,11 @@ def _sample(
     m: Measurements, chosen: list[Backbone], order: list[str], room: float | None, s: Settings
 ) -> tuple[int, bool, list[Backbone], list[str]]:
     """The training images the probe sees, whether their mirror images are computed, the
-    backbones kept, and why. Where every image fits on one view only, the mirror images are
-    left out; a sample keeps both views (one-view samples overran on large JPEGs). Rather than
-    keep fewer than ``s.least_sampled`` of the images, the last backbone in ``order`` is left
-    out, while more than one is left."""
+    backbones kept, and why. Where not every image fits with its mirror image, the mirror
+    images are left out (a new image teaches the probe more than a mirrored copy), and where
+    not every image fits even then, a stratified sample of them does. Rather than keep fewer
+    than ``s.least_sampled`` of the images, the last backbone in ``order`` is left out, while
+    more than one is left."""
     reasons: list[str] = []
 
     def sample(option: list[Backbone], mirror: bool) -> tuple[int, str | None]:
@@ -371,8 +372,8 @@ def _sample(
 
     while True:
         mirrored, why = sample(chosen, mirror=True)
-        one_view = why is not None and sample(chosen, mirror=False)[1] is None
-        n, why = (m.n_train, None) if one_view else (mirrored, why)
+        one_view = why is not None  # not every image with its mirror image: one view each
+        n, why = sample(chosen, mirror=False) if one_view else (mirrored, why)
         if why is None or len(chosen) == 1 or n >= s.least_sampled * m.n_train:
             break
         last = max(chosen, key=lambda b: order.index(b.name) if b.name in order else len(order))

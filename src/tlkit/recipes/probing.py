@@ -20,12 +20,12 @@ from torch import nn
 from .. import distributed
 from .._utils import plural
 from ..backbones import BackboneInfo
+from ..model.network import load_head, stack
 from ..probe import LinearProbe, balancing_weights
 from ..stratify import rare_labels
 from .budget import Budget, FitPace, shared_clock
 from .judge import describe_grouping, fold_groups, metrics_from_probs, right_per_image
 from .keep import clearly_better
-from .result import load_head, stack
 from .settings import AUTO
 from .store import Decoded
 from .views import PREDICTED, VIEWS, ZOOMS, Candidate, features
@@ -99,14 +99,14 @@ def choose_probe(
     weights = None if class_weight is None or multi else balancing_weights(y, classes)
     metric = "accuracy" if class_weight is None else "balanced accuracy"
     metric = "mean average precision" if multi else metric
-    mirrored = all(c.mirror for c in candidates)  # the mirror images' features computed?
 
     def fit(
         option: list[Candidate], views: int | None = None, taps: bool = True, zoom: bool = False
     ) -> LinearProbe:
         x = _matrix(option, slice(0, n), views, taps, zoom)
-        probe = LinearProbe(C=AUTO.probe_C, folds=AUTO.probe_folds, seed=seed,
-                            class_weight=class_weight)  # fmt: skip
+        probe = LinearProbe(
+            C=AUTO.probe_C, folds=AUTO.probe_folds, seed=seed, class_weight=class_weight
+        )
         extra = len(ZOOMS) if zoom else 0
         return probe.fit(x, y, groups=groups, classes=classes, cv=True, extra_views=extra)
 
@@ -124,16 +124,7 @@ def choose_probe(
     scores = {label: _score(probe) for label, probe in probes.items()}
     probe = probes[_label(best)]
     taps, probe, taps_reason = _check_taps(best, probe, fit, pace, y, weights)
-    unmirrored: LinearProbe | None = None
-    if mirrored and pace.fits(
-        _dims(best, taps) / AUTO.probe_views, "the probe without mirror images"
-    ):
-        unmirrored = fit(best, views=1, taps=taps)
-    mirror = mirrored and (
-        unmirrored is None
-        or not clearly_better(_right(probe, y), _right(unmirrored, y), weights=weights)[0]
-    )
-    probe = probe if mirror or unmirrored is None else unmirrored
+    mirror, probe, mirror_reason = _check_mirror(best, probe, fit, pace, y, weights, taps)
     zoom, probe, zoom_reason = _check_zoom(best, probe, fit, pace, y, weights, taps, mirror)
     reasons = [
         f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation {metric} "
@@ -141,12 +132,13 @@ def choose_probe(
         f"{describe_grouping(n, found, named, groups)}",
         *pace.skipped,
         taps_reason,
-        _mirror_reason(mirror, unmirrored) if unmirrored is not None else "",
+        mirror_reason,
         zoom_reason,
     ]
     reasons = [r for r in reasons if r]
-    return ProbeChoice([c.name for c in best], probe, scores, groups, reasons, probes, mirror,
-                       taps, zoom)  # fmt: skip
+    return ProbeChoice(
+        [c.name for c in best], probe, scores, groups, reasons, probes, mirror, taps, zoom
+    )
 
 
 def _scores_said(scores: dict[str, float], best: str, options: int) -> str:
@@ -167,6 +159,28 @@ def _mirror_reason(mirror: bool, unmirrored: LinearProbe) -> str:
         if mirror
         else "them, better by more than one standard error: left and right tell the classes apart"
     )
+
+
+def _check_mirror(
+    best: list[Candidate],
+    probe: LinearProbe,
+    fit: Callable[..., LinearProbe],
+    pace: FitPace,
+    y: torch.Tensor,
+    weights: torch.Tensor | None,
+    taps: bool,
+) -> tuple[bool, LinearProbe, str]:
+    """Where the mirror images' features were computed: whether they train the probe (unless
+    the probe without them is better out of fold by more than one standard error), the probe
+    kept, and the reason (none when the check was not made)."""
+    mirrored = all(c.mirror for c in best)
+    if not mirrored or not pace.fits(
+        _dims(best, taps) / AUTO.probe_views, "the probe without mirror images"
+    ):
+        return mirrored, probe, ""
+    unmirrored = fit(best, views=1, taps=taps)
+    mirror = not clearly_better(_right(probe, y), _right(unmirrored, y), weights=weights)[0]
+    return mirror, probe if mirror else unmirrored, _mirror_reason(mirror, unmirrored)
 
 
 def _check_zoom(

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
+from torch import nn
 
 from .. import distributed
 from .._utils import check_writable_dir
-from ..backbones import KeyMap
+from ..backbones import BackboneInfo, KeyMap
 from ..calibration import logits_of, scale
 from ..data import ImageDataset
 from ..history import History
 from ..metrics import choose_thresholds
+from ..model.images import DecodedImages, Geometry
+from ..model.result import FinetuneResult, Recipe
 from .budget import Budget
 from .candidates import SpeedChecks, load_candidates
 from .compute import Compute
 from .executor import Executor, decode, probe_stages, rank_and_choose
-from .images import DecodedImages, Geometry
 from .inputs import check_arguments, check_class_weight, read_datasets, start_plan, weigh_classes
 from .judge import calibrate, calibration_reason, metrics_from_probs
 from .measure import sample_median_side
 from .plan import RecipeName
 from .probing import ProbeStage
-from .result import FinetuneResult, Recipe
 from .stages import stage_records
 from .store import Decoded
 from .tuning import TunedStage, run_finetune
@@ -212,25 +213,8 @@ def build_result(
 ) -> FinetuneResult:
     """The kept model with its preprocessing, and how it did on the images that judged it."""
     history = History(stage_records(tuned.history, "finetune") if tuned else [])
-    if plan.kept == "fine-tuned" or probe is None:
-        assert tuned is not None
-        plan.image_size, info, model = tuned.size, tuned.info, tuned.model
-        names, sizes = [tuned.name], [tuned.size]
-        taps: list[list[str]] = [[]]
-        judged, judged_labels, probs = tuned.images, tuned.labels, tuned.probs
-        method = "held-out images" if sets.val_images is None else "val images"
-    else:
-        names, model, probs = probe.choice.names, probe.model, probe.val_probs
-        sizes, info = [probe.sizes[n] for n in names], probe.infos[probe.choice.names[0]]
-        taps = [probe.taps[n] if probe.choice.taps else [] for n in names]
-        judged = sets.images if sets.val_images is None else sets.val_images
-        every, n = sets.every_label(), sets.counts[0]
-        judged_labels = every[:n] if sets.val_labels is None else every[n:]
-        method = (
-            f"out-of-fold predictions of {probe.choice.probe.folds}-fold cross-validation"
-            if sets.val_images is None
-            else "val images"
-        )
+    kept = _kept_model(plan, probe, tuned, sets)
+    names, sizes, taps, info, model, judged, judged_labels, probs, method = kept
     thresholds = None
     if judged_labels.dim() == 2:  # multi-label: thresholds for each label's F1
         thresholds = (
@@ -271,6 +255,54 @@ def build_result(
         val_labels=judged_labels,
         val_probs=probs,
     )
+
+
+class Kept(NamedTuple):
+    """The kept model and what judged it."""
+
+    names: list[str]
+    sizes: list[int]
+    taps: list[list[str]]
+    info: BackboneInfo
+    model: nn.Module
+    images: Any
+    labels: torch.Tensor
+    probs: torch.Tensor
+    method: str
+
+
+def _kept_model(
+    plan: Recipe, probe: ProbeStage | None, tuned: TunedStage | None, sets: Decoded
+) -> Kept:
+    """The kept model's backbones, their sizes and layers read, its info and network, and the
+    images that judged it with their labels, its probabilities and how they were had."""
+    if plan.kept == "fine-tuned" or probe is None:
+        assert tuned is not None
+        plan.image_size = tuned.size
+        method = "held-out images" if sets.val_images is None else "val images"
+        return Kept(
+            [tuned.name],
+            [tuned.size],
+            [[]],
+            tuned.info,
+            tuned.model,
+            tuned.images,
+            tuned.labels,
+            tuned.probs,
+            method,
+        )
+    names = probe.choice.names
+    taps = [probe.taps[n] if probe.choice.taps else [] for n in names]
+    judged = sets.images if sets.val_images is None else sets.val_images
+    every, n = sets.every_label(), sets.counts[0]
+    labels = every[:n] if sets.val_labels is None else every[n:]
+    method = (
+        f"out-of-fold predictions of {probe.choice.probe.folds}-fold cross-validation"
+        if sets.val_images is None
+        else "val images"
+    )
+    sizes, info = [probe.sizes[name] for name in names], probe.infos[names[0]]
+    return Kept(names, sizes, taps, info, probe.model, judged, labels, probe.val_probs, method)
 
 
 def _threshold_reason(method: str | None) -> str:

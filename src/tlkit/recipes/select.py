@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..data import ImageDataset
 from ..ranking import BackboneScore, rank_backbones
-from .compute import Compute
+from .compute import CPU, Compute
 
 __all__ = ["rank_sample"]
 
@@ -36,6 +36,7 @@ def rank_sample(
             seed=seed,
             verbose=False,
             device=compute.device if compute else "cpu",
+            batch_size=(compute or CPU).feature_batch,  # as its speed was estimated
         )
     ranking = sorted(scores, key=lambda score: score.score, reverse=True)
     return ranking, (

@@ -14,11 +14,11 @@ from ..augment import BatchAugment
 from ..callbacks import Deadline, LRScheduler, ProgressBar
 from ..freeze import unfreeze
 from ..history import History
+from ..model.result import Recipe
 from ..optim import discriminative_param_groups
 from ..trainer import Trainer
 from .budget import shared_clock
 from .compute import CPU, Compute
-from .result import Recipe
 from .settings import AUTO
 from .store import ImageStore, store_loader
 
@@ -102,8 +102,9 @@ def train_full(
     draw = None  # each image's chance of being drawn, with a balanced sampler
     if recipe.sampler == "balanced" and recipe.class_weight is not None:
         draw = torch.tensor(recipe.class_weight, dtype=torch.float64)[train_y]
-    train = store_loader(train_x, train_y, batch, True, size=size, pin=compute.pin, samples=most,
-                         weights=draw)  # fmt: skip
+    train = store_loader(
+        train_x, train_y, batch, True, size=size, pin=compute.pin, samples=most, weights=draw
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[g["lr"] for g in groups],

@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 from .. import distributed
 from ..data import ImageDataset
 from ..devices import loader_workers
-from .images import DecodedImages, Geometry, normalise, resize_square
+from ..model.images import DecodedImages, Geometry, normalise, resize_square
 from .settings import AUTO
 
 __all__ = ["Decoded", "ImageStore", "check_disk", "store_loader", "to_model_input"]
@@ -83,9 +83,13 @@ class ImageStore:
     """
 
     def __init__(
-        self, size: int, count: int, memory: torch.Tensor | None, file: _File | None,
+        self,
+        size: int,
+        count: int,
+        memory: torch.Tensor | None,
+        file: _File | None,
         index: torch.Tensor | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.size, self._count, self._memory, self._file = size, count, memory, file
         self._index = index
 
@@ -187,8 +191,9 @@ def check_disk(directory: Path, needed: int, count: int, size: int) -> None:
 def decode_into(store: ImageStore, data: Dataset, workers: int) -> None:
     """Decode ``data`` (uint8 squares) into ``store`` in order, with ``workers`` processes;
     only a few batches are in memory at a time."""
-    loader = DataLoader(data, batch_size=32, num_workers=workers, prefetch_factor=2 if workers
-                        else None)  # fmt: skip
+    loader = DataLoader(
+        data, batch_size=32, num_workers=workers, prefetch_factor=2 if workers else None
+    )
     start = 0
     for batch in loader:
         store.write(start, batch)
@@ -345,8 +350,9 @@ def store_loader(
         )
     else:
         sampler = SequentialSampler(batch_data)
-    return DataLoader(batch_data, batch_size=None, sampler=BatchSampler(sampler, batch, False),
-                      pin_memory=pin)  # fmt: skip
+    return DataLoader(
+        batch_data, batch_size=None, sampler=BatchSampler(sampler, batch, False), pin_memory=pin
+    )
 
 
 def to_model_input(

@@ -13,6 +13,8 @@ from .. import distributed, heads
 from ..augment import BatchAugment
 from ..backbones import BackboneInfo
 from ..history import History
+from ..model.network import build_head, load_head
+from ..model.result import Recipe
 from ..probe import balancing_weights
 from ..splits import kfold
 from ..tta import flip_average
@@ -24,7 +26,6 @@ from .keep import fine_tuning_wins
 from .measure import choose_batch_size, measure
 from .planner import plan_finetune
 from .probing import ProbeStage
-from .result import Recipe, build_head, load_head
 from .settings import AUTO
 from .stages import process_batch, train_full
 from .store import Decoded, ImageStore, to_model_input

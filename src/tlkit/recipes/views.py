@@ -50,8 +50,9 @@ def _zoom_out(x: torch.Tensor) -> torch.Tensor:
     """Each image shrunk to ``AUTO.probe_zoom`` of the square, its edges extended around it."""
     size = x.shape[-1]
     side = round(size * AUTO.probe_zoom)
-    small = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True,
-                          align_corners=False)  # fmt: skip
+    small = F.interpolate(
+        x, size=(side, side), mode="bilinear", antialias=True, align_corners=False
+    )
     before = (size - side) // 2
     after = size - side - before
     return F.pad(small, (before, after, before, after), mode="replicate")
@@ -139,8 +140,9 @@ def features(
         model.to(memory_format=layout)
         network = LayerTaps(model, candidate.taps) if candidate.taps else model
         for chunk in images.batches(batch):
-            x = to_model_input(chunk, candidate.size, candidate.mean, candidate.std,
-                               compute.device, layout)  # fmt: skip
+            x = to_model_input(
+                chunk, candidate.size, candidate.mean, candidate.std, compute.device, layout
+            )
             for view, pooled in zip(views, out, strict=True):
                 with compute.autocast():
                     y = network(VIEWS[view](x).contiguous(memory_format=layout))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from PIL import Image
@@ -18,11 +18,22 @@ __all__ = [
     "GEOMETRIES",
     "DecodedImages",
     "Geometry",
+    "Images",
     "decode",
     "normalise",
     "resize_square",
     "square",
 ]
+
+
+class Images(Protocol):
+    """Decoded images, uint8 ``(3, S, S)`` each, read one at a time: a tensor, a
+    [DecodedImages][tlkit.model.images.DecodedImages], or the store [tlkit.finetune][] decodes
+    large folders into."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> torch.Tensor: ...
 
 
 Geometry = Literal["pad", "crop"]

@@ -29,18 +29,33 @@ from typing import Any
 
 import torch
 
-from ._utils import atomic_write_text, json_safe, replace_folder
-from .calibration import logits_of, reliability, scale
-from .metrics import balanced_accuracy
-from .recipes.result import FinetuneResult, not_lower_said
+from .._utils import atomic_write_text, json_safe, replace_folder
+from ..calibration import not_lower_said
+from ..metrics import balanced_accuracy
+from ..model import FinetuneResult
+from .pictures import ap_chart, pictures
 
 __all__ = ["check_run_folder", "class_table", "label_table", "per_class_metrics", "write_report"]
 
-CALIBRATION_FIGURES = ("ece_before", "ece_scaled", "ece_gain_se", "ece")  # of the val_metrics
+CALIBRATION_FIGURES = (
+    "ece_before",
+    "ece_scaled",
+    "ece_gain_se",
+    "ece_gain_least",
+    "ece",
+)  # of val_metrics
 
-RUN_FILES = ("model.pt", "metrics.json", "report.md", "history.csv", "curves.png",
-             "confusion_matrix.png", "reliability.png", "top_losses.png",
-             "average_precision.png")  # fmt: skip
+RUN_FILES = (
+    "model.pt",
+    "metrics.json",
+    "report.md",
+    "history.csv",
+    "curves.png",
+    "confusion_matrix.png",
+    "reliability.png",
+    "top_losses.png",
+    "average_precision.png",
+)
 """What a run folder holds; a folder holding anything else is never replaced."""
 
 
@@ -193,8 +208,8 @@ def _write_run(result: FinetuneResult, folder: Path) -> None:
         json.dumps(json_safe(metrics), indent=2, allow_nan=False), folder / "metrics.json"
     )
     atomic_write_text(_history_csv(result), folder / "history.csv")
-    pictures = _pictures(result, folder)
-    atomic_write_text(_markdown(result, metrics, per_class, pictures), folder / "report.md")
+    drawn = pictures(result, folder)
+    atomic_write_text(_markdown(result, metrics, per_class, drawn), folder / "report.md")
 
 
 def _write_multi_label(result: FinetuneResult, folder: Path) -> None:
@@ -203,10 +218,14 @@ def _write_multi_label(result: FinetuneResult, folder: Path) -> None:
     m = result.val_metrics
     images = [] if result.val_labels is None else result.val_labels.sum(0).long().tolist()
     per_label = {
-        name: {"ap": m["ap"][i], "f1": m["f1"][i], "threshold": m["thresholds"][i],
-               "images": images[i] if images else None}
+        name: {
+            "ap": m["ap"][i],
+            "f1": m["f1"][i],
+            "threshold": m["thresholds"][i],
+            "images": images[i] if images else None,
+        }
         for i, name in enumerate(result.classes)
-    }  # fmt: skip
+    }
     metrics = {
         "multi_label": True,
         **{k: m.get(k) for k in ("map", "micro_f1", "macro_f1", "exact_match", "loss")},
@@ -216,20 +235,36 @@ def _write_multi_label(result: FinetuneResult, folder: Path) -> None:
         "per_class": per_label,
         "backbone": result.backbone,
         "weights": result.info.weights,
-        "calibration": {"temperature": result.temperature,
-                        **{k: m.get(k) for k in CALIBRATION_FIGURES}},
-        "recipe": {"name": result.recipe.name, "image_size": result.recipe.image_size,
-                   "reasons": result.recipe.reasons, "kept": result.recipe.kept,
-                   "seconds": result.recipe.seconds,
-                   "predicted_seconds": result.recipe.predicted, "budget": result.recipe.budget},
+        "calibration": {
+            "temperature": result.temperature,
+            **{k: m.get(k) for k in CALIBRATION_FIGURES},
+        },
+        "recipe": {
+            "name": result.recipe.name,
+            "image_size": result.recipe.image_size,
+            "reasons": result.recipe.reasons,
+            "kept": result.recipe.kept,
+            "seconds": result.recipe.seconds,
+            "predicted_seconds": result.recipe.predicted,
+            "budget": result.recipe.budget,
+        },
         "seconds": result.seconds,
         "skipped": [{"file": f, "reason": r} for f, r in result.skipped],
-    }  # fmt: skip
+    }
     atomic_write_text(
         json.dumps(json_safe(metrics), indent=2, allow_nan=False), folder / "metrics.json"
     )
     atomic_write_text(_history_csv(result), folder / "history.csv")
-    chart = _ap_chart(result, folder)
+    chart = ap_chart(result, folder)
+    lines = _multi_label_markdown(result, images, chart)
+    atomic_write_text("\n".join(lines), folder / "report.md")
+
+
+def _multi_label_markdown(
+    result: FinetuneResult, images: list[int], chart: str | None
+) -> list[str]:
+    """The lines of a multi-label run's ``report.md``."""
+    m = result.val_metrics
     head = (
         f"Validation mean average precision **{_percent(m['map'])}** (micro F1 "
         f"{_percent(m['micro_f1'])}, macro F1 {_percent(m['macro_f1'])}, every label right on "
@@ -237,20 +272,41 @@ def _write_multi_label(result: FinetuneResult, folder: Path) -> None:
         f"({m['method']}), {len(result.classes)} labels; backbone `{result.backbone}` "
         f"({result.info.weights}); {result.seconds:.0f} s in all."
     )
-    lines = ["# tlkit run report", "", head, "", "## Recipe", "", "```text",
-             result.recipe.describe(), "```", "", "## Per label", "",
-             "Each label's average precision (AP), and its F1 at its threshold: an image has "
-             "the labels whose probability reaches their threshold, chosen for each label's F1 "
-             "on out-of-fold predictions of the training images.", "",
-             "```text", label_table(result.classes, m, images), "```", ""]  # fmt: skip
+    lines = [
+        "# tlkit run report",
+        "",
+        head,
+        "",
+        "## Recipe",
+        "",
+        "```text",
+        result.recipe.describe(),
+        "```",
+        "",
+        "## Per label",
+        "",
+        "Each label's average precision (AP), and its F1 at its threshold: an image has "
+        "the labels whose probability reaches their threshold, chosen for each label's F1 "
+        "on out-of-fold predictions of the training images.",
+        "",
+        "```text",
+        label_table(result.classes, m, images),
+        "```",
+        "",
+    ]
     if chart:
         lines += ["## Average precision per label", "", f"![AP per label]({chart})", ""]
     lines += _calibration_lines(m, multi_label=True)
     if chart:  # matplotlib is there: the reliability diagram was drawn beside the chart
         lines += ["![Reliability diagram](reliability.png)", ""]
-    lines += ["## Files", "", "`model.pt` (weights, preprocessing and thresholds; "
-              "`tlkit predict`, `tlkit export`), `metrics.json`, `history.csv`.", ""]  # fmt: skip
-    atomic_write_text("\n".join(lines), folder / "report.md")
+    lines += [
+        "## Files",
+        "",
+        "`model.pt` (weights, preprocessing and thresholds; "
+        "`tlkit predict`, `tlkit export`), `metrics.json`, `history.csv`.",
+        "",
+    ]
+    return lines
 
 
 def label_table(classes: Sequence[str], metrics: dict[str, Any], images: Sequence[int]) -> str:
@@ -274,30 +330,6 @@ def label_table(classes: Sequence[str], metrics: dict[str, Any], images: Sequenc
     return "\n".join(lines)
 
 
-def _ap_chart(result: FinetuneResult, folder: Path) -> str | None:
-    """A bar per label of its average precision, the highest at the top, and the reliability
-    diagram; ``None`` without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    ap = [v if v is not None else 0.0 for v in result.val_metrics["ap"]]
-    order = sorted(range(len(ap)), key=lambda i: ap[i])
-    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.28 * len(ap)))
-    ax.barh(range(len(ap)), [ap[i] for i in order], color="tab:blue")
-    ax.set_yticks(range(len(ap)), [result.classes[i] for i in order], fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("average precision (validation)")
-    fig.tight_layout()
-    fig.savefig(folder / "average_precision.png", dpi=100)
-    plt.close(fig)
-    _reliability_diagram(result, folder, plt)
-    return "average_precision.png"
-
-
 def _history_csv(result: FinetuneResult) -> str:
     rows = []
     for record in result.history.records:
@@ -311,108 +343,6 @@ def _history_csv(result: FinetuneResult) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _pictures(result: FinetuneResult, folder: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    written = []
-    records = result.history.records
-    if records:
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-        x = list(range(1, len(records) + 1))
-        for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
-            ax.plot(x, [r[f"train_{key}"] for r in records], label=f"train {key}")
-            if "val_" + key in records[0]:
-                ax.plot(x, [r[f"val_{key}"] for r in records], label=f"validation {key}")
-            ax.set_xlabel("epoch (probe epochs first, then fine-tuning)")
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / "curves.png", dpi=100)
-        plt.close(fig)
-        written.append("curves.png")
-    matrix = result.val_metrics.get("confusion_matrix")
-    if matrix is not None:
-        k = len(result.classes)
-        fig, ax = plt.subplots(figsize=(1.2 + 0.5 * k, 1.0 + 0.5 * k))
-        ax.imshow(matrix.numpy(), cmap="Blues")
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(k), result.classes, rotation=45, ha="right")
-        ax.set_yticks(range(k), result.classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        fig.tight_layout()
-        fig.savefig(folder / "confusion_matrix.png", dpi=100)
-        plt.close(fig)
-        written.append("confusion_matrix.png")
-    if result.val_probs is not None and result.val_labels is not None:
-        _reliability_diagram(result, folder, plt)
-        written.append("reliability.png")
-    if result.val_images is not None and result.val_probs is not None:
-        if _top_losses(result, folder, plt):
-            written.append("top_losses.png")
-        else:  # none to show; an earlier run's picture in this folder would contradict the report
-            (folder / "top_losses.png").unlink(missing_ok=True)
-    return written
-
-
-def _reliability_diagram(result: FinetuneResult, folder: Path, plt: Any) -> None:
-    """Accuracy against confidence on the validation images, before and after calibration."""
-    assert result.val_probs is not None and result.val_labels is not None
-    after, multi = result.val_probs, result.multi_label
-    before = scale(logits_of(after, multi_label=multi) * result.temperature, 1.0, multi_label=multi)
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
-    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="calibrated")
-    curves = [(after, "as the model gives them", "o-")]
-    if result.temperature != 1.0:
-        after_name = f"after (T={result.temperature:.2f}, fitted on these)"
-        curves = [(before, "before", "o-"), (after, after_name, "s-")]
-    for probs, name, style in curves:
-        bins = reliability(probs, result.val_labels)
-        ax.plot(bins.confidence, bins.accuracy, style, label=f"{name}: ECE {bins.ece:.3f}")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("each label's probability" if multi else "confidence (top probability)")
-    ax.set_ylabel("share of images with the label" if multi else "accuracy")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "reliability.png", dpi=100)
-    plt.close(fig)
-
-
-def _top_losses(result: FinetuneResult, folder: Path, plt: Any) -> bool:
-    """Draw the (at most 12) most confident validation mistakes; False, drawing nothing, if none."""
-    assert result.val_images is not None and result.val_probs is not None
-    assert result.val_labels is not None
-    probs, labels = result.val_probs, result.val_labels
-    confidence, predicted = probs.max(1)
-    wrong = (predicted != labels).nonzero().flatten()
-    order = wrong[confidence[wrong].argsort(descending=True)][:12].tolist()
-    if not order:
-        return False
-    columns = min(6, len(order))
-    rows = (len(order) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, index in zip(axes.flat, order, strict=False):
-        ax.imshow(result.val_images[index].permute(1, 2, 0).numpy())
-        ax.set_title(
-            f"true {result.classes[int(labels[index])]}\n"
-            f"said {result.classes[int(predicted[index])]} {float(confidence[index]):.2f}",
-            fontsize=8,
-        )
-    fig.tight_layout()
-    fig.savefig(folder / "top_losses.png", dpi=100)
-    plt.close(fig)
-    return True
 
 
 def _percent(value: float | None) -> str:

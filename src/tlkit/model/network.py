@@ -14,9 +14,9 @@ from torch import nn
 from .. import heads
 from ..backbones import BackboneInfo, backbone
 from ..taps import LayerTaps
-from .settings import AUTO
 
 __all__ = [
+    "HEAD_DROPOUT",
     "StackedBackbones",
     "build_head",
     "build_network",
@@ -26,10 +26,15 @@ __all__ = [
 ]
 
 
+HEAD_DROPOUT = 0.1
+"""Dropout before the linear layer of every head tlkit builds (part of the saved format: a model
+loads only into the head it was trained with)."""
+
+
 def build_head(features: int, classes: int) -> nn.Module:
     """The classifier [tlkit.finetune][] puts on a backbone, and [tlkit.load_model][] rebuilds
     to load its weights (one builder, so saved models keep loading)."""
-    return heads.linear(features, classes, dropout=AUTO.head_dropout)
+    return heads.linear(features, classes, dropout=HEAD_DROPOUT)
 
 
 class StackedBackbones(nn.Module):
@@ -79,10 +84,10 @@ def build_network(
     key_map: Any = "strict",
     taps: Sequence[Sequence[str]] | None = None,
 ) -> tuple[nn.Module, BackboneInfo]:
-    """The network of a result: one backbone with [build_head][tlkit.recipes.network.build_head]
+    """The network of a result: one backbone with [build_head][tlkit.model.network.build_head]
     on it, or several stacked, or backbones read at intermediate layers too (``taps``: the
     layers of each, [tlkit.LayerTaps][]), in a
-    [StackedBackbones][tlkit.recipes.network.StackedBackbones]. [tlkit.finetune][] and
+    [StackedBackbones][tlkit.model.network.StackedBackbones]. [tlkit.finetune][] and
     [tlkit.load_model][] both build it here."""
     models, infos = [], []
     for name in names:
@@ -101,7 +106,7 @@ def stack(
     classes: int,
     taps: Sequence[Sequence[str]] | None = None,
 ) -> StackedBackbones:
-    """Networks built by [build_network][tlkit.recipes.network.build_network] for one backbone
+    """Networks built by [build_network][tlkit.model.network.build_network] for one backbone
     each, their heads removed, side by side under one new head; each read at its ``taps``
     layers too when given (one list per network, empty for none)."""
     taps = list(taps) if taps is not None else [[] for _ in models]
