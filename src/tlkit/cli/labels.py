@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ._utils import json_safe
-from .report import label_table
+from .._utils import json_safe
+from ..report import label_table
 
 
 def probabilities(model: Any, files: Sequence[str | Path], tta: bool | None) -> torch.Tensor:
@@ -22,8 +22,8 @@ def probabilities(model: Any, files: Sequence[str | Path], tta: bool | None) -> 
 def evaluate(model: Any, data: Any, args: argparse.Namespace) -> int:
     """mAP, F1 and each label's AP, F1 and threshold of a multi-label model on labelled
     images (their labels a subset of the model's)."""
-    from .calibration import calibration_on, calibration_text
-    from .metrics import multi_label_metrics
+    from ..calibration import calibration_on, calibration_text
+    from ..metrics import multi_label_metrics
 
     if args.unknown is not None or args.min_confidence is not None:
         raise ValueError(
