@@ -552,3 +552,17 @@ def test_auto_refuses_fine_tuning_on_few_images_per_class_before_any_speed_check
     assert "images per class to fine-tune on" in result.recipe.describe()
     assert "fine-tuning" not in result.recipe.seconds  # neither trained nor timed
     assert not any("memory format" in r for r in result.recipe.reasons)
+
+
+def test_a_slow_feature_pass_re_plans_the_stages_after_it_and_says_so(tmp_path: Path) -> None:
+    # 85% of 100 s: both passes (20 s) and their zoomed views (20 s) are planned; at 2.5 times
+    # the pace the passes take 50 s, and the zoomed views (50 s more) no longer fit the 42 s
+    _, candidates, _, recipe = timed_probe(tmp_path / "fast", 1.0, 100.0)
+    assert [c.features.shape[0] for c in candidates if c.features is not None] == [4, 4]
+    assert not any(r.startswith("re-planned") for r in recipe.reasons)
+    _, candidates, now, recipe = timed_probe(tmp_path / "slow", 2.5, 100.0)
+    assert [c.features.shape[0] for c in candidates if c.features is not None] == [2, 2]
+    assert now == pytest.approx(50.0, abs=1.0)
+    assert (
+        "re-planned (the feature passes ran 2.50 times their prediction): zoomed views dropped"
+    ) in recipe.reasons
