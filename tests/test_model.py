@@ -113,4 +113,6 @@ def test_the_package_names_every_public_name_and_imports_it_on_first_use() -> No
         assert getattr(tlkit, name) is not None
     with pytest.raises(AttributeError, match="module 'tlkit' has no attribute 'nope'"):
         _ = tlkit.nope  # type: ignore[attr-defined]
+    code = "import tlkit\nassert tlkit.backbones.IMAGENET_MEAN and tlkit.recipes.finetune"
+    assert "tlkit.backbones" in loaded_after(code)  # a submodule, imported when named
     assert set(tlkit.__all__) <= set(dir(tlkit))

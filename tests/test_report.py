@@ -75,7 +75,7 @@ def test_a_failed_report_leaves_the_earlier_run_whole_and_a_finished_one_replace
     def broken(*args: object) -> list[str]:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(report_module, "_pictures", broken)
+    monkeypatch.setattr(report_module, "pictures", broken)  # where write_report looks
     with pytest.raises(OSError, match="No space left"):
         write_report(result, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing mixed in

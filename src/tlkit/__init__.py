@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what static tools (type checkers, the API docs) read
@@ -192,9 +193,12 @@ predicting with it ([tlkit.load_model][]) does not import the training stack."""
 
 
 def __getattr__(name: str) -> Any:
-    """``tlkit.<name>``, imported from its module on first use."""
+    """``tlkit.<name>``, imported from its module on first use (a submodule too, as
+    ``tlkit.backbones``)."""
     if name not in _LAZY:
-        raise AttributeError(f"module 'tlkit' has no attribute {name!r}")
+        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'tlkit' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)
     module, attribute = _LAZY[name]
     value = importlib.import_module(module, __name__)
     if attribute is not None:
