@@ -18,6 +18,7 @@ from tlkit.recipes.candidates import load_candidates
 from tlkit.recipes.executor import Executor
 from tlkit.recipes.plan import Backbone, Measurements
 from tlkit.recipes.planner import choose_size, plan_finetune
+from tlkit.recipes.settings import AUTO
 
 
 def colours(root: Path, per_class: int = 6) -> Path:
@@ -57,6 +58,9 @@ def planned(name: str, n_train: int, remaining: float | None) -> Recipe:
 def test_fine_tuning_runs_as_many_epochs_as_fit_the_time_left() -> None:
     # whether auto fine-tunes at all is the plan's (tests/test_planner.py); then the epochs
     assert planned("full", 80, 600.0).finetune_epochs == 12  # 4.4 s per epoch, at most 12
+    tuned = planned("full", 80, 600.0)  # at the recipe's rates, decaying towards the input
+    assert (tuned.lr, tuned.layer_decay) == (AUTO.lr, AUTO.layer_decay) != (0.0, 1.0)
+    assert f"x{AUTO.layer_decay:g} per stage towards the input" in tuned.describe()
     assert "12 epochs fit the time left" in planned("full", 80, 600.0).describe()
     assert planned("full", 400, 10.0).finetune_epochs == 1  # one epoch at least
     assert "1 epoch fits the time left" in planned("full", 400, 10.0).describe()

@@ -444,7 +444,7 @@ def plan_finetune(
         fits = "fits" if epochs == 1 else "fit"
         why = f"{plural(epochs, 'epoch')} {fits} the time left (at most {AUTO.max_epochs})"
     recipe.finetune_epochs = epochs
-    recipe.lr = AUTO.lr
+    recipe.lr, recipe.layer_decay = AUTO.lr, AUTO.layer_decay
     # few passes over the data are better spent on the images than on hard crops of them
     hard = epochs >= AUTO.crop_epochs and not multi_label
     recipe.crop_scale = AUTO.crop_scale if hard else AUTO.mild_crop_scale
