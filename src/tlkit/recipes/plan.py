@@ -168,14 +168,6 @@ class Plan:
         """Whether the stage called ``name`` runs."""
         return self.stage(name).run
 
-    def predicted(self) -> dict[str, float]:
-        """Predicted seconds of each stage that runs."""
-        return {s.name: s.seconds for s in self.stages if s.run}
-
-    def said(self) -> list[str]:
-        """Every reason of the plan, its own and its stages', in the order of the stages."""
-        return list(self.reasons) + [s.reason for s in self.stages if s.reason]
-
     def room(self) -> float | None:
         """Seconds the probe's stages may take: ``share`` of the time left."""
         return None if self.left is None else self.share * max(self.left, 0.0)
