@@ -52,7 +52,6 @@ class Executor:
     ) -> None:
         self.measurements, self.budget, self.recipe, self.log = measurements, budget, recipe, log
         self.plan: Plan = plan(measurements, budget.left())
-        self.first = self.plan
 
     def replan(self, cause: str, **changes: Any) -> Plan:
         """Plan again from the measurements with ``changes`` and the time left; say what changed

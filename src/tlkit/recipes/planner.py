@@ -406,7 +406,7 @@ def _zoom(
     a budget, always."""
     if "zoomed views" in m.done or not mirror:
         return Stage("zoomed views", False)
-    seconds = features * len(("zoom in", "zoom out")) / s.probe_views
+    seconds = features * 2 / s.probe_views  # zoomed in and out: two views per image
     spent = 0.0 if "features" in m.done else features
     if room is not None and spent + seconds + 2 * fits > room:
         return Stage("zoomed views", False, seconds)
