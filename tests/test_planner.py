@@ -10,6 +10,7 @@ import pytest
 
 from tlkit.recipes.plan import STAGES, Backbone, Measurements, Plan, changed, replan
 from tlkit.recipes.planner import (
+    fit_count,
     fit_seconds,
     plan,
     plan_candidates,
@@ -48,7 +49,9 @@ def test_predicted_seconds_follow_the_measurements() -> None:
     per_image = fit_seconds(lites(0.02), 10, mirror=True)
     zoom = zoomed_fit_seconds(lites(0.02), 10)
     assert p.runs("zoomed views")  # no budget: every stage in full
-    assert p.stage("probe fits").seconds == pytest.approx((per_image + zoom) * 200)
+    fits = fit_count(lites(0.02), mirror=True) + 1  # and the zoomed views' one
+    overhead = AUTO.probe_fit_overhead * fits
+    assert p.stage("probe fits").seconds == pytest.approx((per_image + zoom) * 200 + overhead)
     assert p.stage("zoomed views").seconds == pytest.approx(p.stage("features").seconds)
 
 
@@ -127,11 +130,13 @@ def test_once_ranked_the_order_decides_which_backbones_the_room_keeps() -> None:
 # ------------------------------------------------------------------ sample and mirror images
 def test_mirror_images_give_way_before_images_and_backbones_before_half_the_images() -> None:
     backbones = lites(0.5, 0.5, width=4, dim=4)  # each: 1 s per image and its mirror image
+    # the fits at 3 us per image, view and feature, and nothing more per fit
+    free = replace(AUTO, probe_fit_seconds=3e-6, probe_fit_overhead=0.0)
     kwargs = {"n_train": 30, "classes": 3, "backbones": backbones, "recipe": "probe"}
-    roomy = plan(m(**kwargs), 100.0 / AUTO.probe_share_alone)  # 100 s of room
+    roomy = plan(m(**kwargs), 100.0 / AUTO.probe_share_alone, free)  # 100 s of room
     assert roomy.sample == 30 and roomy.mirror and roomy.backbones == ("l0", "l1")
     assert roomy.reasons == ()
-    one_view = plan(m(**kwargs), 42.0 / AUTO.probe_share_alone)
+    one_view = plan(m(**kwargs), 42.0 / AUTO.probe_share_alone, free)
     assert one_view.sample == 30 and not one_view.mirror and one_view.backbones == ("l0", "l1")
     assert one_view.reasons == (
         "no mirror images: with them the probe would see 20 of the 30 training images (a new "
@@ -140,7 +145,7 @@ def test_mirror_images_give_way_before_images_and_backbones_before_half_the_imag
     # wide features (slow fits): with both backbones fewer than half the images even on one
     # view, so one is left out (LogME's last, or the last given); then every image fits on one
     wide = {**kwargs, "backbones": lites(0.5, 0.5, width=100_000, dim=100_000)}
-    short = plan(m(**wide), 30.0 / AUTO.probe_share_alone)
+    short = plan(m(**wide), 30.0 / AUTO.probe_share_alone, free)
     assert short.backbones == ("l0",) and not short.mirror and short.sample == 30
     assert short.reasons == (
         "l1 left out: with it the probe would see 13 of the 30 training images, fewer than 50% "
@@ -148,10 +153,10 @@ def test_mirror_images_give_way_before_images_and_backbones_before_half_the_imag
         "no mirror images: with them the probe would see 15 of the 30 training images (a new "
         "image teaches it more than a mirrored copy)",
     )
-    ranked = plan(m(**wide, ranked=("l1", "l0")), 30.0 / AUTO.probe_share_alone)
+    ranked = plan(m(**wide, ranked=("l1", "l0")), 30.0 / AUTO.probe_share_alone, free)
     assert ranked.backbones == ("l1",)  # LogME's last goes first
     # a sample either way: of images on one view, twice as many as with their mirror images
-    sampled = plan(m(**wide), 15.0 / AUTO.probe_share_alone)
+    sampled = plan(m(**wide), 15.0 / AUTO.probe_share_alone, free)
     assert sampled.backbones == ("l0",) and not sampled.mirror and sampled.sample == 18
     assert "a stratified sample of 18 of the 30 training images" in sampled.reasons[-1]
 

@@ -31,6 +31,7 @@ from .settings import AUTO, Settings
 
 __all__ = [
     "choose_size",
+    "fit_count",
     "fit_seconds",
     "plan",
     "plan_candidates",
@@ -75,11 +76,12 @@ def fit_seconds(
     backbones: Sequence[Backbone], classes: int, mirror: bool, settings: Settings = AUTO
 ) -> float:
     """Seconds per training image that the probe's cross-validated fits take (at
-    ``settings.probe_fit_seconds`` per image, view and feature, measured with 8 and 10 classes,
-    and in proportion above 10 classes or labels: the weights grow with them): each backbone
-    alone and, with several, all together, on both views; then the preferred one once more
-    without the intermediate layers (where there are some), and once more on one view (where
-    the mirror images are computed: else every fit is on one view).
+    ``settings.probe_fit_seconds`` per image, view and feature, and in proportion above 10
+    classes or labels: the weights grow with them; each fit costs
+    ``settings.probe_fit_overhead`` more, counted by [fit_count][tlkit.recipes.planner.fit_count]):
+    each backbone alone and, with several, all together, on both views; then the preferred one
+    once more without the intermediate layers (where there are some), and once more on one view
+    (where the mirror images are computed: else every fit is on one view).
 
     Examples:
         >>> one = Backbone(name="a", seconds=0.01, width=1000, dim=1000)
@@ -93,6 +95,20 @@ def fit_seconds(
     if not mirror:
         return per_feature * options
     return per_feature * (settings.probe_views * options + sum(dims))
+
+
+def fit_count(backbones: Sequence[Backbone], mirror: bool) -> int:
+    """The cross-validated fits of [fit_seconds][tlkit.recipes.planner.fit_seconds]: one per
+    backbone, one of them all together (with several), one without the intermediate layers
+    (where there are some), one on one view (with the mirror images).
+
+    Examples:
+        >>> a = Backbone(name="a", seconds=0.01, width=1600, dim=1280)
+        >>> fit_count([a], mirror=False), fit_count([a, a], mirror=True)
+        (2, 5)
+    """
+    tapped = any(b.width > b.dim for b in backbones)
+    return len(backbones) + (len(backbones) > 1) + tapped + mirror
 
 
 def zoomed_fit_seconds(
@@ -213,10 +229,12 @@ def plan(m: Measurements, left: float | None, settings: Settings = AUTO) -> Plan
     views = settings.probe_views if mirror else 1
     features = sum(_pass(b, m, n_images) for b in chosen) * views
     fit_pace = m.pace.get("probe fits", 1.0)
-    fits = fit_seconds(chosen, m.classes, mirror, settings) * sample * fit_pace
+    fits = fit_seconds(chosen, m.classes, mirror, settings) * sample
+    fits = (fits + settings.probe_fit_overhead * fit_count(chosen, mirror)) * fit_pace
     zoom = _zoom(m, features, fits, mirror, room, settings)
     if zoom.run:  # one more fit, of the chosen probe on the zoomed copies too
-        fits += zoomed_fit_seconds(chosen, m.classes, settings) * sample * fit_pace
+        zoomed = zoomed_fit_seconds(chosen, m.classes, settings) * sample
+        fits += (zoomed + settings.probe_fit_overhead) * fit_pace
     decoding = Stage("decoding", "decoding" not in m.done, m.decode * n_images)
     names = tuple(b.name for b in chosen)
     stages = (
@@ -365,9 +383,10 @@ def _sample(
     def sample(option: list[Backbone], mirror: bool) -> tuple[int, str | None]:
         views = s.probe_views if mirror else 1
         passes = sum(_pass(b, m, 1) for b in option) * views
-        fits = fit_seconds(option, m.classes, mirror, s) * m.pace.get("probe fits", 1.0)
-        per_image = m.decode + passes + fits
-        fixed = per_image * m.n_val  # the validation images: decoded and passed, not fitted
+        pace = m.pace.get("probe fits", 1.0)
+        per_image = m.decode + passes + fit_seconds(option, m.classes, mirror, s) * pace
+        fixed = (m.decode + passes) * m.n_val  # the validation images: decoded and passed
+        fixed += s.probe_fit_overhead * fit_count(option, mirror) * pace
         return plan_sample(m.n_train, m.classes, per_image, None if room is None else room - fixed)
 
     while True:

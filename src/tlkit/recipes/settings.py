@@ -44,8 +44,9 @@ class Settings:
     # cross-fitted calibration error by more than one bootstrap standard error and at least
     # this much (out-of-fold predictions all right and sure would otherwise keep a sharpening
     # temperature fitted on nothing to correct)
-    probe_fit_seconds: float = 3e-6  # per image, view and feature of a cross-validated probe
-    # fit (EfficientNet-Lite0 features, 2 CPU cores: 2.7e-6 at 1,839 images, 3.3e-6 at 3,525)
+    probe_fit_seconds: float = 2.2e-6  # per image, view and feature of a cross-validated probe
+    probe_fit_overhead: float = 0.7  # seconds more per cross-validated fit (both: least
+    # squares over the probe fits of 10 real-folder runs, 2 CPU cores; docs/benchmarks.md)
     probe_share: float = 0.5  # at most this share of the time left goes to probe features ...
     probe_share_alone: float = 0.85  # ... or this much when no fine-tuning will follow
     train_slowdown: float = 2.0  # a fine-tuning epoch against one view of the probe's
