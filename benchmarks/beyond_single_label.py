@@ -65,7 +65,8 @@ from tlkit.calibration import (
     threshold_table,
 )
 from tlkit.metrics import balanced_accuracy
-from tlkit.recipes.judge import calibrate, fold_groups
+from tlkit.recipes.folds import fold_groups
+from tlkit.recipes.scores import calibrate
 
 RATIOS = (1, 2, 3, 5, 10, 20)
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import tlkit
-from tlkit.trainer import Precision
+from tlkit.training.trainer import Precision
 
 POLICIES = {
     "all layers": None,

@@ -37,7 +37,7 @@ from PIL import Image
 
 import tlkit
 from tlkit.data import ImageDataset
-from tlkit.recipes.keep import fine_tuning_wins
+from tlkit.recipes.keep_rule import fine_tuning_wins
 from tlkit.recipes.plan import Backbone, Measurements
 from tlkit.recipes.planner import plan
 from tlkit.recipes.settings import AUTO

@@ -23,7 +23,7 @@ from tlkit import (
     NonFiniteLossError,
     Trainer,
 )
-from tlkit.checkpoint import load_file
+from tlkit.training.checkpoint import load_file
 
 from .helpers import loader, trainer_for
 from .jobs.common import ColourDataset, small_net
@@ -62,7 +62,7 @@ def test_nan_loss_stops_naming_epoch_and_batch_and_keeps_last_checkpoint(tmp_pat
     )
     with pytest.raises(NonFiniteLossError, match="epoch 2, batch 3"):
         trainer.fit(loader(), epochs=3)
-    last = tlkit.checkpoint.read_checkpoint(tmp_path / "last.pt")
+    last = tlkit.training.checkpoint.read_checkpoint(tmp_path / "last.pt")
     assert last["epochs_done"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
@@ -114,7 +114,7 @@ def test_ctrl_c_saves_interrupted_checkpoint_and_resume_is_exact(
     reference = run([])
     with pytest.raises(KeyboardInterrupt):
         run([CtrlC()])
-    state = tlkit.checkpoint.read_checkpoint(tmp_path / "interrupted.pt")
+    state = tlkit.training.checkpoint.read_checkpoint(tmp_path / "interrupted.pt")
     assert state["epochs_done"] == 1 and state["batches_done"] == 3
     resumed = run([], resume=tmp_path / "interrupted.pt")
     for (name, a), b in zip(
@@ -150,7 +150,9 @@ def test_ctrl_c_during_validation_resumes_without_retraining_the_epoch(tmp_path:
     reference, records = run([])
     with pytest.raises(KeyboardInterrupt):
         run([ArmInEpoch1()])
-    assert tlkit.checkpoint.read_checkpoint(tmp_path / "interrupted.pt")["batches_done"] == 6
+    assert (
+        tlkit.training.checkpoint.read_checkpoint(tmp_path / "interrupted.pt")["batches_done"] == 6
+    )
     resumed, resumed_records = run([], resume=tmp_path / "interrupted.pt")
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
@@ -181,7 +183,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
     finally:
         proc.kill()
     assert not (killed / "final.pt").exists()
-    last = tlkit.checkpoint.read_checkpoint(killed / "last.pt")
+    last = tlkit.training.checkpoint.read_checkpoint(killed / "last.pt")
     # 6 batches per epoch; killed inside batch 3 of epoch 2 (0-based), before its checkpoint
     assert (last["epochs_done"], last["batches_done"]) == ((2, 2) if every_n_steps else (2, 0))
     subprocess.run(
@@ -235,7 +237,7 @@ def test_nan_in_a_batch_never_reaches_a_checkpoint_even_saving_every_step(tmp_pa
     trainer = trainer_for(small_net(), callbacks=[Poison(), checkpoint])  # log_every=50
     with pytest.raises(NonFiniteLossError, match="epoch 1, batch 2"):
         trainer.fit(loader(), epochs=1)
-    last = tlkit.checkpoint.read_checkpoint(tmp_path / "last.pt")
+    last = tlkit.training.checkpoint.read_checkpoint(tmp_path / "last.pt")
     assert last["batches_done"] == 1  # written after batch 1, never after the bad batch 2
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
     assert not (tmp_path / "interrupted.pt").exists()

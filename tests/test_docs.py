@@ -26,7 +26,12 @@ def _public_objects() -> list[tuple[str, object]]:
     for name in tlkit.__all__:
         obj = getattr(tlkit, name)
         if inspect.ismodule(obj):
-            found += [(f"{name}.{sub}", getattr(obj, sub)) for sub in obj.__all__]
+            for sub in obj.__all__:
+                inner = getattr(obj, sub)
+                if inspect.ismodule(inner):  # a package's public module: its names
+                    found += [(f"{name}.{sub}.{n}", getattr(inner, n)) for n in inner.__all__]
+                else:
+                    found.append((f"{name}.{sub}", inner))
         elif inspect.isclass(obj) or inspect.isfunction(obj):
             found.append((name, obj))
     return found

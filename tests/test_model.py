@@ -18,8 +18,8 @@ import tlkit
 
 TRAINING = (
     "tlkit.recipes",
+    "tlkit.training",
     "tlkit.trainer",
-    "tlkit._steps",
     "tlkit.callbacks",
     "tlkit.checkpoint",
     "tlkit.optim",
@@ -91,23 +91,35 @@ def test_the_predict_and_evaluate_commands_import_nothing_of_training(
     assert training_modules(modules) == []
 
 
-def test_the_old_module_path_still_loads_with_a_deprecation_warning(tmp_path: Path) -> None:
+OLD_PATHS = [
+    ("tlkit.recipes.result", "import FinetuneResult, Recipe and load_model", "load_model"),
+    ("tlkit.trainer", "use tlkit.Trainer", "Trainer"),
+    ("tlkit.checkpoint", "import from tlkit.training.checkpoint", "read_checkpoint"),
+]
+
+
+@pytest.mark.parametrize(("path", "advice", "name"), OLD_PATHS, ids=[p[0] for p in OLD_PATHS])
+def test_the_old_module_paths_still_load_with_a_deprecation_warning(
+    path: str, advice: str, name: str
+) -> None:
     code = (
         "import warnings\n"
         "warnings.simplefilter('error', DeprecationWarning)\n"
         "try:\n"
-        "    import tlkit.recipes.result\n"
+        f"    import {path}\n"
         "except DeprecationWarning as warning:\n"
         "    print('warned:', warning)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "warned: tlkit.recipes.result is deprecated" in done.stdout
+    assert f"warned: {path} is deprecated" in done.stdout
     with warnings.catch_warnings():  # imported already, or now (warning once)
         warnings.simplefilter("ignore", DeprecationWarning)
-        from tlkit.recipes import result
-    with pytest.warns(DeprecationWarning, match="import FinetuneResult, Recipe and load_model"):
-        importlib.reload(result)  # each import of the module warns
-    assert result.load_model is tlkit.load_model and result.Recipe is tlkit.Recipe
+        old = importlib.import_module(path)
+    with pytest.warns(DeprecationWarning, match=advice):
+        importlib.reload(old)  # each import of the module warns
+    new = {"load_model": tlkit.load_model, "Trainer": tlkit.Trainer}.get(name)
+    new = new or tlkit.training.checkpoint.read_checkpoint
+    assert getattr(old, name) is new
 
 
 def test_the_package_names_every_public_name_and_imports_it_on_first_use() -> None:

@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API docs) read
     from . import (
         augment,
         callbacks,
-        checkpoint,
         devices,
         distributed,
         exceptions,
@@ -32,6 +31,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API docs) read
         heads,
         report,
         taps,
+        training,
         tta,
     )
     from .augment import channel_stats
@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API docs) read
         split,
     )
     from .taps import LayerTaps
-    from .trainer import Trainer
+    from .training.trainer import Trainer
 
 __version__ = "0.1.0"
 
@@ -101,7 +101,6 @@ __all__ = [
     "backbone",
     "callbacks",
     "channel_stats",
-    "checkpoint",
     "devices",
     "discriminative_param_groups",
     "distributed",
@@ -127,6 +126,7 @@ __all__ = [
     "split",
     "taps",
     "to_rgb",
+    "training",
     "tta",
     "unfreeze",
 ]
@@ -139,7 +139,6 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Callback": (".callbacks", "Callback"),
     "callbacks": (".callbacks", None),
     "channel_stats": (".augment", "channel_stats"),
-    "checkpoint": (".checkpoint", None),
     "ClassificationMeter": (".metrics", "ClassificationMeter"),
     "devices": (".devices", None),
     "discriminative_param_groups": (".optim", "discriminative_param_groups"),
@@ -183,7 +182,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "split": (".splits", "split"),
     "taps": (".taps", None),
     "to_rgb": (".data", "to_rgb"),
-    "Trainer": (".trainer", "Trainer"),
+    "Trainer": (".training.trainer", "Trainer"),
+    "training": (".training", None),
     "tta": (".tta", None),
     "unfreeze": (".freeze", "unfreeze"),
     "WithTransform": (".data", "WithTransform"),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._utils import check_positive_int, check_writable_dir
-from ..checkpoint import read_checkpoint
+from ..training.checkpoint import read_checkpoint
 from .base import Callback, Mode, Monitor, TrainerLike
 
 __all__ = ["ModelCheckpoint"]

@@ -32,15 +32,17 @@ The package, one concept per module:
 - what is planned: [tlkit.recipes.settings][] (every number of the recipe),
   [tlkit.recipes.plan][] (the plan as data: stages, measurements),
   [tlkit.recipes.planner][] (the rules that make a plan), [tlkit.recipes.budget][] (the one
-  owner of the time);
+  owner of the time), [tlkit.recipes.reasons][] (every decision in words);
 - what is run: [tlkit.recipes.run][] (where [tlkit.finetune][] composes the rest),
   [tlkit.recipes.executor][] (runs a plan's stages and plans again),
   [tlkit.recipes.inputs][] (the arguments and datasets), [tlkit.recipes.candidates][] (the
   backbones and the speed checks), [tlkit.recipes.measure][] (timing on this machine),
-  [tlkit.recipes.select][] (LogME's ranking), [tlkit.recipes.views][] (the feature passes),
-  [tlkit.recipes.probing][] (the probe's choice), [tlkit.recipes.tuning][] and
-  [tlkit.recipes.stages][] (fine-tuning), [tlkit.recipes.keep][] (the keep rule),
-  [tlkit.recipes.judge][] (folds, metrics and calibration);
+  [tlkit.recipes.ranking][] (LogME's ranking), [tlkit.recipes.views][] (the feature passes),
+  [tlkit.recipes.folds][] (what the probe's folds keep together), [tlkit.recipes.probing][]
+  (the probe's choice), [tlkit.recipes.finetune_stage][] (the fine-tuning stage) and
+  [tlkit.recipes.finetune_loop][] (its loop through the Trainer, at layer-wise rates),
+  [tlkit.recipes.keep_rule][] (probe or fine-tuned), [tlkit.recipes.scores][] (each image's
+  score, the metrics and the temperature);
 - what the stages read: [tlkit.recipes.store][] (the decoded images, in memory or on disk) and
   [tlkit.recipes.compute][] (the device and its precision).
 

@@ -17,12 +17,11 @@ from ..model.images import Geometry
 from ..model.network import build_network
 from ..taps import LayerTaps, default_layers
 from .budget import Budget
-from .compute import CPU, Compute
+from .compute import CPU, Compute, process_batch
 from .measure import choose_batch_size, measure, pilot, time_batches
 from .plan import Backbone, Measurements
 from .planner import choose_size, plan, tuning_images
 from .settings import AUTO
-from .stages import process_batch
 from .views import PREDICTED, Candidate, features
 
 __all__ = ["SpeedChecks", "Speeds", "load_candidates", "tap_layers"]

@@ -11,7 +11,7 @@ import torch
 from .. import distributed
 from ..devices import autocast_factory, describe, resolve_device, resolve_precision
 
-__all__ = ["CPU", "Compute"]
+__all__ = ["CPU", "Compute", "process_batch"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,13 @@ class Compute:
 
 
 CPU = Compute(torch.device("cpu"), "fp32")  # the default of every stage given no compute
+
+
+def process_batch(batch: int) -> int:
+    """This process's share of a global batch of ``batch`` images (all of it in one process).
+
+    Examples:
+        >>> process_batch(32)
+        32
+    """
+    return -(-batch // distributed.world()[2])

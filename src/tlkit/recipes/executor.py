@@ -20,12 +20,13 @@ from ..data import ImageDataset
 from ..model.images import Geometry
 from ..model.result import Recipe
 from ..splits import split
+from . import reasons
 from .budget import Budget
 from .compute import Compute
 from .plan import Measurements, Plan, changed, replan
 from .planner import plan
 from .probing import ProbeStage, run_probe
-from .select import rank_sample
+from .ranking import rank_sample
 from .store import Decoded
 from .views import Candidate, add_zoomed_views, compute_features
 
@@ -90,7 +91,7 @@ class Executor:
         seconds, the budget, and by how much it was overrun, if it was."""
         over = self.budget.over()
         if over > 0:
-            self.recipe.reasons.append(f"the budget is spent ({over:.0f} s over)")
+            self.recipe.reasons.append(reasons.over_budget(over))
         self.recipe.seconds, self.recipe.predicted = self.budget.measured, self.budget.predicted
         self.recipe.budget = self.budget.seconds
 
@@ -169,11 +170,15 @@ def probe_stages(
     the zoomed views where the plan (re-made at the pace the features ran) still has room for
     them, and the cross-validated probes."""
     ex.begin("features")
-    room = ex.plan.room()
-    allowed = None if room is None else room - ex.plan.stage("probe fits").seconds
+    fits, share = ex.plan.stage("probe fits").seconds, ex.plan.share
+
+    def room() -> float | None:  # the probe's share of the time left now, less its fits
+        left = ex.budget.left()
+        return None if left is None else share * left - fits
+
     pace = ex.measurements.pace.get("features", 1.0)
     computed, skipped, spent = compute_features(
-        chosen, sets, compute, allowed, ex.budget.clock, ex.log, pace
+        chosen, sets, compute, room, ex.budget.clock, ex.log, pace
     )
     ex.end("features")
     for reason in skipped:

@@ -16,10 +16,10 @@ from ..backbones import check_key_map, check_name, weights_at_hand
 from ..data import ImageDataset
 from ..model.images import GEOMETRIES, Geometry
 from ..model.result import Recipe
+from . import reasons
 from .budget import parse_budget
 from .compute import Compute
 from .plan import RECIPES
-from .planner import describe_images
 from .settings import AUTO
 
 __all__ = [
@@ -323,22 +323,11 @@ def start_plan(
 ) -> Recipe:
     """The recipe before training, with the reasons that do not depend on it."""
     plan = Recipe(name="full" if recipe == "full" else "probe", image_size=0)
-    processes = distributed.world()[2]
-    many = f", {processes} processes under torchrun" if processes > 1 else ""
-    plan.reasons.append(f"computing on {compute}{many}")
-    plan.reasons.append(
-        "letterboxed: each image fitted whole into the square, the rest filled with the "
-        "background colour"
-        if geometry == "pad"
-        else "centre-cropped: short side resized"
-    )
+    plan.reasons.append(reasons.computing(str(compute), distributed.world()[2]))
+    plan.reasons.append(reasons.geometry(geometry))
     where = "validated on val" if held_out is not None else "judged by cross-validation"
     if data.multi_label:
-        plan.reasons.append(
-            f"{len(data)} training images with several labels each (multi-label) over "
-            f"{len(data.classes)} labels; {where}; binary cross-entropy per label, a "
-            "threshold per label chosen for its F1"
-        )
-        return plan
-    plan.reasons.append(describe_images(len(data), len(data.classes), where))
+        plan.reasons.append(reasons.labels(len(data), len(data.classes), where))
+    else:
+        plan.reasons.append(reasons.images(len(data), len(data.classes), where))
     return plan

@@ -24,8 +24,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._utils import plural
 from ..model.result import Recipe
+from . import reasons
 from .plan import STAGES, Backbone, Measurements, Plan, RecipeName, Stage
 from .settings import AUTO, Settings
 
@@ -50,12 +50,6 @@ def choose_size(native: int, median_side: int) -> tuple[int, str]:
         f"{wanted} px: the images are small (median side {median_side} px), and upscaling them "
         f"to the backbone's {native} px would cost {native**2 / wanted**2:.1f}x the compute"
     )
-
-
-def describe_images(n_train: int, classes: int, where: str) -> str:
-    """``"59.5 training images per class over 4 classes"``: never rounded up to a threshold."""
-    shown = f"{n_train / classes:.1f}".removesuffix(".0")
-    return f"{shown} training images per class over {classes} classes; {where}"
 
 
 def tuning_images(n_train: int, n_val: int, settings: Settings = AUTO) -> int:
@@ -154,11 +148,7 @@ def plan_candidates(
     left_out = [n for n in names if n not in chosen]
     if not left_out:  # one backbone, over the room anyway: the sample says what gives
         return kept, None
-    return kept, (
-        f"probe features of {', '.join(kept)} (about {sum(seconds[n] for n in kept):.0f} s "
-        f"here); {', '.join(left_out)} left out: more than the {max(room, 0):.0f} s the probe "
-        "has (a longer budget uses them)"
-    )
+    return kept, reasons.backbones_left_out(kept, left_out, sum(seconds[n] for n in kept), room)
 
 
 def plan_sample(
@@ -178,12 +168,7 @@ def plan_sample(
     n = max(int(max(room, 0.0) / per_image), 2 * classes)
     if n >= n_train:  # two per class are needed anyway: all of them, over the budget
         return n_train, None
-    return n, (
-        f"a stratified sample of {n:,} of the {n_train:,} training images: decoding an image, "
-        f"its probe features and the probe's fits take about {per_image * 1000:.0f} ms here, so "
-        f"all of them would take {n_train * per_image:.0f} s, more than the "
-        f"{max(room, 0):.0f} s the probe has (a longer budget uses more)"
-    )
+    return n, reasons.sampled(n, n_train, per_image, room)
 
 
 def plan(m: Measurements, left: float | None, settings: Settings = AUTO) -> Plan:
@@ -205,7 +190,7 @@ def plan(m: Measurements, left: float | None, settings: Settings = AUTO) -> Plan
     tuning, share = _tuning(m, left, settings)
     left_for_probe = left
     ranking = Stage("ranking", False)
-    reasons: list[str] = []
+    said: list[str] = []
     if m.kept is None:
         seconds = {b.name: _pass(b, m, m.n_train + m.n_val) for b in m.backbones}
         kept, why = plan_candidates(seconds, _room(m, left, share), m.ranked)
@@ -213,7 +198,7 @@ def plan(m: Measurements, left: float | None, settings: Settings = AUTO) -> Plan
         if ranking.run and left is not None:  # ranked, the order may keep others
             left_for_probe = left - ranking.seconds
             kept, why = plan_candidates(seconds, _room(m, left_for_probe, share), m.ranked)
-        reasons += [why] if why else []
+        said += [why] if why else []
     else:
         kept = list(m.kept)
     order = list(m.ranked or [b.name for b in m.backbones])
@@ -221,8 +206,8 @@ def plan(m: Measurements, left: float | None, settings: Settings = AUTO) -> Plan
     room = _room(m, left_for_probe, share)
     if m.sample is None:  # decoding is counted per image here
         whole = None if left_for_probe is None else share * max(left_for_probe, 0.0)
-        sample, mirror, chosen, said = _sample(m, chosen, order, whole, settings)
-        reasons += said
+        sample, mirror, chosen, why_sample = _sample(m, chosen, order, whole, settings)
+        said += why_sample
     else:
         sample, mirror = m.sample, m.mirror is not False
     n_images = sample + m.n_val
@@ -246,7 +231,7 @@ def plan(m: Measurements, left: float | None, settings: Settings = AUTO) -> Plan
         tuning,
         Stage("calibration", True),
     )
-    return Plan(stages, names, tuple(order), sample, mirror, share, left, tuple(reasons))
+    return Plan(stages, names, tuple(order), sample, mirror, share, left, tuple(said))
 
 
 def _pass(backbone: Backbone, m: Measurements, images: int) -> float:
@@ -296,11 +281,7 @@ def _tuning(m: Measurements, left: float | None, s: Settings) -> tuple[Stage, fl
     n_tune = tuning_images(m.n_train, m.n_val, s)
     few = n_tune / m.classes < s.few_per_class
     if m.recipe == "auto" and few:
-        why = (
-            f"no fine-tuning: {n_tune / m.classes:.1f} images per class to fine-tune on (less "
-            f"any held-out fold), fewer than {s.few_per_class}; fine-tuning millions of weights "
-            "on so few overfits, a linear head on pretrained features does not"
-        )
+        why = reasons.no_fine_tuning_few(n_tune / m.classes, s)
         return Stage("fine-tuning", False, 0.0, why), s.probe_share_alone
     options = [b for b in m.backbones if m.tuned in (None, b.name)]
     quickest = min(options, key=lambda b: b.epoch_seconds(s))
@@ -312,16 +293,7 @@ def _tuning(m: Measurements, left: float | None, s: Settings) -> tuple[Stage, fl
     room = max(left, 0.0) if probed else (1 - s.probe_share) * max(left, 0.0)
     least = s.min_finetune_epochs * epoch
     if m.recipe == "auto" and least > room:
-        source = (
-            "measured here"
-            if quickest.epoch is not None
-            else f"an epoch estimated at {s.train_slowdown:g} times the feature pass"
-        )
-        why = (
-            f"no fine-tuning: {s.min_finetune_epochs} epochs would take about {least:.0f} s "
-            f"here ({source}), more than the {room:.0f} s "
-            + ("left" if probed else f"it would have ({1 - s.probe_share:.0%} of the time left)")
-        )
+        why = reasons.no_fine_tuning_slow(least, room, quickest.epoch is not None, probed, s)
         return Stage("fine-tuning", False, least, why, inputs), s.probe_share_alone
     need = min(epoch * s.max_epochs, room)
     inputs["epochs"] = max(1, min(s.max_epochs, int(need / epoch))) if epoch > 0 else 1
@@ -348,19 +320,12 @@ def _ranking(
     quickest = min(seconds, key=lambda n: seconds[n])
     after = share * (1 - s.rank_share) * max(left, 0.0)
     if not any(v <= after for n, v in seconds.items() if n != quickest):
-        why = (
-            "no LogME ranking: after it, only the quickest backbone's features could fit the "
-            "time left"
-        )
+        why = reasons.no_ranking_quickest_alone()
         return Stage("ranking", False, 0.0, why)
     allowed = s.rank_share * max(left, 0.0)
     least = min(m.n_train, max(s.rank_least_per_class * m.classes, 50))
     if allowed < least * m.rank:
-        why = (
-            f"no LogME ranking: ranking {len(seconds)} backbones on {least} images would take "
-            f"about {least * m.rank:.0f} s here, more than {s.rank_share:.0%} of the "
-            f"{max(left, 0):.0f} s left (a longer budget ranks them)"
-        )
+        why = reasons.no_ranking_slow(len(seconds), least, least * m.rank, left, s)
         return Stage("ranking", False, least * m.rank, why)
     sample = min(s.rank_images, m.n_train)
     inputs: dict[str, Any] = {"images": sample, "note": ""}
@@ -378,7 +343,7 @@ def _sample(
     not every image fits even then, a stratified sample of them does. Rather than keep fewer
     than ``s.least_sampled`` of the images, the last backbone in ``order`` is left out, while
     more than one is left."""
-    reasons: list[str] = []
+    said: list[str] = []
 
     def sample(option: list[Backbone], mirror: bool) -> tuple[int, str | None]:
         views = s.probe_views if mirror else 1
@@ -397,18 +362,11 @@ def _sample(
             break
         last = max(chosen, key=lambda b: order.index(b.name) if b.name in order else len(order))
         chosen = [b for b in chosen if b is not last]
-        reasons.append(
-            f"{last.name} left out: with it the probe would see {n:,} of the {m.n_train:,} "
-            f"training images, fewer than {s.least_sampled:.0%} (more images help a probe "
-            "more than another backbone's features)"
-        )
+        said.append(reasons.backbone_left_out(last.name, n, m.n_train, s))
     if one_view:
-        reasons.append(
-            f"no mirror images: with them the probe would see {mirrored:,} of the "
-            f"{m.n_train:,} training images (a new image teaches it more than a mirrored copy)"
-        )
-    reasons += [why] if why else []
-    return n, not one_view, chosen, reasons
+        said.append(reasons.no_mirror_images(mirrored, m.n_train))
+    said += [why] if why else []
+    return n, not one_view, chosen, said
 
 
 def _zoom(
@@ -449,38 +407,28 @@ def plan_finetune(
     many as see about ``AUTO.images_without_budget`` images. With several labels per image the
     crops are mild (a hard crop cuts a labelled object out while its label stays)."""
     epoch = n_train / train_rate + n_val / infer_rate
-    speed = (
-        f"this machine: {train_rate:.0f} img/s training everything, {infer_rate:.0f} img/s "
-        f"scoring ({epoch:.0f} s per fine-tuning epoch)"
-    )
-    affordable = AUTO.max_epochs if remaining is None else int(max(remaining, 0) / epoch)
     if remaining is None:
         seen = AUTO.images_without_budget
         epochs = max(2, min(AUTO.max_epochs, math.ceil(seen / max(n_train, 1))))
-        why = f"no budget given: epochs scaled to see about {seen:,} images"
     else:
-        epochs = max(1, min(AUTO.max_epochs, affordable))
-        fits = "fits" if epochs == 1 else "fit"
-        why = f"{plural(epochs, 'epoch')} {fits} the time left (at most {AUTO.max_epochs})"
+        epochs = max(1, min(AUTO.max_epochs, int(max(remaining, 0) / epoch)))
     recipe.finetune_epochs = epochs
     recipe.lr, recipe.layer_decay = AUTO.lr, AUTO.layer_decay
     # few passes over the data are better spent on the images than on hard crops of them
     hard = epochs >= AUTO.crop_epochs and not multi_label
     recipe.crop_scale = AUTO.crop_scale if hard else AUTO.mild_crop_scale
-    start = "from the probe's head" if name == "lp-ft" else "from a new head"
-    loss = (
-        "binary cross-entropy per label"
-        if multi_label
-        else f"label smoothing {AUTO.label_smoothing:g}"
-    )
     recipe.reasons.append(
-        f"fine-tuning everything {start}: {speed}; {why}; AdamW at {recipe.lr:g} for the "
-        f"head, x{recipe.layer_decay:g} per stage towards the input, one-cycle schedule, "
-        f"{loss}, flips and random crops of at least {recipe.crop_scale:.0%} of the image"
+        reasons.fine_tuning(
+            name,
+            rates=(infer_rate, train_rate),
+            epochs=epochs,
+            budgeted=remaining is not None,
+            lr=recipe.lr,
+            layer_decay=recipe.layer_decay,
+            crop=recipe.crop_scale,
+            multi_label=multi_label,
+            epoch=epoch,
+        )
     )
     if recipe.sampler == "balanced":
-        recipe.reasons.append(
-            "each epoch draws its images with replacement, each with a chance in proportion to "
-            "its class weight (every class about as often with balanced weights); the loss "
-            "unweighted"
-        )
+        recipe.reasons.append(reasons.balanced_sampler())

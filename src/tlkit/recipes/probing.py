@@ -24,8 +24,9 @@ from ..model.network import load_head, stack
 from ..probe import LinearProbe, balancing_weights
 from ..stratify import rare_labels
 from .budget import Budget, FitPace, shared_clock
-from .judge import describe_grouping, fold_groups, metrics_from_probs, right_per_image
-from .keep import clearly_better
+from .folds import describe_grouping, fold_groups
+from .keep_rule import clearly_better
+from .scores import metrics_from_probs, right_per_image
 from .settings import AUTO
 from .store import Decoded
 from .views import PREDICTED, VIEWS, ZOOMS, Candidate, features

@@ -18,18 +18,18 @@ from ..history import History
 from ..metrics import choose_thresholds
 from ..model.images import DecodedImages, Geometry
 from ..model.result import FinetuneResult, Recipe
+from . import reasons
 from .budget import Budget
 from .candidates import SpeedChecks, load_candidates
 from .compute import Compute
 from .executor import Executor, decode, probe_stages, rank_and_choose
+from .finetune_stage import TunedStage, run_finetune
 from .inputs import check_arguments, check_class_weight, read_datasets, start_plan, weigh_classes
-from .judge import calibrate, calibration_reason, metrics_from_probs
 from .measure import sample_median_side
 from .plan import RecipeName
 from .probing import ProbeStage
-from .stages import stage_records
+from .scores import calibrate, metrics_from_probs
 from .store import Decoded
-from .tuning import TunedStage, run_finetune
 
 __all__ = ["finetune"]
 
@@ -212,7 +212,7 @@ def build_result(
     geometry: Geometry,
 ) -> FinetuneResult:
     """The kept model with its preprocessing, and how it did on the images that judged it."""
-    history = History(stage_records(tuned.history, "finetune") if tuned else [])
+    history = History([{"stage": "finetune", **r} for r in tuned.history.records] if tuned else [])
     kept = _kept_model(plan, probe, tuned, sets)
     names, sizes, taps, info, model, judged, judged_labels, probs, method = kept
     thresholds = None
@@ -222,9 +222,11 @@ def build_result(
             if probe is not None and plan.kept != "fine-tuned"
             else choose_thresholds(probs, judged_labels)  # on the held-out images
         )
-        plan.reasons.append(_threshold_reason(method if plan.kept == "fine-tuned" else None))
+        plan.reasons.append(
+            reasons.thresholds_chosen(method if plan.kept == "fine-tuned" else None)
+        )
     temperature, probs, calibration = calibrate(probs, judged_labels)
-    plan.reasons.append(calibration_reason(method, calibration))
+    plan.reasons.append(reasons.calibrated(method, calibration))
     if thresholds is not None:  # the same decisions on the calibrated probabilities
         thresholds = scale(
             logits_of(thresholds, multi_label=True), temperature, multi_label=True
@@ -303,14 +305,3 @@ def _kept_model(
     )
     sizes, info = [probe.sizes[name] for name in names], probe.infos[names[0]]
     return Kept(names, sizes, taps, info, probe.model, judged, labels, probe.val_probs, method)
-
-
-def _threshold_reason(method: str | None) -> str:
-    """Where the multi-label thresholds were chosen, in words."""
-    where = (
-        "the out-of-fold predictions of the training images"
-        if method is None
-        else f"the {method} (which also score the model: its F1 there is optimistic; its "
-        "mean average precision does not depend on them)"
-    )
-    return f"a threshold per label, chosen for its F1 on {where}"

@@ -22,6 +22,7 @@ from .. import heads
 from .._utils import plural
 from ..backbones import BackboneInfo
 from ..taps import LayerTaps
+from . import reasons
 from .compute import CPU, Compute
 from .settings import AUTO
 from .store import Decoded, ImageStore, to_model_input
@@ -155,28 +156,26 @@ def compute_features(
     candidates: list[Candidate],
     sets: Decoded,
     compute: Compute | None,
-    allowed: float | None,
+    room: Callable[[], float | None],
     clock: Callable[[], float],
     log: Callable[[str], None],
     pace: float = 1.0,
 ) -> tuple[list[Candidate], list[str], float]:
-    """Each candidate's features of its ``views`` (each process computing its rows) while they
-    fit the ``allowed`` seconds (``None``: all of them) at the pace measured so far: each pass
-    is predicted at its speed check's seconds times ``pace`` at first, then times the pace of
-    the passes before it. Returns those computed, why the others were not, and the seconds the
-    passes took."""
+    """Each candidate's features of its ``views`` (each process computing its rows) while each
+    pass fits the seconds ``room()`` gives the passes still to come, asked afresh before each
+    (``None``: every pass), at the pace measured so far: each pass is predicted at its speed
+    check's seconds times ``pace`` at first, then times the pace of the passes before it. The
+    first pass always runs. Returns those computed, why the others were not, and the seconds
+    the passes took."""
     spent = estimated = 0.0
     computed: list[Candidate] = []
     skipped: list[str] = []
     for candidate in candidates:
         pace = spent / estimated if estimated else pace
         need = candidate.pass_seconds * pace
-        if computed and allowed is not None and spent + need > allowed:
-            skipped.append(
-                f"features of {candidate.name} not computed: about {need:.0f} s at the pace of "
-                f"the passes before it ({pace:.1f} times the speed check's estimate), more than "
-                f"the {max(allowed - spent, 0):.0f} s the probe has left for them"
-            )
+        left = room() if computed else None
+        if left is not None and need > left:
+            skipped.append(reasons.features_not_computed(candidate.name, need, pace, left))
             continue
         layers = plural(len(candidate.taps), "intermediate layer")
         inside = f" and {layers}" if candidate.taps else ""

@@ -1,4 +1,4 @@
-"""Private helpers of the Trainer's steps: argument, batch and label checks.
+"""The helpers of the Trainer's steps: argument, batch and label checks.
 
 Everything here runs once per ``fit`` or on the first batch, except ``to_labels``, which turns
 labels users obviously mean (int32, integral floats, ``(N, 1)``, one-hot) into class indices on
@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ._utils import check_positive_int
-from .callbacks import Callback
+from .._utils import check_positive_int
+from ..callbacks import Callback
+from ..exceptions import NonFiniteLossError
 from .checkpoint import rng_state, set_rng_state
-from .exceptions import NonFiniteLossError
 
 
 def epoch_keys(*, validation: bool) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
-"""How a model is judged: which images the probe's folds keep together, each image's score,
-the metrics of the probabilities that judge it, and their calibration."""
+"""How a model's probabilities are scored: each image's score (the keep rules pair them), the
+metrics of the probabilities, and their calibration by a temperature."""
 
 from __future__ import annotations
 
@@ -14,54 +14,16 @@ from ..calibration import (
     expected_calibration_error,
     fit_temperature,
     logits_of,
-    not_lower_said,
     scale,
 )
-from ..groups import file_name_groups, join_groups, near_duplicate_groups
 from ..metrics import ClassificationMeter, label_ranking_precision, multi_label_metrics
-from ..stratify import label_sets
 from .settings import AUTO
 
 __all__ = [
     "calibrate",
-    "calibration_reason",
-    "describe_grouping",
-    "fold_groups",
     "metrics_from_probs",
     "right_per_image",
-    "usable_groups",
 ]
-
-
-def fold_groups(
-    final: torch.Tensor, y: torch.Tensor, files: list[str] | None, n: int
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The near-duplicates found from the first ``n`` images' ``final`` features ``(N, D)``,
-    the files named alike, and the groups the folds keep together."""
-    found = near_duplicate_groups(final, threshold=AUTO.duplicate_similarity)
-    keys = label_sets(y) if y.dim() == 2 else y
-    named = file_name_groups(files[:n], keys, folds=AUTO.probe_folds) if files else None
-    groups = usable_groups(found if named is None else join_groups(found, named), y)
-    return found, named, groups
-
-
-def describe_grouping(
-    n: int, found: torch.Tensor, named: torch.Tensor | None, groups: torch.Tensor
-) -> str:
-    """What the folds kept together, in words."""
-    similar = f"features' cosine similarity >= {AUTO.duplicate_similarity:g}"
-    kinds = [f"{n - len(found.unique())} near-duplicate images ({similar})"]
-    if named is not None:
-        kinds.append(f"{n - len(named.unique())} images named like another of their class")
-    if len(groups.unique()) < n:
-        together = f"{n} images in {len(groups.unique())} groups"
-        return f"folds keep together {' and '.join(kinds)}: {together}"
-    if len(found.unique()) < n or (named is not None and len(named.unique()) < n):
-        return (
-            f"found {' and '.join(kinds)}, but grouping them would leave a class in one group: "
-            "folds split image by image"
-        )
-    return f"no near-duplicate or alike-named images found ({similar})"
 
 
 def right_per_image(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -83,25 +45,6 @@ def metrics_from_probs(
     log_probs = probs.clamp_min(1e-12).log()
     meter.update(nn.functional.nll_loss(log_probs, labels), log_probs, labels)
     return meter.compute()
-
-
-def usable_groups(groups: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``groups``, except that the images of a class held in fewer than 2 groups become groups
-    of their own: a class in one group would be missing from the training part of the fold
-    that holds it out, and every image of it predicted wrong.
-
-    Examples:
-        >>> usable_groups(torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 0, 1, 1, 1])).tolist()
-        [3, 4, 1, 1, 2]
-    """
-    out, fresh = groups.clone(), int(groups.max()) + 1
-    columns = labels.T.bool() if labels.dim() == 2 else [labels == c for c in labels.unique()]
-    for column in columns:
-        members = column.nonzero().flatten()
-        if len(groups[members].unique()) < 2:
-            out[members] = torch.arange(fresh, fresh + len(members))
-            fresh += len(members)
-    return out
 
 
 def calibrate(
@@ -147,23 +90,3 @@ def calibrate(
         "ece": scaled if better else before,
     }
     return temperature, scale(scores, temperature, multi_label=multi).float(), figures
-
-
-def calibration_reason(method: str, figures: dict[str, float]) -> str:
-    """What calibration did, in words."""
-    before, scaled, fitted = (
-        figures["ece_before"],
-        figures["ece_scaled"],
-        figures["fitted_temperature"],
-    )
-    if figures["temperature"] != 1.0:
-        return (
-            f"probabilities calibrated on the {method}: temperature {fitted:.2f}, expected "
-            f"calibration error {before:.3f} before, {scaled:.3f} after (the temperature of "
-            "each half fitted on the other)"
-        )
-    return (
-        f"probabilities left as they are: a temperature fitted on the {method} ({fitted:.2f}) "
-        f"gave an expected calibration error of {scaled:.3f} on the half it was not fitted on, "
-        f"{not_lower_said(figures)} than {before:.3f} without it"
-    )

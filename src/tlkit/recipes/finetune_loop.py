@@ -16,16 +16,14 @@ from ..freeze import unfreeze
 from ..history import History
 from ..model.result import Recipe
 from ..optim import discriminative_param_groups
-from ..trainer import Trainer
+from ..training.trainer import Trainer
 from .budget import shared_clock
-from .compute import CPU, Compute
+from .compute import CPU, Compute, process_batch
 from .settings import AUTO
 from .store import ImageStore, store_loader
 
 __all__ = [
     "layer_stages",
-    "process_batch",
-    "stage_records",
     "train_full",
 ]
 
@@ -49,11 +47,6 @@ def has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
-def stage_records(history: History, stage: str) -> list[dict[str, Any]]:
-    """History rows with a ``stage`` column."""
-    return [{"stage": stage, **record} for record in history.records]
-
-
 def _loss(recipe: Recipe, *, multi_label: bool) -> nn.Module:
     """Cross-entropy with label smoothing and the recipe's class weights (none when its sampler
     draws images by them); for multi-hot targets, binary cross-entropy per label with the class
@@ -63,16 +56,6 @@ def _loss(recipe: Recipe, *, multi_label: bool) -> nn.Module:
     if multi_label:
         return nn.BCEWithLogitsLoss(pos_weight=weights)
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=AUTO.label_smoothing)
-
-
-def process_batch(batch: int) -> int:
-    """This process's share of a global batch of ``batch`` images (all of it in one process).
-
-    Examples:
-        >>> process_batch(32)
-        32
-    """
-    return -(-batch // distributed.world()[2])
 
 
 def train_full(

@@ -19,15 +19,15 @@ from ..probe import balancing_weights
 from ..splits import kfold
 from ..tta import flip_average
 from .candidates import SpeedChecks
-from .compute import CPU, Compute
+from .compute import CPU, Compute, process_batch
 from .executor import Executor
-from .judge import right_per_image
-from .keep import fine_tuning_wins
+from .finetune_loop import train_full
+from .keep_rule import fine_tuning_wins
 from .measure import choose_batch_size, measure
 from .planner import plan_finetune
 from .probing import ProbeStage
+from .scores import right_per_image
 from .settings import AUTO
-from .stages import process_batch, train_full
 from .store import Decoded, ImageStore, to_model_input
 from .views import Candidate
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .._utils import plural
+from . import reasons
 from .settings import AUTO
 
 __all__ = ["clearly_better", "fine_tuning_wins"]
@@ -67,31 +67,4 @@ def fine_tuning_wins(
         True
     """
     wins, gain, error = clearly_better(probe_right, tuned_right, margin, weights)
-    w = torch.ones(len(probe_right)) if weights is None else weights.float()
-    probe = float((probe_right.float() * w).mean())
-    tuned = float((tuned_right.float() * w).mean())
-    metric = "accuracy" if weights is None else "balanced accuracy"
-    if probe_right.dtype == torch.bool:
-        only_probe = int((probe_right & ~tuned_right).sum())
-        only_tuned = int((tuned_right & ~probe_right).sum())
-        detail = (
-            f"{plural(only_tuned, 'image')} right only when fine-tuned, "
-            f"{only_probe} only by the probe"
-        )
-    else:  # per-image scores: a multi-label model's label-ranking precision
-        metric = "label-ranking precision"
-        better = int((tuned_right > probe_right).sum())
-        detail = (
-            f"{plural(better, 'image')} better ranked when fine-tuned, "
-            + str(int((probe_right > tuned_right).sum()))
-            + " by the probe"
-        )
-    scores = f"validation {metric} {tuned:.4f} fine-tuned, {probe:.4f} probe: {detail}"
-    if wins:
-        return True, (
-            f"kept the fine-tuned model ({scores}; +{gain:.4f} > {margin:g} s.e. {error:.4f})"
-        )
-    return False, (
-        f"kept the probe ({scores}; {gain:+.4f} <= {margin:g} s.e. {error:.4f}): fine-tuning is "
-        f"kept only when better by more than {margin:g} standard error"
-    )
+    return wins, reasons.kept(probe_right, tuned_right, wins, gain, error, margin, weights)
