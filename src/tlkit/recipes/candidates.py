@@ -4,6 +4,7 @@ speed checks the first plan rests on ([SpeedChecks][tlkit.recipes.candidates.Spe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,7 +19,7 @@ from ..model.network import build_network
 from ..taps import LayerTaps, default_layers
 from .budget import Budget
 from .compute import CPU, Compute, process_batch
-from .measure import choose_batch_size, measure, pilot, time_batches
+from .measure import choose_batch_size, measure, pilot, sample_median_side, time_batches
 from .plan import Backbone, Measurements
 from .planner import choose_size, plan, tuning_images
 from .settings import AUTO
@@ -100,10 +101,15 @@ class SpeedChecks:
     data: ImageDataset
     held_out: ImageDataset | None
     geometry: Geometry
-    median_side: int
     image_size: int | None
     compute: Compute | None
     speeds: Speeds = field(default_factory=dict)
+
+    @functools.cached_property
+    def median_side(self) -> int:
+        """The median shorter side of a sample of the training images, read once when a size
+        is to be chosen from it."""
+        return sample_median_side(self.data)
 
     def tuning_size(self, candidate: Candidate) -> tuple[int, str]:
         """The size ``candidate`` would be fine-tuned (and ranked) at, and why."""

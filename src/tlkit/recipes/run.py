@@ -25,7 +25,6 @@ from .compute import Compute
 from .executor import Executor, decode, probe_stages, rank_and_choose
 from .finetune_stage import TunedStage, run_finetune
 from .inputs import check_arguments, check_class_weight, read_datasets, start_plan, weigh_classes
-from .measure import sample_median_side
 from .plan import RecipeName
 from .probing import ProbeStage
 from .scores import calibrate, metrics_from_probs
@@ -153,8 +152,7 @@ def finetune(
         names, weights, key_map, image_size, len(data.classes), n_images, compute=compute
     )
     candidates = candidates[:1] if recipe == "full" else candidates
-    median_side = sample_median_side(data)
-    checks = SpeedChecks(recipe, data, held_out, geometry, median_side, image_size, compute)
+    checks = SpeedChecks(recipe, data, held_out, geometry, image_size, compute)
     measurements = checks.measure(candidates, timing)
     timing.lap("speed checks")
     ex = Executor(measurements, timing, plan, log)
