@@ -170,6 +170,19 @@ def test_channels_last_training_gives_a_normal_model() -> None:
     assert convs and all(c.weight.is_contiguous() for c in convs)
 
 
+def test_the_memory_format_measured_is_the_one_trained_and_said(tmp_path: Path) -> None:
+    root = colours(tmp_path / "data", 8)
+    result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="lp-ft",
+                            image_size=32, verbose=False)  # fmt: skip
+    layout = "channels-last" if result.recipe.channels_last else "channels-first"
+    assert f"{layout} memory format: " in result.recipe.describe()
+    assert [r["stage"] for r in result.history.records][-1] == "finetune"
+    convs = [m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous() for c in convs)
+    probs = result.predict([root / "green" / "0.png"])
+    assert torch.allclose(probs.sum(1), torch.ones(1))
+
+
 def test_flip_tta_averages_the_image_and_its_mirror(tmp_path: Path) -> None:
     root = colours(tmp_path / "data")
     result = tlkit.finetune(root, backbone_name="resnet18", weights=None, recipe="probe",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,11 @@ def probe_stages(
     the zoomed views where the plan (re-made at the pace the features ran) still has room for
     them, and the cross-validated probes."""
     ex.begin("features")
-    fits, share = ex.plan.stage("probe fits").seconds, ex.plan.share
+    planned, fits = ex.plan, ex.plan.stage("probe fits").seconds
 
-    def room() -> float | None:  # the probe's share of the time left now, less its fits
-        left = ex.budget.left()
-        return None if left is None else share * left - fits
+    def room() -> float | None:  # the plan's room on the time left now, less the probe's fits
+        now = replace(planned, left=ex.budget.left()).room()
+        return None if now is None else now - fits
 
     pace = ex.measurements.pace.get("features", 1.0)
     computed, skipped, spent = compute_features(
