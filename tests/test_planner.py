@@ -316,8 +316,13 @@ def test_every_plan_keeps_its_promises(
         assert not p.runs("fine-tuning")
     if p.runs("zoomed views"):
         assert p.mirror
+    if p.runs("top blocks"):  # auto only, instead of fine-tuning everything, within the time
+        assert recipe == "auto" and not p.runs("fine-tuning")
+        assert left is None or p.stage("top blocks").seconds <= left + 1e-6
+        assert 1 <= p.stage("top blocks").inputs["epochs"] <= AUTO.top_max_epochs
     for stage in p.stages:  # what is left out says why, where a rule left it out
-        assert stage.run or stage.name in ("ranking", "zoomed views", "fine-tuning")
+        optional = ("ranking", "zoomed views", "top blocks", "fine-tuning")
+        assert stage.run or stage.name in optional
 
 
 def test_refused_measurements() -> None:
@@ -345,3 +350,35 @@ def test_every_setting_the_code_and_the_docs_name_exists() -> None:
     assert len(named) > 20  # the rules are written with their settings
     missing = sorted(f"{where}: AUTO.{name}" for where, name in named if not hasattr(AUTO, name))
     assert missing == []
+
+
+def test_top_blocks_are_planned_where_fine_tuning_everything_does_not_fit() -> None:
+    """On few images per class or a slow machine the whole network is not fine-tuned; its top
+    blocks are, at as many epochs as fit, from ``AUTO.top_few_per_class`` images per class;
+    the probe's share of the time makes room for them."""
+    lite = lites(0.02)
+    few = plan(m(n_train=200, classes=10, backbones=lite), 300.0)
+    assert not few.runs("fine-tuning") and few.runs("top blocks")
+    top = few.stage("top blocks")
+    assert top.inputs["epochs"] == AUTO.top_max_epochs and top.inputs["backbone"] == "l0"
+    cache = 0.02 * 200 * AUTO.probe_views
+    epoch = AUTO.top_epoch_cost * 0.02 * tuning_images(200, 0) * AUTO.probe_views
+    assert top.seconds == pytest.approx(cache + AUTO.top_max_epochs * epoch)
+    assert few.share == pytest.approx(1 - top.seconds / 300.0) or few.share == AUTO.probe_share
+    # less time: fewer epochs, then none, said with the seconds they would take
+    short = plan(m(n_train=200, classes=10, backbones=lite), 60.0).stage("top blocks")
+    assert short.run and AUTO.top_min_epochs <= short.inputs["epochs"] < AUTO.top_max_epochs
+    none = plan(m(n_train=200, classes=10, backbones=lite), 20.0).stage("top blocks")
+    assert not none.run and "top blocks not tuned" in none.reason and "s here" in none.reason
+    # too few images per class, several labels, or another recipe: not planned
+    tiny = plan(m(n_train=40, classes=10, backbones=lite), 300.0).stage("top blocks")
+    assert not tiny.run and f"fewer than {AUTO.top_few_per_class}" in tiny.reason
+    multi = plan(m(n_train=200, classes=10, backbones=lite, multi_label=True), 300.0)
+    assert not multi.runs("top blocks")
+    for recipe in ("probe", "lp-ft"):
+        assert not plan(m(recipe=recipe, n_train=200, classes=10, backbones=lite), 300.0).runs(
+            "top blocks"
+        )
+    # once tuned, fine-tuning everything does not follow
+    done = m(n_train=5000, classes=10, backbones=lite, done=frozenset({"top blocks"}))
+    assert not plan(done, 36000.0).runs("fine-tuning")

@@ -54,7 +54,9 @@ class Recipe:
     ``probe`` says whether a linear probe ([tlkit.LinearProbe][]) is fitted on the frozen
     bodies' features, ``finetune_epochs`` how many epochs fine-tune everything. Once
     [tlkit.finetune][] has returned, ``kept`` says which trained model it returned: ``"probe"``
-    (the head on the frozen bodies) or ``"fine-tuned"``; ``None`` before training.
+    (the head on the frozen bodies), ``"fine-tuned"``, or ``"probe+top blocks"`` (the probe
+    and its best backbone with its top blocks fine-tuned, their logits averaged:
+    [tlkit.recipes.top_blocks][]); ``None`` before training.
     ``class_weight`` is the loss weight of each class when classes are weighted (every choice
     is then made on balanced accuracy), else ``None``; with ``sampler="balanced"`` fine-tuning
     draws images by those weights instead of weighing its loss.
@@ -76,7 +78,7 @@ class Recipe:
     class_weight: list[float] | None = None
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     reasons: list[str] = field(default_factory=list)
-    kept: Literal["probe", "fine-tuned"] | None = None
+    kept: Literal["probe", "fine-tuned", "probe+top blocks"] | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # measured by stage, once trained
     predicted: dict[str, float] = field(default_factory=dict)  # by the plan, by stage
     budget: float | None = None  # seconds, as given

@@ -26,6 +26,11 @@ more than ``AUTO.keep_margin`` standard errors (the one-standard-error rule: the
 simpler and steadier model). On Fashion-MNIST, fine-tuning from a new head beat fine-tuning
 from the probe's head at equal time (``benchmarks/auto_recipe.py``): the probe's head fits
 features computed with BatchNorm frozen at ImageNet statistics, which fine-tuning changes.
+Where fine-tuning everything does not fit (on a CPU, in minutes), ``auto`` fine-tunes the top
+blocks of the probe's best backbone on cached activations instead, from
+``AUTO.top_few_per_class`` images per class, and keeps the probe and that network averaged
+when the keep rule prefers them to the probe alone on a held-out fold
+([tlkit.recipes.top_blocks][]).
 
 The package, one concept per module:
 
@@ -41,6 +46,8 @@ The package, one concept per module:
   [tlkit.recipes.folds][] (what the probe's folds keep together), [tlkit.recipes.probing][]
   (the probe's choice), [tlkit.recipes.finetune_stage][] (the fine-tuning stage) and
   [tlkit.recipes.finetune_loop][] (its loop through the Trainer, at layer-wise rates),
+  [tlkit.recipes.top_blocks][] (the top blocks tuned on cached activations, where everything
+  does not fit),
   [tlkit.recipes.keep_rule][] (probe or fine-tuned), [tlkit.recipes.scores][] (each image's
   score, the metrics and the temperature);
 - what the stages read: [tlkit.recipes.store][] (the decoded images, in memory or on disk) and

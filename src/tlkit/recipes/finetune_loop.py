@@ -47,7 +47,7 @@ def has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
-def _loss(recipe: Recipe, *, multi_label: bool) -> nn.Module:
+def loss_of(recipe: Recipe, *, multi_label: bool) -> nn.Module:
     """Cross-entropy with label smoothing and the recipe's class weights (none when its sampler
     draws images by them); for multi-hot targets, binary cross-entropy per label with the class
     weights on positives."""
@@ -97,7 +97,7 @@ def train_full(
     trainer = Trainer(
         model,
         optimizer=optimizer,
-        loss=_loss(recipe, multi_label=train_y.dim() == 2),
+        loss=loss_of(recipe, multi_label=train_y.dim() == 2),
         device=compute.device,
         precision=compute.precision,  # type: ignore[arg-type]
         verbose=False,

@@ -31,7 +31,10 @@ from .settings import AUTO
 from .store import Decoded, ImageStore, to_model_input
 from .views import Candidate
 
-__all__ = ["TunedStage", "predict_probs", "run_finetune"]
+__all__ = ["PROBED", "TunedStage", "held_out_fold", "predict_probs", "run_finetune"]
+
+PROBED = frozenset({"ranking", "decoding", "features", "zoomed views", "probe fits"})
+"""The stages done once the probe has chosen its backbone."""
 
 
 @dataclass
@@ -97,8 +100,7 @@ def run_finetune(
     (reused from ``checks.speeds`` where the same network was timed at the same size and
     batch)."""
     assert best.info is not None
-    probed = {"ranking", "decoding", "features", "zoomed views", "probe fits"}
-    ex.replan(f"the probe chose {best.name}", tuned=best.name, done=probed)
+    ex.replan(f"the probe chose {best.name}", tuned=best.name, done=PROBED)
     if not ex.plan.runs("fine-tuning"):
         ex.begin("fine-tuning")  # says why not
         return None
@@ -107,7 +109,7 @@ def run_finetune(
     model = probe.tuning_start if probe is not None else best.model
     size, why = checks.tuning_size(best)
     compute = checks.compute
-    train_at, held = _held_out_fold(sets, probe, seed)
+    train_at, held = held_out_fold(sets, probe, seed)
     plan.batch_size = choose_batch_size(len(train_at))
     n_val = len(held) if sets.val_images is None else sets.counts[1]
     infer, train_rate, layout = _speed(
@@ -199,7 +201,7 @@ def _kept(
     return "fine-tuned" if keep else "probe"
 
 
-def _held_out_fold(
+def held_out_fold(
     sets: Decoded, probe: ProbeStage | None, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(training indices, held-out indices)``: one fold of about ``AUTO.val_fraction`` of

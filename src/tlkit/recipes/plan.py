@@ -36,6 +36,7 @@ STAGES = (
     "features",
     "zoomed views",
     "probe fits",
+    "top blocks",
     "fine-tuning",
     "calibration",
 )

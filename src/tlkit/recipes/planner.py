@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..model.result import Recipe
@@ -188,6 +189,7 @@ def plan(m: Measurements, left: float | None, settings: Settings = AUTO) -> Plan
     if m.recipe == "full":
         return _full(m, left, settings)
     tuning, share = _tuning(m, left, settings)
+    top, share = _top_blocks(m, left, tuning, share, settings)
     left_for_probe = left
     ranking = Stage("ranking", False)
     said: list[str] = []
@@ -228,6 +230,7 @@ def plan(m: Measurements, left: float | None, settings: Settings = AUTO) -> Plan
         Stage("features", "features" not in m.done, features, "", {"backbones": names}),
         zoom,
         Stage("probe fits", "probe fits" not in m.done, fits),
+        top,
         tuning,
         Stage("calibration", True),
     )
@@ -283,6 +286,8 @@ def _tuning(m: Measurements, left: float | None, s: Settings) -> tuple[Stage, fl
     if m.recipe == "auto" and few:
         why = reasons.no_fine_tuning_few(n_tune / m.classes, s)
         return Stage("fine-tuning", False, 0.0, why), s.probe_share_alone
+    if m.recipe == "auto" and "top blocks" in m.done:  # tuned where it fitted instead
+        return Stage("fine-tuning", False), s.probe_share_alone
     options = [b for b in m.backbones if m.tuned in (None, b.name)]
     quickest = min(options, key=lambda b: b.epoch_seconds(s))
     epoch = quickest.epoch_seconds(s) * (m.n_train + m.n_val)  # trained on or scored
@@ -299,6 +304,44 @@ def _tuning(m: Measurements, left: float | None, s: Settings) -> tuple[Stage, fl
     inputs["epochs"] = max(1, min(s.max_epochs, int(need / epoch))) if epoch > 0 else 1
     share = min(max(1 - need / max(left, 1e-9), s.probe_share), s.probe_share_alone)
     return Stage("fine-tuning", True, need, "", inputs), s.probe_share_alone if few else share
+
+
+def _top_blocks(
+    m: Measurements, left: float | None, tuning: Stage, share: float, s: Settings
+) -> tuple[Stage, float]:
+    """The top-blocks stage ([tlkit.recipes.top_blocks][]), and the share of the time left the
+    probe's stages may then take.
+
+    For ``auto`` with one label per image, where fine-tuning everything does not run, from
+    ``s.top_few_per_class`` images per class to tune on, when the prefix's pass over every
+    training image and its mirror image and ``s.top_min_epochs`` epochs (each
+    ``s.top_epoch_cost`` times a feature pass of the images it trains on) fit ``1 -
+    s.probe_share`` of the time left (all of it once the probe has run). It is planned at as
+    many epochs as fit that (at most ``s.top_max_epochs``) on the costliest backbone (the one
+    the probe chose, once it has), and the probe's stages may take the rest."""
+    off = Stage("top blocks", False)
+    if m.recipe != "auto" or tuning.run or m.multi_label or "top blocks" in m.done:
+        return off, share
+    n_tune = tuning_images(m.n_train, m.n_val, s)
+    if n_tune / m.classes < s.top_few_per_class:
+        return replace(off, reason=reasons.no_top_blocks_few(n_tune / m.classes, s)), share
+    options = [b for b in m.backbones if m.tuned in (None, b.name)]
+    chosen = max(options, key=lambda b: b.seconds)
+    cache = _pass(chosen, m, m.n_train + m.n_val) * s.probe_views
+    epoch = s.top_epoch_cost * _pass(chosen, m, n_tune) * s.probe_views
+    inputs: dict[str, Any] = {"backbone": chosen.name, "epochs": s.top_max_epochs}
+    if left is None:
+        return Stage("top blocks", True, cache + epoch * s.top_max_epochs, "", inputs), share
+    probed = "probe fits" in m.done
+    room = max(left, 0.0) if probed else (1 - s.probe_share) * max(left, 0.0)
+    least = cache + s.top_min_epochs * epoch
+    if least > room:
+        why = reasons.no_top_blocks_slow(least, room, probed, s)
+        return Stage("top blocks", False, least, why, inputs), share
+    need = min(cache + epoch * s.top_max_epochs, room)
+    inputs["epochs"] = max(1, min(s.top_max_epochs, int((need - cache) / epoch)))
+    share = min(max(1 - need / max(left, 1e-9), s.probe_share), share)
+    return Stage("top blocks", True, need, "", inputs), share
 
 
 def _ranking(

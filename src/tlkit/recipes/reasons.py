@@ -134,6 +134,62 @@ def no_fine_tuning_few(per_class: float, s: Settings = AUTO) -> str:
     )
 
 
+def no_top_blocks_few(per_class: float, s: Settings = AUTO) -> str:
+    """No top blocks: fewer than ``s.top_few_per_class`` images per class to tune on."""
+    return (
+        f"top blocks not tuned: {per_class:.1f} images per class to tune on (less the held-out "
+        f"fold), fewer than {s.top_few_per_class}"
+    )
+
+
+def no_top_blocks_slow(least: float, room: float, probed: bool, s: Settings = AUTO) -> str:
+    """No top blocks: their pass and ``s.top_min_epochs`` epochs (``least`` s) do not fit."""
+    had = "left" if probed else f"they would have ({1 - s.probe_share:.0%} of the time left)"
+    return (
+        f"top blocks not tuned: caching their input and {s.top_min_epochs} epochs would take "
+        f"about {least:.0f} s here, more than the {room:.0f} s {had}"
+    )
+
+
+def no_top_blocks_network(name: str) -> str:
+    """No top blocks: the network is not one that can be cut before them."""
+    return (
+        f"top blocks not tuned: {name} is not a network tlkit can cut before its last stages "
+        "(timm's EfficientNet family and ResNets can be)"
+    )
+
+
+def top_blocks_verdict(
+    name: str,
+    epochs: int,
+    tuned: torch.Tensor,
+    probe: torch.Tensor,
+    both: torch.Tensor,
+    wins: bool,
+    gain: float,
+    error: float,
+    s: Settings = AUTO,
+) -> str:
+    """What tuning the top blocks of ``name`` gave on the held-out fold (which images each of
+    the tuned network, the probe and both averaged got right), and whether it was kept."""
+    scores = (
+        f"held-out accuracy {float(tuned.float().mean()):.4f} tuned, "
+        f"{float(probe.float().mean()):.4f} probe, {float(both.float().mean()):.4f} both averaged"
+    )
+    said = (
+        f"top {plural(s.top_blocks, 'stage')} of {name} fine-tuned for "
+        f"{plural(epochs, 'epoch')} on cached activations from its probe's head ({scores})"
+    )
+    if wins:
+        margin = f"{gain:+.4f} > {s.keep_margin:g} s.e. {error:.4f}"
+        return f"{said}: kept the probe and the tuned network averaged ({margin})"
+    return (
+        f"{said}: kept the probe alone ({gain:+.4f} <= {s.keep_margin:g} s.e. {error:.4f}; "
+        f"averaged with the tuned network only when better by more than {s.keep_margin:g} "
+        "standard error)"
+    )
+
+
 def no_fine_tuning_slow(
     least: float, room: float, measured: bool, probed: bool, s: Settings = AUTO
 ) -> str:

@@ -29,6 +29,7 @@ from .plan import RecipeName
 from .probing import ProbeStage
 from .scores import calibrate, metrics_from_probs
 from .store import Decoded
+from .top_blocks import TopBlocks, top_blocks_stage
 
 __all__ = ["finetune"]
 
@@ -160,20 +161,21 @@ def finetune(
         sizes = {c.name: checks.tuning_size(c)[0] for c in candidates}
         candidates, data = rank_and_choose(ex, candidates, data, weights, sizes, seed, compute)
     sets = decode(ex, data, held_out, max(c.size for c in candidates), geometry, cache_dir)
-    probe, tuned = None, None
+    probe, top, tuned = None, None, None
+    classes = len(data.classes)
     if recipe != "full":
-        probe = probe_stages(
-            ex, candidates, sets, len(data.classes), seed, compute, plan.class_weight
-        )
+        probe = probe_stages(ex, candidates, sets, classes, seed, compute, plan.class_weight)
         plan.probe, plan.kept, plan.image_size = True, "probe", probe.size
-    if recipe != "probe":
-        best = next(c for c in candidates if probe is None or c.name == probe.best_name)
-        classes = len(data.classes)
+    best = next(c for c in candidates if probe is None or c.name == probe.best_name)
+    if recipe == "auto" and probe is not None:
+        top = top_blocks_stage(ex, probe, best, sets, classes=classes, seed=seed, compute=compute)
+        plan.kept = "probe+top blocks" if top is not None else plan.kept
+    if recipe != "probe" and top is None:
         tuned = run_finetune(
             recipe, plan, best, probe, sets, ex=ex, checks=checks, classes=classes, seed=seed
         )
     ex.begin("calibration")
-    result = build_result(plan, probe, tuned, sets, data.classes, geometry)
+    result = build_result(plan, probe, tuned, sets, data.classes, geometry, top)
     ex.end("calibration")
     ex.finish()
     if sets.rows is not None:  # each process decoded a part: the report's pictures decode again
@@ -208,10 +210,14 @@ def build_result(
     sets: Decoded,
     classes: list[str],
     geometry: Geometry,
+    top: TopBlocks | None = None,
 ) -> FinetuneResult:
     """The kept model with its preprocessing, and how it did on the images that judged it."""
-    history = History([{"stage": "finetune", **r} for r in tuned.history.records] if tuned else [])
-    kept = _kept_model(plan, probe, tuned, sets)
+    trained = tuned or top
+    records = trained.history.records if trained else []
+    stage = "finetune" if tuned else "top blocks"
+    history = History([{"stage": stage, **r} for r in records])
+    kept = _kept_model(plan, probe, tuned, sets, top)
     names, sizes, taps, info, model, judged, judged_labels, probs, method = kept
     thresholds = None
     if judged_labels.dim() == 2:  # multi-label: thresholds for each label's F1
@@ -244,7 +250,7 @@ def build_result(
         val_metrics={**metrics, **calibration, "method": method},
         seconds=0.0,
         geometry=geometry,
-        tta=plan.kept == "fine-tuned" or (probe is not None and probe.choice.mirror),
+        tta=plan.kept != "probe" or (probe is not None and probe.choice.mirror),
         temperature=temperature,
         multi_label=thresholds is not None,
         thresholds=None if thresholds is None else [float(t) for t in thresholds],
@@ -272,10 +278,28 @@ class Kept(NamedTuple):
 
 
 def _kept_model(
-    plan: Recipe, probe: ProbeStage | None, tuned: TunedStage | None, sets: Decoded
+    plan: Recipe,
+    probe: ProbeStage | None,
+    tuned: TunedStage | None,
+    sets: Decoded,
+    top: TopBlocks | None = None,
 ) -> Kept:
     """The kept model's backbones, their sizes and layers read, its info and network, and the
     images that judged it with their labels, its probabilities and how they were had."""
+    if top is not None and probe is not None:
+        names = probe.choice.names
+        taps = [probe.taps[n] if probe.choice.taps else [] for n in names]
+        return Kept(
+            [*names, top.name],
+            [*(probe.sizes[n] for n in names), top.size],
+            [*taps, []],
+            probe.infos[names[0]],
+            top.model,
+            sets.images.subset(top.held),
+            sets.train_labels()[top.held],
+            top.probs,
+            "held-out images",
+        )
     if plan.kept == "fine-tuned" or probe is None:
         assert tuned is not None
         plan.image_size = tuned.size

@@ -65,6 +65,15 @@ class Settings:
     mild_crop_scale: float = 0.8  # ... or this much with fewer than crop_epochs epochs
     crop_epochs: int = 8
     batch_size: int = 32
+    # the top blocks (on a CPU, where fine-tuning everything does not fit)
+    top_blocks: int = 2  # the last this many stages of the probe's best backbone are tuned
+    top_lr: float = 3e-4  # their rate and the head's (1e-3 diverged on digits, Lite0)
+    top_few_per_class: int = 5  # below this many images per class to tune on: not tuned
+    top_min_epochs: int = 3  # tuned only when this many epochs fit
+    top_max_epochs: int = 10
+    top_epoch_cost: float = 0.8  # an epoch per image and view against one view of the
+    # backbone's feature pass with its intermediate layers (digits, 200 images, Lite2 at
+    # 260 px, the last two stages, 2 CPU cores: 10 epochs in 110 s against a 16 s pass)
     large_batch_size: int = 64  # from large_from training images (CPUs run it faster per image)
     large_from: int = 4000
     # several backbones
