@@ -56,7 +56,7 @@ class Recipe:
     [tlkit.finetune][] has returned, ``kept`` says which trained model it returned: ``"probe"``
     (the head on the frozen bodies), ``"fine-tuned"``, or ``"probe+top blocks"`` (the probe
     and its best backbone with its top blocks fine-tuned, their logits averaged:
-    [tlkit.recipes.top_blocks][]); ``None`` before training.
+    ``tlkit.recipes.top_blocks``); ``None`` before training.
     ``class_weight`` is the loss weight of each class when classes are weighted (every choice
     is then made on balanced accuracy), else ``None``; with ``sampler="balanced"`` fine-tuning
     draws images by those weights instead of weighing its loss.

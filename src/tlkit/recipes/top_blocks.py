@@ -220,11 +220,8 @@ def run_top_blocks(
     train_at = torch.ones(len(labels), dtype=torch.bool)
     train_at[held] = False
     top = _Top(split)
-    for p in split.model.parameters():
-        p.requires_grad_(False)
-    trained = [p for p in top.parameters()]
-    for p in trained:
-        p.requires_grad_(True)
+    split.model.requires_grad_(False)
+    top.requires_grad_(True)  # the top blocks and the head; the prefix stays frozen
     history = _train(
         top, activations[:, train_at], labels[train_at], recipe, epochs, deadline, compute
     )
