@@ -375,6 +375,8 @@ def test_top_blocks_are_planned_where_fine_tuning_everything_does_not_fit() -> N
     assert not tiny.run and f"fewer than {AUTO.top_few_per_class}" in tiny.reason
     multi = plan(m(n_train=200, classes=10, backbones=lite, multi_label=True), 300.0)
     assert not multi.runs("top blocks")
+    val = plan(m(n_train=150, n_val=50, classes=10, backbones=lite), 300.0).stage("top blocks")
+    assert not val.run and "val= images are given" in val.reason
     for recipe in ("probe", "lp-ft"):
         assert not plan(m(recipe=recipe, n_train=200, classes=10, backbones=lite), 300.0).runs(
             "top blocks"

@@ -31,6 +31,13 @@ def test_a_network_without_stages_is_not_cut() -> None:
     assert split_network(nn.Sequential(nn.Flatten(), nn.Linear(12, 2))) is None
 
 
+@pytest.mark.parametrize("blocks", [0, -1, 1.5, True])
+def test_a_bad_number_of_blocks_is_refused(blocks: object) -> None:
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    with pytest.raises(ValueError, match=f"blocks must be a positive int.*got {blocks!r}"):
+        split_network(model, blocks=blocks)  # type: ignore[arg-type]
+
+
 def test_training_the_top_moves_its_weights_and_keeps_batch_norm_statistics() -> None:
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False, num_classes=3)

@@ -322,6 +322,8 @@ def _top_blocks(
     off = Stage("top blocks", False)
     if m.recipe != "auto" or tuning.run or m.multi_label or "top blocks" in m.done:
         return off, share
+    if m.n_val:
+        return replace(off, reason=reasons.no_top_blocks_val()), share
     n_tune = tuning_images(m.n_train, m.n_val, s)
     if n_tune / m.classes < s.top_few_per_class:
         return replace(off, reason=reasons.no_top_blocks_few(n_tune / m.classes, s)), share

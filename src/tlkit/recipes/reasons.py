@@ -151,6 +151,16 @@ def no_top_blocks_slow(least: float, room: float, probed: bool, s: Settings = AU
     )
 
 
+def no_top_blocks_val() -> str:
+    """No top blocks: validation images are given (they would judge it; not yet done)."""
+    return "top blocks not tuned: they are judged on a held-out fold, and val= images are given"
+
+
+def no_top_blocks_processes() -> str:
+    """No top blocks: several processes under torchrun (each holds a part of the images)."""
+    return "top blocks not tuned: under torchrun each process holds only a part of the images"
+
+
 def no_top_blocks_network(name: str) -> str:
     """No top blocks: the network is not one that can be cut before them."""
     return (

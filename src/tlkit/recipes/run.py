@@ -286,20 +286,6 @@ def _kept_model(
 ) -> Kept:
     """The kept model's backbones, their sizes and layers read, its info and network, and the
     images that judged it with their labels, its probabilities and how they were had."""
-    if top is not None and probe is not None:
-        names = probe.choice.names
-        taps = [probe.taps[n] if probe.choice.taps else [] for n in names]
-        return Kept(
-            [*names, top.name],
-            [*(probe.sizes[n] for n in names), top.size],
-            [*taps, []],
-            probe.infos[names[0]],
-            top.model,
-            sets.images.subset(top.held),
-            sets.train_labels()[top.held],
-            top.probs,
-            "held-out images",
-        )
     if plan.kept == "fine-tuned" or probe is None:
         assert tuned is not None
         plan.image_size = tuned.size
@@ -326,4 +312,16 @@ def _kept_model(
         else "val images"
     )
     sizes, info = [probe.sizes[name] for name in names], probe.infos[names[0]]
-    return Kept(names, sizes, taps, info, probe.model, judged, labels, probe.val_probs, method)
+    kept = Kept(names, sizes, taps, info, probe.model, judged, labels, probe.val_probs, method)
+    if top is None:
+        return kept
+    return kept._replace(  # the probe's bodies and the tuned one, judged on the held-out fold
+        names=[*names, top.name],
+        sizes=[*sizes, top.size],
+        taps=[*taps, []],
+        model=top.model,
+        images=sets.images.subset(top.held),
+        labels=labels[top.held],
+        probs=top.probs,
+        method="held-out images",
+    )

@@ -74,7 +74,13 @@ def split_network(model: nn.Module, blocks: int = AUTO.top_blocks) -> Split | No
     """``model`` cut before its last ``blocks`` stages, for the networks whose feature pass is
     a stem, a sequence of stages and a final convolution (timm's EfficientNet family:
     ``conv_stem``, ``bn1``, ``blocks``, ``conv_head``, ``bn2``) or a stem and four layers
-    (ResNets: ``layer1`` to ``layer4``); ``None`` for others."""
+    (ResNets: ``layer1`` to ``layer4``); ``None`` for others.
+
+    Raises:
+        ValueError: For ``blocks`` other than a positive int.
+    """
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"blocks must be a positive int (stages to tune), got {blocks!r}")
     names = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
     if hasattr(model, "forward_head") and all(hasattr(model, n) for n in names):
         parts = {n: model.get_submodule(n) for n in names}
@@ -171,8 +177,9 @@ def top_blocks_stage(
     """The stage as the plan says, once the probe has chosen ``best`` (planned again for it and
     the time left): ``None`` when it does not run or the probe alone is kept."""
     ex.replan(f"the probe chose {best.name}", tuned=best.name, done=PROBED)
-    if sets.rows is not None or sets.val_images is not None:
-        return None  # under torchrun, or judged on given validation images: not yet
+    if sets.rows is not None and ex.plan.runs("top blocks"):
+        ex.say(reasons.no_top_blocks_processes())
+        return None
     if not ex.begin("top blocks"):
         return None
     held = held_out_fold(sets, probe, seed)[1]
@@ -232,16 +239,15 @@ def run_top_blocks(
     if recipe.class_weight is not None:
         weights = balancing_weights(labels[held], classes)
     y = labels[held]
-    wins, gain, error = clearly_better(
-        right_per_image(probe_probs, y), right_per_image(both, y), weights=weights
-    )
+    probe_right, both_right = right_per_image(probe_probs, y), right_per_image(both, y)
+    wins, gain, error = clearly_better(probe_right, both_right, weights=weights)
     recipe.reasons.append(
         reasons.top_blocks_verdict(
             best.name,
             len(history),
             right_per_image(tuned, y),
-            right_per_image(probe_probs, y),
-            right_per_image(both, y),
+            probe_right,
+            both_right,
             wins,
             gain,
             error,
