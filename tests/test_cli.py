@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -58,10 +59,19 @@ def test_fit_writes_the_report_and_a_weights_only_model(run: dict[str, Path]) ->
 def test_evaluate_and_predict_json_on_unseen_images(
     run: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["evaluate", str(run["out"]), str(run["test"]), "--json"]) == 0
+    rows = run["out"].parent / "predictions.csv"
+    command = ["evaluate", str(run["out"]), str(run["test"]), "--json", "--predictions", str(rows)]
+    assert cli.main(command) == 0
     printed = capsys.readouterr().out
     summary = json.loads(printed.strip().splitlines()[-1])
     assert summary["accuracy"] >= 0.75 and summary["images"] == 24
+    with rows.open(newline="") as f:  # each image's answer: the accuracy is theirs
+        written = list(csv.DictReader(f))
+    assert len(written) == 24 and not list(run["out"].parent.glob("*.tmp*"))
+    assert summary["accuracy"] == pytest.approx(sum(r["right"] == "1" for r in written) / 24)
+    for r in written:
+        assert r["label"] == Path(r["file"]).parent.name
+        assert r["right"] == str(int(r["label"] == r["predicted"]))
     # the calibration error of what predict gives, on these images
     model = tlkit.load_model(run["out"])
     test = tlkit.ImageDataset.from_folder(run["test"])

@@ -3,6 +3,7 @@ model, `predict`, `evaluate`, `export` and the report."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -109,9 +110,21 @@ def test_predict_and_evaluate_answer_label_sets(run, capsys) -> None:
     assert [set(line["labels"]) for line in lines] == [
         {name for name, _ in labels} for labels in model.predict_label_sets(files)
     ]
-    assert cli.main(["evaluate", str(run["out"]), str(run["test"]), "--json"]) == 0
+    rows = run["out"].parent / "label-sets.csv"
+    command = ["evaluate", str(run["out"]), str(run["test"]), "--json", "--predictions", str(rows)]
+    assert cli.main(command) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     data = tlkit.ImageDataset.from_csv(run["test"])
+    with rows.open(newline="") as f:  # each image's labels and answer, as predict gives them
+        written = list(csv.DictReader(f))
+    answered = model.predict_label_sets(data.files)
+    assert [r["file"] for r in written] == [str(f) for f in data.files]
+    for r, labels, truth in zip(written, answered, data.targets, strict=True):
+        wanted, given = (set(r[k].split(";")) - {""} for k in ("labels", "predicted"))
+        assert given == {name for name, _ in labels}
+        assert wanted == {data.classes[i] for i in truth.nonzero()[:, 0]}
+        assert r["right"] == str(int(wanted == given))
+    assert summary["exact_match"] == pytest.approx(sum(r["right"] == "1" for r in written) / 24)
     expected = multi_label_metrics(model.predict(data.files), data.targets,
                                    torch.tensor(model.thresholds))  # fmt: skip
     assert summary["map"] == pytest.approx(expected["map"]) and summary["images"] == 24

@@ -2,7 +2,7 @@
 
     tlkit fit DATA --out RUN [--backbone NAME]... [--weights W [--key-map by_order]]
               [--budget 5m] [--recipe auto] [--geometry pad|crop] [--device auto]
-    tlkit evaluate RUN DATA [--json] [--tta | --no-tta] [--skip-errors]
+    tlkit evaluate RUN DATA [--json] [--tta | --no-tta] [--skip-errors] [--predictions CSV]
     tlkit predict RUN FILE... [--json] [--tta | --no-tta]
     tlkit export RUN [--format pt2|onnx|torchscript] --output FILE
 

@@ -4,17 +4,19 @@ and calibration on labelled images, and what a minimum confidence would do."""
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from .._utils import json_safe
+from .._utils import atomic_write_text, check_writable_dir, json_safe
 from .fit import dataset
 from .options import add_tta
 
-__all__ = ["add_parser", "run", "unlabelled_images"]
+__all__ = ["add_parser", "run", "unlabelled_images", "write_predictions"]
 
 
 def add_parser(sub: Any) -> None:
@@ -44,6 +46,12 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="answer unknown below this probability (0-1)",
     )
+    evaluate.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        help="write each image's label, prediction and probability to this CSV",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from ..model import check_confidence, load_model
 
     check_confidence(args.min_confidence)
+    if args.predictions is not None:
+        check_writable_dir(args.predictions.parent, "--predictions folder")
     model = load_model(args.run)
     on_error: Literal["raise", "skip"] = "skip" if args.skip_errors else "raise"
     if args.label_sep is not None:
@@ -70,6 +80,16 @@ def run(args: argparse.Namespace) -> int:
     if args.unknown is not None:
         others = unlabelled_images(args.unknown, model.background, on_error)
     probs, targets, summary = single_label_figures(model, data, args)
+    if args.predictions is not None:
+        confidence, predicted = probs.max(1)
+        rows = [
+            [str(f), model.classes[t], model.classes[p], f"{c:.6f}", int(t == p)]
+            for f, t, p, c in zip(
+                data.files, targets.tolist(), predicted.tolist(), confidence.tolist(), strict=True
+            )
+        ]
+        header = ["file", "label", "predicted", "probability", "right"]
+        write_predictions(args.predictions, header, rows)
     confidence, predicted = probs.max(1)
     if others is not None or args.min_confidence is not None:
         summary["thresholds"] = thresholds_said(
@@ -119,6 +139,17 @@ def single_label_figures(
         "confusion_matrix": matrix.tolist(),
     }
     return probs, targets, summary
+
+
+def write_predictions(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """Each image's row (its file, label, prediction, probability, whether right) as CSV,
+    written beside and moved into place: the images to look at, or two models' answers to
+    pair on the same images."""
+    buffer = io.StringIO()
+    out = csv.writer(buffer, lineterminator="\n")
+    out.writerows([header, *rows])
+    atomic_write_text(buffer.getvalue(), path)
+    print(f"predictions of {len(rows)} images written to {path}")
 
 
 def thresholds_said(

@@ -39,6 +39,8 @@ def evaluate(model: Any, data: Any, args: argparse.Namespace) -> int:
     for column, name in enumerate(data.classes):
         targets[:, model.classes.index(name)] = data.targets[:, column]
     probs = probabilities(model, data.files, args.tta)
+    if args.predictions is not None:
+        _write_label_sets(args.predictions, model, data.files, targets, probs)
     metrics = multi_label_metrics(probs, targets, torch.tensor(model.thresholds))
     left_out = f" ({len(data.skipped)} unreadable left out)" if data.skipped else ""
     print(
@@ -59,6 +61,21 @@ def evaluate(model: Any, data: Any, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(json_safe(summary), allow_nan=False))
     return 0
+
+
+def _write_label_sets(
+    path: Path, model: Any, files: Sequence[str], targets: torch.Tensor, probs: torch.Tensor
+) -> None:
+    """``--predictions``: each image's labels and predicted labels (``;`` between labels) and
+    whether they are the same set."""
+    from .evaluate import write_predictions
+
+    rows = []
+    for file, truth, answered in zip(files, targets, model.label_sets(probs), strict=True):
+        wanted = [name for name, on in zip(model.classes, truth.tolist(), strict=True) if on]
+        given = [name for name, _ in answered]
+        rows.append([str(file), ";".join(wanted), ";".join(given), int(set(wanted) == set(given))])
+    write_predictions(path, ["file", "labels", "predicted", "right"], rows)
 
 
 def predict(model: Any, files: Sequence[Path], args: argparse.Namespace) -> int:
