@@ -1,7 +1,7 @@
 """`tlkit fit` on real image folders against a well-made linear probe written by hand.
 
     python benchmarks/real_folders.py [--folders emoji,wesnoth,fmnist20,fmnist100,digits]
-                                      [--budgets 2m,5m] [--work DIR] [--reuse-floor]
+                                      [--runs 2m:0,5m:0,5m:1] [--work DIR] [--reuse-floor]
 
 Folders, built here from Debian packages (``apt-get install fonts-noto-color-emoji unicode-data
 wesnoth-1.16-data dataset-fashion-mnist``), each ``train/<class>/*.png`` and ``test/...``:
@@ -20,15 +20,19 @@ Per folder, in one run: the floor (EfficientNet-Lite0, 1, 2 and their concatenat
 composited on white and letterboxed at the backbone's size, features of each image and its mirror
 image, standardised, multinomial logistic regression by L-BFGS with its L2 strength chosen by
 5-fold cross-validation, refit on every training image, mirror averaging at test), then
-``tlkit fit TRAIN --out RUN --budget B`` with no other option and ``tlkit evaluate RUN TEST``:
-test accuracy, and the expected calibration error of the model's probabilities on the test
-images with the temperature it kept and without it. Prints a table, writes
-``real_folders.json``.
+``tlkit fit TRAIN --out RUN --budget B`` with no other option (``--seed S`` for the second
+seed) and ``tlkit evaluate RUN TEST --predictions``: test accuracy with its paired difference
+from the best floor row on the same test images (and from the shorter budget's run), the
+wall time against the budget, the stages that ran with their seconds and what each choice
+added where the recipe judged it, and the expected calibration error of the model's
+probabilities on the test images with the temperature it kept and without it. Prints tables,
+writes ``real_folders.json`` (with which test image each model got right).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
 import importlib
 import json
@@ -290,6 +294,17 @@ def floor(
     return scores(test, fit(train, y, c)), c
 
 
+def bits(right: torch.Tensor) -> str:
+    """Which test images (in ``image_paths`` order) a model got right, as ``"0110..."``."""
+    return "".join("1" if r else "0" for r in right.tolist())
+
+
+def paired(a: str, b: str) -> tuple[float, float]:
+    """``(mean of a - b, its standard error)`` over the same test images, in points."""
+    d = np.array([int(x) - int(y) for x, y in zip(a, b, strict=True)], dtype=float)
+    return 100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(len(d))
+
+
 def floor_rows(root: Path) -> dict[str, Any]:
     classes = sorted(p.name for p in (root / "train").iterdir())
     train_images, train_y = load_images(root / "train", classes)
@@ -301,33 +316,59 @@ def floor_rows(root: Path) -> dict[str, Any]:
         feats[k] = (pooled(model, letterbox(train_images, size)),
                     pooled(model, letterbox(test_images, size)))  # fmt: skip
         probs, c = floor(feats[k][0], train_y, feats[k][1], len(classes))
-        accuracy = float((probs.argmax(1) == test_y).float().mean())
-        rows[f"lite{k}"] = {"accuracy": accuracy, "C": c, "seconds": time.perf_counter() - start}
+        right = probs.argmax(1) == test_y
+        rows[f"lite{k}"] = {
+            "accuracy": float(right.float().mean()),
+            "C": c,
+            "seconds": time.perf_counter() - start,
+            "right": bits(right),
+        }
+        accuracy = rows[f"lite{k}"]["accuracy"]
         print(f"  floor lite{k}: {accuracy:.4f}", flush=True)
     start = time.perf_counter()
     joined = [torch.cat([feats[k][part] for k in LITES], -1) for part in (0, 1)]
     probs, c = floor(joined[0], train_y, joined[1], len(classes))
-    accuracy = float((probs.argmax(1) == test_y).float().mean())
+    right = probs.argmax(1) == test_y
+    accuracy = float(right.float().mean())
     seconds = time.perf_counter() - start + sum(r["seconds"] for r in rows.values())
-    rows["lite0+1+2"] = {"accuracy": accuracy, "C": c, "seconds": seconds}
+    rows["lite0+1+2"] = {"accuracy": accuracy, "C": c, "seconds": seconds, "right": bits(right)}
     print(f"  floor lite0+1+2: {accuracy:.4f}", flush=True)
     return {"train": len(train_y), "test": len(test_y), "classes": len(classes), "floor": rows}
 
 
 # --------------------------------------------------------------------------- tlkit fit
-def fit(root: Path, run: Path, budget: str) -> dict[str, Any]:
+def fit(root: Path, run: Path, budget: str, seed: int) -> dict[str, Any]:
+    """``tlkit fit`` with no option but the budget (and ``--seed`` other than 0), then
+    ``tlkit evaluate`` on the test folder: its figures, and which test image it got right."""
     shutil.rmtree(run, ignore_errors=True)
     start = time.perf_counter()
-    done = subprocess.run(["tlkit", "fit", str(root / "train"), "--out", str(run),
-                           "--budget", budget], capture_output=True, text=True)  # fmt: skip
+    seeded = ["--seed", str(seed)] if seed else []
+    done = subprocess.run(
+        ["tlkit", "fit", str(root / "train"), "--out", str(run), "--budget", budget, *seeded],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"tlkit fit failed:\n{done.stdout}\n{done.stderr}")
-    evaluated = subprocess.run(["tlkit", "evaluate", str(run), str(root / "test"), "--json"],
-                               capture_output=True, text=True, check=True)  # fmt: skip
+    rows = run.parent / f"{run.name}-test.csv"
+    evaluated = subprocess.run(
+        ["tlkit", "evaluate", str(run), str(root / "test"), "--json", "--predictions", str(rows)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     summary = json.loads(evaluated.stdout.strip().splitlines()[-1])
     metrics = json.loads((run / "metrics.json").read_text())
+    with rows.open(newline="") as f:
+        answers = {Path(r["file"]).resolve(): r["right"] == "1" for r in csv.DictReader(f)}
+    classes = sorted(p.name for p in (root / "test").iterdir())
+    order = [path.resolve() for path, _ in image_paths(root / "test", classes)]
     return {
+        "seed": seed,
+        "budget seconds": parse_budget(budget),
+        "right": bits(torch.tensor([answers[path] for path in order])),
+        "gains": metrics["recipe"].get("gains", []),
         "accuracy": summary["accuracy"],
         "wall_seconds": wall,
         "validation": metrics["accuracy"],
@@ -343,15 +384,25 @@ def fit(root: Path, run: Path, budget: str) -> dict[str, Any]:
     }
 
 
+def run_key(budget: str, seed: int) -> str:
+    """The record's key of a ``tlkit fit`` run: ``"tlkit fit 5m"``, ``"tlkit fit 5m seed 1"``."""
+    return f"tlkit fit {budget}" + (f" seed {seed}" if seed else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folders", default="emoji,wesnoth,fmnist20,fmnist100,digits")
-    parser.add_argument("--budgets", default="2m,5m")
+    parser.add_argument(
+        "--runs",
+        default="2m:0,5m:0,5m:1",
+        help="the tlkit fit runs of each folder, BUDGET:SEED, comma-separated",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/tlkit-real-folders"))
     parser.add_argument("--reuse-floor", action="store_true",
                         help="keep the floor rows of real_folders.json (same folders, same "
                              "code) and run only tlkit fit")  # fmt: skip
     args = parser.parse_args()
+    runs = [(b, int(seed)) for b, seed in (r.split(":") for r in args.runs.split(",") if r)]
     torch.manual_seed(0)
     output = Path(__file__).with_suffix(".json")
     records = json.loads(output.read_text())["folders"] if output.exists() else {}
@@ -360,48 +411,129 @@ def main() -> None:
         if not (root / "test").is_dir():
             BUILDERS[name](root)
         print(f"{name}:", flush=True)
-        if args.reuse_floor and name in records:  # the floor, and fits at other budgets
-            rerun = {f"tlkit fit {b}" for b in args.budgets.split(",")}
-            record = {k: v for k, v in records[name].items() if k not in rerun}
+        old = records.get(name, {})
+        if args.reuse_floor and all("right" in r for r in old.get("floor", {"-": {}}).values()):
+            rerun = {run_key(b, seed) for b, seed in runs}  # the floor and the other runs kept
+            record = {k: v for k, v in old.items() if k not in rerun}
         else:
             record = floor_rows(root)
-        for budget in args.budgets.split(","):
-            record[f"tlkit fit {budget}"] = result = fit(
-                root, args.work / f"run-{name}-{budget}", budget
+        for budget, seed in runs:
+            record[run_key(budget, seed)] = result = fit(
+                root, args.work / f"run-{name}-{budget}-seed{seed}", budget, seed
             )
-            print(f"  tlkit fit --budget {budget}: {result['accuracy']:.4f} "
+            print(f"  tlkit fit --budget {budget} --seed {seed}: {result['accuracy']:.4f} "
                   f"(validation {result['validation']:.4f}) in {result['wall_seconds']:.0f} s "
                   f"({result['backbone']}, {result['kept']})",
                   flush=True)  # fmt: skip
         records[name] = record
         write_json(__file__, {"folders": records, "runs": 1})
-    rows = []
     columns = sorted({k for r in records.values() for k in r if k.startswith("tlkit fit")},
-                     key=lambda k: parse_budget(k.split()[-1]) or 0)  # fmt: skip
-    for name, record in records.items():
-        best = max(r["accuracy"] for r in record["floor"].values())
-        single = max(v["accuracy"] for k, v in record["floor"].items() if "+" not in k)
-        cells = [
-            f"{100 * v['accuracy']:.1f} (validation {100 * v['validation']:.1f}, "
-            f"{v['wall_seconds']:.0f} s)"
-            if (v := record.get(k))
-            else "-"
-            for k in columns
-        ]
-        rows.append([name, record["train"], record["test"], f"{100 * single:.1f}",
-                     f"{100 * best:.1f}", *cells])  # fmt: skip
-    header = ["folder", "train", "test", "best single floor %", "best floor %"]
-    print(table([*header, *(f"{k} %" for k in columns)], rows))
+                     key=lambda k: (parse_budget(k.split()[2]) or 0, k))  # fmt: skip
+    print(accuracy_table(records, columns))
+    print(budget_table(records, columns))
     calibration = [
-        [name, k.split()[-1], f"{v['temperature']:.2f}",
+        [name, k.removeprefix("tlkit fit "), f"{v['temperature']:.2f}",
          f"{v['test ece without temperature']:.3f}", f"{v['test ece']:.3f}"]
         for name, record in records.items()
         for k in columns
         if (v := record.get(k)) and "test ece" in v
     ]  # fmt: skip
-    print(table(["folder", "budget", "temperature", "test ECE without", "test ECE with"],
+    print(table(["folder", "run", "temperature", "test ECE without", "test ECE with"],
                 calibration))  # fmt: skip
+    print(gains_table(records, columns))
     print(stage_table(records, columns))
+
+
+def best_floor(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The floor row most accurate on the test images."""
+    return max(record["floor"].items(), key=lambda kv: kv[1]["accuracy"])
+
+
+def accuracy_table(records: dict[str, Any], columns: list[str]) -> str:
+    """Test accuracy of the floor and of each run, with each run's paired difference from the
+    best floor row (points, standard error) where the test images' answers were kept."""
+    rows = []
+    for name, record in records.items():
+        single = max(v["accuracy"] for k, v in record["floor"].items() if "+" not in k)
+        _, best = best_floor(record)
+        cells = []
+        for k in columns:
+            v = record.get(k)
+            if not v:
+                cells.append("-")
+                continue
+            cell = f"{100 * v['accuracy']:.1f}"
+            if "right" in v and "right" in best:
+                gain, error = paired(v["right"], best["right"])
+                cell += f" ({gain:+.1f} ± {error:.1f})"
+            cells.append(cell)
+        rows.append(
+            [
+                name,
+                record["train"],
+                record["test"],
+                f"{100 * single:.1f}",
+                f"{100 * best['accuracy']:.1f}",
+                *cells,
+            ]
+        )
+    header = ["folder", "train", "test", "best single floor %", "best floor %"]
+    return table(
+        [*header, *(f"{k.removeprefix('tlkit fit ')} % (vs best floor)" for k in columns)], rows
+    )
+
+
+def budget_table(records: dict[str, Any], columns: list[str]) -> str:
+    """Each run's wall time against its budget, and each longer run's paired difference from
+    the shortest budget's run of the same seed (points, standard error)."""
+    rows = []
+    for name, record in records.items():
+        for k in columns:
+            v = record.get(k)
+            if not v or "budget seconds" not in v:
+                continue
+            shorter = [
+                c
+                for c in columns
+                if (o := record.get(c))
+                and "right" in o
+                and c != k
+                and o.get("budget seconds", 0) < v["budget seconds"]
+            ]
+            versus = "-"
+            if shorter and "right" in v:
+                gain, error = paired(v["right"], record[shorter[0]]["right"])
+                versus = f"{gain:+.1f} ± {error:.1f} vs {shorter[0].removeprefix('tlkit fit ')}"
+            rows.append(
+                [
+                    name,
+                    k.removeprefix("tlkit fit "),
+                    f"{v['wall_seconds']:.0f}",
+                    f"{v['wall_seconds'] / v['budget seconds']:.2f}",
+                    versus,
+                ]
+            )
+    return table(["folder", "run", "wall s", "of the budget", "points vs a shorter budget"], rows)
+
+
+def gains_table(records: dict[str, Any], columns: list[str]) -> str:
+    """Each run's stages with their seconds, and what each choice added where it was judged
+    (points, standard error; out of fold on the training images, or on a held-out fold)."""
+    rows = []
+    for name, record in records.items():
+        for k in columns:
+            v = record.get(k)
+            if not v or "gains" not in v:
+                continue
+            spent = v.get("seconds by stage", {})
+            stages = ", ".join(f"{s} {t:.0f}" for s, t in spent.items() if t >= 1)
+            added = "; ".join(
+                f"{g['choice']} {100 * g['gain']:+.1f} ± {100 * g['standard_error']:.1f}"
+                f"{'' if g['kept'] else ' (left out)'}"
+                for g in v["gains"]
+            )
+            rows.append([name, k.removeprefix("tlkit fit "), v["kept"], stages, added])
+    return table(["folder", "run", "kept", "stages (s)", "what each added (points)"], rows)
 
 
 def stage_table(records: dict[str, Any], columns: list[str]) -> str:
@@ -421,10 +553,17 @@ def stage_table(records: dict[str, Any], columns: list[str]) -> str:
                     continue
                 ratio = spent / guess if guess > 0 else float("inf")
                 rows.append(
-                    [name, k.split()[-1], stage, f"{guess:.0f}", f"{spent:.0f}", f"{ratio:.2f}"]
+                    [
+                        name,
+                        k.removeprefix("tlkit fit "),
+                        stage,
+                        f"{guess:.0f}",
+                        f"{spent:.0f}",
+                        f"{ratio:.2f}",
+                    ]
                 )
     return table(
-        ["folder", "budget", "stage", "predicted s", "measured s", "measured/predicted"], rows
+        ["folder", "run", "stage", "predicted s", "measured s", "measured/predicted"], rows
     )
 
 

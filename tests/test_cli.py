@@ -50,6 +50,11 @@ def test_fit_writes_the_report_and_a_weights_only_model(run: dict[str, Path]) ->
     assert set(metrics["per_class"]) == set(shapes.SHAPES)
     report = (out / "report.md").read_text()
     assert "recipe probe" in report and "![Confusion matrix" in report
+    gains = metrics["recipe"]["gains"]  # what each choice the probe made added out of fold
+    assert {"intermediate layers", "mirror images"} <= {g["choice"] for g in gains}
+    for g in gains:
+        said = f"{g['choice']} {100 * g['gain']:+.1f} ± {100 * g['standard_error']:.1f} out of fold"
+        assert said in report
     # the mistakes are drawn when there are some, and the report says so when there are none
     mistakes = metrics["accuracy"] < 1.0
     assert (out / "top_losses.png").is_file() == mistakes

@@ -242,6 +242,14 @@ def test_probe_fits_that_would_end_past_the_deadline_are_left_out_at_their_pace(
 
     everything = choose(None)
     assert set(everything.scores) == {"a", "b", "a+b"}
+    # what each choice added: the out-of-fold scores' difference, with the model with it first
+    added = {g["choice"]: g for g in everything.gains}
+    scores = everything.scores
+    assert added["backbones together"]["gain"] == pytest.approx(
+        scores["a+b"] - max(scores["a"], scores["b"])
+    )
+    assert added["backbones together"]["kept"] == (everything.names == ["a", "b"])
+    assert added["mirror images"]["kept"] == everything.mirror
     assert any(r.startswith("with mirror images") for r in everything.reasons)
     # "a" takes 10 s (1.25 s per dimension); "b" (10 s) fits the 55 s left, "a+b" (20 s) does
     # not fit the 15 s then left, and the fit without mirror images (5 s) fits the 5 s after it
@@ -348,6 +356,9 @@ def test_the_fine_tuned_model_is_kept_only_when_clearly_better_than_the_probe(
     zero = all(not p.any() for p in result.model.parameters())
     assert not zero and result.val_metrics["accuracy"] == 1.0
     assert any("kept the" in r for r in result.recipe.reasons)
+    (added,) = [g for g in result.recipe.gains if g["choice"] == "fine-tuning"]
+    assert added["kept"] is tuned_kept and added["judged_on"] == "val images"
+    assert added["images"] == 30 and (added["gain"] > 0) is (fine_tuned == "better")  # val
     # which model came back is stated, in the plan's first line too
     assert result.recipe.kept == ("fine-tuned" if tuned_kept else "probe")
     assert (

@@ -130,15 +130,20 @@ def test_zoomed_views_train_the_probe_unless_it_is_clearly_worse_for_them() -> N
 
     alike = probing.choose_probe([candidate(signal + 0.1)], y, 2, seed=0, log=lambda m: None)
     assert alike.zoom and any(r.startswith("with zoomed copies") for r in alike.reasons)
+    (added,) = [g for g in alike.gains if g["choice"] == "zoomed views"]
+    assert added["kept"] and added["judged_on"] == "out of fold" and added["images"] == 60
     # zoomed copies whose features carry the other class's signal: clearly worse, left out
     swapped = torch.randn(60, 8, generator=g) + torch.nn.functional.one_hot(1 - y, 8) * 3
     worse = probing.choose_probe([candidate(swapped)], y, 2, seed=0, log=lambda m: None)
     assert not worse.zoom and any(r.startswith("without zoomed copies") for r in worse.reasons)
+    (lost,) = [g for g in worse.gains if g["choice"] == "zoomed views"]
+    assert not lost["kept"] and lost["gain"] < -lost["standard_error"] < 0
     # two views only (no time for the zooms): nothing said, nothing zoomed
     plain = probing.Candidate("a", nn.Identity(), 8, (0.0,) * 3, (1.0,) * 3,
                               features=torch.stack([signal, signal]))  # fmt: skip
     unzoomed = probing.choose_probe([plain], y, 2, seed=0, log=lambda m: None)
     assert not unzoomed.zoom and not any("zoomed" in r for r in unzoomed.reasons)
+    assert "zoomed views" not in [g["choice"] for g in unzoomed.gains]  # not judged: not said
 
 
 def test_the_zoomed_views_enlarge_the_centre_and_shrink_the_image_with_its_edges() -> None:

@@ -3,21 +3,33 @@ only the top, and the averaged network's logits are the mean of the two networks
 
 from __future__ import annotations
 
+import functools
+from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import timm
 import torch
+import torchvision
+from PIL import Image
 from torch import nn
 
+import tlkit
 from tlkit.model.network import StackedBackbones, build_head
+from tlkit.recipes import executor, planner, top_blocks
+from tlkit.recipes.settings import AUTO
 from tlkit.recipes.top_blocks import _Top, averaged_network, split_network
 
 
-@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "resnet18"])
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "resnet18", "torchvision resnet18"])
 def test_the_cut_network_computes_what_the_whole_one_does(name: str) -> None:
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=3).eval()
+    if name.startswith("torchvision"):
+        model = torchvision.models.resnet18(num_classes=3).eval()
+    else:
+        model = timm.create_model(name, pretrained=False, num_classes=3).eval()
     split = split_network(model, blocks=2)
     assert split is not None
     x = torch.randn(2, 3, 64, 64)
@@ -73,3 +85,39 @@ def test_the_averaged_network_gives_the_mean_of_both_logits() -> None:
         both = averaged_network(SimpleNamespace(model=probe_net, size=16), tuned, 16, 3)
         assert isinstance(both, StackedBackbones) and len(both.bodies) == 3
         assert torch.allclose(both(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("verdict", ["as judged", "kept"])
+def test_auto_tunes_the_top_blocks_where_fine_tuning_everything_does_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verdict: str
+) -> None:
+    g = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for c, colour in enumerate(((200, 60, 60), (60, 60, 200), (60, 180, 60))):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(12):  # noisy tints: no two images alike, the classes plain to see
+            pixels = np.clip(g.normal(colour, 60, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    # fine-tuning everything never fits: the plan tunes the top blocks instead
+    slow = replace(AUTO, min_finetune_epochs=10**6)
+    monkeypatch.setattr(executor, "plan", functools.partial(planner.plan, settings=slow))
+    if verdict == "kept":  # the keep rule prefers the averaged network, whatever it scored
+        monkeypatch.setattr(top_blocks, "clearly_better", lambda *a, **k: (True, 0.1, 0.01))
+    result = tlkit.finetune(root, backbone_name="resnet18", weights=None, budget="10m",
+                            image_size=32, verbose=False)  # fmt: skip
+    recipe = result.recipe
+    assert recipe.seconds["top blocks"] > 0 and "fine-tuning" not in recipe.seconds
+    (added,) = [g for g in recipe.gains if g["choice"] == "top blocks"]
+    assert added["judged_on"] == "held-out fold" and added["images"] < 36
+    assert added["kept"] is (recipe.kept == "probe+top blocks")
+    (verdict,) = [r for r in recipe.reasons if r.startswith("top 2 stages of resnet18")]
+    assert f"{100 * added['gain']:+.1f} ± {100 * added['standard_error']:.1f}" in recipe.describe()
+    assert verdict.split(": kept the ")[1].startswith(
+        "probe and" if added["kept"] else "probe alone"
+    )
+    if verdict == "kept":  # one network of the probe's body and the tuned one, saved whole
+        assert recipe.kept == "probe+top blocks" and result.backbones == ["resnet18"] * 2
+        assert [r["stage"] for r in result.history.records][-1] == "top blocks"
+        files = sorted(root.rglob("*.png"))[::7]
+        loaded = tlkit.load_model(result.save(tmp_path / "model.pt"))
+        torch.testing.assert_close(loaded.predict(files), result.predict(files))

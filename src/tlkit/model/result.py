@@ -82,6 +82,7 @@ class Recipe:
     seconds: dict[str, float] = field(default_factory=dict)  # measured by stage, once trained
     predicted: dict[str, float] = field(default_factory=dict)  # by the plan, by stage
     budget: float | None = None  # seconds, as given
+    gains: list[dict[str, Any]] = field(default_factory=list)  # what each choice added
 
     def describe(self) -> str:
         """The recipe and its reasons, one line each; once trained, which model was kept and
@@ -97,9 +98,28 @@ class Recipe:
             + (f"; returned the {self.kept} model" if self.kept else "")
         )
         lines = [head, *(f"  - {r}" for r in self.reasons)]
+        if self.gains:
+            lines.append(f"  - {render_gains(self.gains)}")
         if self.seconds:
             lines.append(f"  - {render_stages(self.predicted, self.seconds)}")
         return "\n".join(lines)
+
+
+def render_gains(gains: Sequence[Mapping[str, Any]]) -> str:
+    """What each choice of the recipe added, in points, with its paired standard error and
+    the images it was judged on.
+
+    Examples:
+        >>> print(render_gains([{"choice": "zoomed views", "kept": True, "gain": 0.012,
+        ...                      "standard_error": 0.005, "judged_on": "out of fold"}]))
+        what each choice added (points): zoomed views +1.2 ± 0.5 out of fold (kept)
+    """
+    said = [
+        f"{g['choice']} {100 * g['gain']:+.1f} ± {100 * g['standard_error']:.1f} "
+        f"{g['judged_on']} ({'kept' if g['kept'] else 'left out'})"
+        for g in gains
+    ]
+    return "what each choice added (points): " + "; ".join(said)
 
 
 def render_stages(predicted: Mapping[str, float], measured: Mapping[str, float]) -> str:

@@ -198,4 +198,5 @@ def probe_stages(
     stage = run_probe(computed, sets, classes, seed, ex.log, ex.budget, class_weight)
     ex.end("probe fits")
     ex.recipe.reasons += [r for r in stage.choice.reasons if r not in ex.recipe.reasons]
+    ex.recipe.gains += stage.choice.gains
     return stage

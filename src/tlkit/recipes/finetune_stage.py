@@ -22,7 +22,7 @@ from .candidates import SpeedChecks
 from .compute import CPU, Compute, process_batch
 from .executor import Executor
 from .finetune_loop import train_full
-from .keep_rule import fine_tuning_wins
+from .keep_rule import fine_tuning_wins, gain_of
 from .measure import choose_batch_size, measure
 from .planner import plan_finetune
 from .probing import ProbeStage
@@ -146,7 +146,8 @@ def run_finetune(
     plan.kept = "fine-tuned"
     if probe is not None:
         probe_probs = probe.val_probs if sets.val_images is not None else probe.val_probs[held]
-        plan.kept = _kept(plan, probe_probs, probs, judge_y, classes)
+        on = "held-out fold" if sets.val_images is None else "val images"
+        plan.kept = _kept(plan, probe_probs, probs, judge_y, classes, on)
     ex.end("fine-tuning")
     return TunedStage(
         best.name, best.info, model.eval(), size, history, judge_x, judge_y, probs, judged
@@ -188,16 +189,17 @@ def _kept(
     probs: torch.Tensor,
     labels: torch.Tensor,
     classes: int,
+    judged_on: str,
 ) -> Literal["probe", "fine-tuned"]:
     """Which model the keep rule keeps, judged on the same images (by balanced accuracy with
-    class weights); its verdict goes into the reasons."""
+    class weights); its verdict goes into the reasons, what fine-tuning added into the gains."""
     weights = None
     if plan.class_weight is not None and labels.dim() == 1:
         weights = balancing_weights(labels, classes)
-    keep, verdict = fine_tuning_wins(
-        right_per_image(probe_probs, labels), right_per_image(probs, labels), weights=weights
-    )
+    probe_right, tuned_right = right_per_image(probe_probs, labels), right_per_image(probs, labels)
+    keep, verdict = fine_tuning_wins(probe_right, tuned_right, weights=weights)
     plan.reasons.append(verdict)
+    plan.gains.append(gain_of("fine-tuning", tuned_right, probe_right, keep, judged_on, weights))
     return "fine-tuned" if keep else "probe"
 
 

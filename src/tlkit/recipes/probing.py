@@ -13,6 +13,7 @@ import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from ..probe import LinearProbe, balancing_weights
 from ..stratify import rare_labels
 from .budget import Budget, FitPace, shared_clock
 from .folds import describe_grouping, fold_groups
-from .keep_rule import clearly_better
+from .keep_rule import clearly_better, gain_of
 from .scores import metrics_from_probs, right_per_image
 from .settings import AUTO
 from .store import Decoded
@@ -57,6 +58,7 @@ class ProbeChoice:
     mirror: bool = True
     taps: bool = False  # whether the probe reads the backbones' intermediate layers too
     zoom: bool = False  # whether zoomed copies of the images trained the probe too
+    gains: list[dict[str, Any]] = field(default_factory=list)  # what each choice added
 
 
 def choose_probe(
@@ -121,12 +123,14 @@ def choose_probe(
             f"probe on {_label(option)}: cross-validated {metric} {_score(probe):.4f} "
             f"(C={probe.C_:g}, {clock() - start:.1f} s)"
         )
-    best = _preferred([o for o in options if _label(o) in probes], probes, y, weights)
+    gains: list[dict[str, Any]] = []
+    fitted = [o for o in options if _label(o) in probes]
+    best = _preferred(fitted, probes, y, weights, gains)
     scores = {label: _score(probe) for label, probe in probes.items()}
     probe = probes[_label(best)]
-    taps, probe, taps_reason = _check_taps(best, probe, fit, pace, y, weights)
-    mirror, probe, mirror_reason = _check_mirror(best, probe, fit, pace, y, weights, taps)
-    zoom, probe, zoom_reason = _check_zoom(best, probe, fit, pace, y, weights, taps, mirror)
+    taps, probe, taps_reason = _check_taps(best, probe, fit, pace, y, weights, gains)
+    mirror, probe, mirror_reason = _check_mirror(best, probe, fit, pace, y, weights, taps, gains)
+    zoom, probe, zoom_reason = _check_zoom(best, probe, fit, pace, y, weights, taps, mirror, gains)
     reasons = [
         f"linear probe on {_label(best)}, {AUTO.probe_folds}-fold cross-validation {metric} "
         f"{_scores_said(scores, _label(best), len(options))}; "
@@ -138,7 +142,7 @@ def choose_probe(
     ]
     reasons = [r for r in reasons if r]
     return ProbeChoice(
-        [c.name for c in best], probe, scores, groups, reasons, probes, mirror, taps, zoom
+        [c.name for c in best], probe, scores, groups, reasons, probes, mirror, taps, zoom, gains
     )
 
 
@@ -170,10 +174,12 @@ def _check_mirror(
     y: torch.Tensor,
     weights: torch.Tensor | None,
     taps: bool,
+    gains: list[dict[str, Any]],
 ) -> tuple[bool, LinearProbe, str]:
     """Where the mirror images' features were computed: whether they train the probe (unless
     the probe without them is better out of fold by more than one standard error), the probe
-    kept, and the reason (none when the check was not made)."""
+    kept, and the reason (none when the check was not made); what they added goes into
+    ``gains``."""
     mirrored = all(c.mirror for c in best)
     if not mirrored or not pace.fits(
         _dims(best, taps) / AUTO.probe_views, "the probe without mirror images"
@@ -181,6 +187,7 @@ def _check_mirror(
         return mirrored, probe, ""
     unmirrored = fit(best, views=1, taps=taps)
     mirror = not clearly_better(_right(probe, y), _right(unmirrored, y), weights=weights)[0]
+    gains.append(_gain("mirror images", probe, unmirrored, mirror, y, weights))
     return mirror, probe if mirror else unmirrored, _mirror_reason(mirror, unmirrored)
 
 
@@ -193,10 +200,12 @@ def _check_zoom(
     weights: torch.Tensor | None,
     taps: bool,
     mirror: bool,
+    gains: list[dict[str, Any]],
 ) -> tuple[bool, LinearProbe, str]:
     """Where the zoomed views were computed: whether the probe trains on them too (augmented
     copies of every training image; kept unless the probe without them is better out of fold
-    by more than one standard error), the probe kept, and the reason."""
+    by more than one standard error), the probe kept, and the reason; what they added goes
+    into ``gains``."""
     if any(c.features is None or c.features.shape[0] < len(VIEWS) for c in best):
         return False, probe, ""
     views = len(PREDICTED) if mirror else 1
@@ -204,7 +213,9 @@ def _check_zoom(
     if not pace.fits(_dims(best, taps) * rows, "the probe with zoomed copies of the images"):
         return False, probe, ""
     zoomed = fit(best, views=views, taps=taps, zoom=True)
-    if clearly_better(_right(zoomed, y), _right(probe, y), weights=weights)[0]:
+    worse = clearly_better(_right(zoomed, y), _right(probe, y), weights=weights)[0]
+    gains.append(_gain("zoomed views", zoomed, probe, not worse, y, weights))
+    if worse:
         reason = (
             f"without zoomed copies of the images: {_score(zoomed):.4f} with them, worse by "
             "more than one standard error"
@@ -225,14 +236,17 @@ def _check_taps(
     pace: FitPace,
     y: torch.Tensor,
     weights: torch.Tensor | None,
+    gains: list[dict[str, Any]],
 ) -> tuple[bool, LinearProbe, str]:
     """Whether the probe keeps the intermediate layers (unless the final features alone are
-    better by more than one standard error), the probe kept, and the reason."""
+    better by more than one standard error), the probe kept, and the reason; what they added
+    goes into ``gains``."""
     taps = any(c.taps for c in best)
     if not taps or not pace.fits(_dims(best, taps=False), "the probe without intermediate layers"):
         return taps, probe, ""
     final = fit(best, taps=False)
     taps = not clearly_better(_right(probe, y), _right(final, y), weights=weights)[0]
+    gains.append(_gain("intermediate layers", probe, final, taps, y, weights))
     reason = (
         f"with intermediate layers ({_layers(best)}): {_score(final):.4f} on the final "
         "features alone (kept only when better by more than one standard error)"
@@ -280,17 +294,30 @@ def _preferred(
     options: list[list[Candidate]],
     probes: dict[str, LinearProbe],
     y: torch.Tensor,
-    weights: torch.Tensor | None = None,
+    weights: torch.Tensor | None,
+    gains: list[dict[str, Any]],
 ) -> list[Candidate]:
     """The last option (all backbones together), unless the most accurate single backbone is
-    clearly better out of fold."""
+    clearly better out of fold; what the others added to it goes into ``gains``."""
     default = options[-1]
     single = max(options[:-1] or options, key=lambda o: _score(probes[_label(o)]))
+    together, alone = probes[_label(default)], probes[_label(single)]
+    better = clearly_better(_right(together, y), _right(alone, y), weights=weights)[0]
+    if len(default) > 1:
+        gains.append(_gain("backbones together", together, alone, not better, y, weights))
+    return single if better else default
 
-    better = clearly_better(
-        _right(probes[_label(default)], y), _right(probes[_label(single)], y), weights=weights
-    )
-    return single if better[0] else default
+
+def _gain(
+    choice: str,
+    with_it: LinearProbe,
+    without: LinearProbe,
+    kept: bool,
+    y: torch.Tensor,
+    weights: torch.Tensor | None,
+) -> dict[str, Any]:
+    """What ``choice`` added out of fold: the probe with it against the probe without it."""
+    return gain_of(choice, _right(with_it, y), _right(without, y), kept, "out of fold", weights)
 
 
 def _right(probe: LinearProbe, y: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from .compute import CPU, Compute
 from .executor import Executor
 from .finetune_loop import loss_of
 from .finetune_stage import PROBED, held_out_fold
-from .keep_rule import clearly_better
+from .keep_rule import clearly_better, gain_of
 from .probing import ProbeStage
 from .scores import right_per_image
 from .settings import AUTO
@@ -60,21 +60,22 @@ __all__ = [
 class Split:
     """A network cut before its top blocks: ``prefix`` (frozen) from a normalised batch to the
     activations the top blocks take; ``tail`` the top blocks up to the last feature map;
-    ``model.forward_head`` pools it and applies the head."""
+    ``finish`` pools it and applies the head (timm's ``forward_head``)."""
 
     model: nn.Module
     prefix: Callable[[torch.Tensor], torch.Tensor]
     tail: nn.Sequential
+    finish: Callable[[torch.Tensor], torch.Tensor]
 
     def logits(self, activations: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.tail(activations.float()))  # type: ignore[operator]
+        return self.finish(self.tail(activations.float()))
 
 
 def split_network(model: nn.Module, blocks: int = AUTO.top_blocks) -> Split | None:
     """``model`` cut before its last ``blocks`` stages, for the networks whose feature pass is
     a stem, a sequence of stages and a final convolution (timm's EfficientNet family:
     ``conv_stem``, ``bn1``, ``blocks``, ``conv_head``, ``bn2``) or a stem and four layers
-    (ResNets: ``layer1`` to ``layer4``); ``None`` for others.
+    (timm's and torchvision's ResNets: ``layer1`` to ``layer4``); ``None`` for others.
 
     Raises:
         ValueError: For ``blocks`` other than a positive int.
@@ -89,17 +90,25 @@ def split_network(model: nn.Module, blocks: int = AUTO.top_blocks) -> Split | No
             cut = max(1, len(stages) - blocks)
             prefix = nn.Sequential(parts["conv_stem"], parts["bn1"], *stages[:cut])
             tail = nn.Sequential(*stages[cut:], parts["conv_head"], parts["bn2"])
-            return Split(model, prefix, tail)
-    stem_names = ("conv1", "bn1", "act1", "maxpool")
+            return Split(model, prefix, tail, model.forward_head)  # type: ignore[arg-type]
     layer_names = [f"layer{i}" for i in range(1, 5)]
-    if hasattr(model, "forward_head") and all(
-        hasattr(model, n) for n in (*stem_names, *layer_names)
+    for stem_names, finish in (
+        (("conv1", "bn1", "act1", "maxpool"), getattr(model, "forward_head", None)),  # timm
+        (("conv1", "bn1", "relu", "maxpool"), _torchvision_head(model)),
     ):
-        layers = [model.get_submodule(n) for n in layer_names]
-        kept = 4 - min(blocks, 3)
-        prefix = nn.Sequential(*(model.get_submodule(n) for n in stem_names), *layers[:kept])
-        return Split(model, prefix, nn.Sequential(*layers[kept:]))
+        if finish is not None and all(hasattr(model, n) for n in (*stem_names, *layer_names)):
+            layers = [model.get_submodule(n) for n in layer_names]
+            kept = 4 - min(blocks, 3)
+            prefix = nn.Sequential(*(model.get_submodule(n) for n in stem_names), *layers[:kept])
+            return Split(model, prefix, nn.Sequential(*layers[kept:]), finish)
     return None
+
+
+def _torchvision_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A torchvision ResNet's pooling and head (``avgpool``, ``fc``), ``None`` for others."""
+    if not all(hasattr(model, n) for n in ("avgpool", "fc")) or hasattr(model, "forward_head"):
+        return None
+    return lambda x: model.get_submodule("fc")(torch.flatten(model.get_submodule("avgpool")(x), 1))
 
 
 class _Top(nn.Module):
@@ -241,6 +250,9 @@ def run_top_blocks(
     y = labels[held]
     probe_right, both_right = right_per_image(probe_probs, y), right_per_image(both, y)
     wins, gain, error = clearly_better(probe_right, both_right, weights=weights)
+    recipe.gains.append(
+        gain_of("top blocks", both_right, probe_right, wins, "held-out fold", weights)
+    )
     recipe.reasons.append(
         reasons.top_blocks_verdict(
             best.name,
