@@ -11,8 +11,9 @@ warm-up steps, and their ratio.
 
 (b) ``tlkit fit`` on a generated folder of 640x480 JPEGs (10 classes, as in
 ``benchmarks/fit_scale.py``) with ``--budget``, then ``tlkit evaluate`` on 500 other images:
-wall time, peak GPU memory (``torch.cuda.max_memory_allocated``), each stage's time (the
-plan's seconds by stage, and the timestamps of the lines ``fit`` prints) and the test accuracy.
+wall time, peak GPU memory (``torch.cuda.max_memory_allocated``), the stages that ran with
+their predicted and measured seconds (and the timestamps of the lines ``fit`` prints), what
+each choice added where the recipe judged it, the model kept and the test accuracy.
 
 On a machine without CUDA it prints one line saying so and exits 0. Writes ``gpu_check.json``.
 """
@@ -136,10 +137,13 @@ def fit_run(work: Path, images: int, budget: str) -> dict[str, Any]:
     with contextlib.redirect_stdout(buffer):
         cli.main(["evaluate", str(out), str(test), "--json"])
     accuracy = json.loads(buffer.getvalue().strip().splitlines()[-1])["accuracy"]
-    stages = json.loads((out / "metrics.json").read_text())["recipe"]["seconds"]
+    recipe = json.loads((out / "metrics.json").read_text())["recipe"]
     return {"images": images, "budget": budget, "wall_s": round(wall, 1),
             "peak_gpu_memory_gb": round(peak, 2), "test_accuracy": accuracy,
-            "stages_s": {k: round(v, 1) for k, v in stages.items()},
+            "kept": recipe["kept"],
+            "stages_s": {k: round(v, 1) for k, v in recipe["seconds"].items()},
+            "predicted_stages_s": {k: round(v, 1) for k, v in recipe["predicted_seconds"].items()},
+            "gains": recipe.get("gains", []),
             "lines": stamped.lines}  # fmt: skip
 
 
@@ -160,6 +164,19 @@ def main() -> None:
     print(table(["images", "budget", "wall s", "peak GPU GB", "test accuracy"],
                 [[fit["images"], fit["budget"], fit["wall_s"], fit["peak_gpu_memory_gb"],
                   fit["test_accuracy"]]]))  # fmt: skip
+    predicted = fit["predicted_stages_s"]
+    print(f"kept: {fit['kept']}; the stages that ran:")
+    print(
+        table(
+            ["stage", "predicted s", "measured s"],
+            [[k, predicted.get(k, "-"), v] for k, v in fit["stages_s"].items()],
+        )
+    )
+    for g in fit["gains"]:
+        print(
+            f"  {g['choice']}: {100 * g['gain']:+.1f} ± {100 * g['standard_error']:.1f} points "
+            f"{g['judged_on']} ({'kept' if g['kept'] else 'left out'})"
+        )
     path = write_json(__file__, {"trainer_speed": speed, "fit": fit})
     print(f"wrote {path}")
 

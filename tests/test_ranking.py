@@ -91,6 +91,10 @@ def test_logme_errors_name_the_problem() -> None:
         logme(f[0], y[:1])
     with pytest.raises(ValueError, match="integer class indices"):
         logme(f, y.astype(np.float32))
+    with pytest.raises(ValueError, match=r"features are all zero \(30 x 5\)"):
+        logme(np.zeros_like(f), y)  # a dead layer: no evidence, no "math domain error"
+    constant = logme(np.ones_like(f), y)  # constant features: a bias only, a finite score
+    assert np.isfinite(constant) and constant < logme(f, y)
 
 
 def test_rank_backbones_puts_imagenet_weights_above_random_ones_on_real_pictures(tmp_path) -> None:

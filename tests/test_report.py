@@ -14,7 +14,7 @@ from PIL import Image
 
 from tlkit import finetune
 from tlkit import report as report_module
-from tlkit._utils import replace_folder
+from tlkit._utils import atomic_write_text, replace_folder
 from tlkit.report import class_table, per_class_metrics, write_report
 
 
@@ -112,3 +112,18 @@ def test_a_partial_folder_of_a_killed_writer_is_removed_and_a_live_one_kept(
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0o700
+
+
+def test_files_get_the_permissions_the_umask_gives_and_a_replaced_file_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    old = os.umask(0o027)  # a group-shared place: rw-r-----
+    try:
+        written = atomic_write_text("new", tmp_path / "notes.txt")
+        assert written.stat().st_mode & 0o777 == 0o640  # not mkstemp's private 0o600
+        os.umask(0o022)
+        assert atomic_write_text("newer", written).stat().st_mode & 0o777 == 0o640  # its own
+        made = replace_folder(tmp_path / "run", lambda f: atomic_write_text("x", f / "a.json"))
+        assert (made / "a.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

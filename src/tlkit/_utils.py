@@ -55,7 +55,8 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
 
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
-    """Write through a temporary file in the same folder, then rename it over ``path``.
+    """Write through a temporary file in the same folder, then rename it over ``path``, with
+    the permissions the umask gives a new file (an existing file's, when it is replaced).
 
     A crash or kill during the write leaves the previous file intact: ``os.replace`` is atomic on
     POSIX and Windows when source and target are on the same file system. Temporary files left
@@ -65,8 +66,10 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], obje
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
     prefix = f".{target.name}.{os.getpid()}."
+    mode = _file_mode(target)
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp, mode)  # mkstemp's file is private (0600) whatever the umask
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -114,6 +117,13 @@ def _folder_mode(target: Path) -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o777 & ~umask
+
+
+def _file_mode(target: Path) -> int:
+    """The permissions a new file gets here (or ``target``'s, when it exists)."""
+    if target.is_file():
+        return stat.S_IMODE(target.stat().st_mode)
+    return _folder_mode(target) & 0o666
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -74,7 +74,7 @@ def logme(features: Any, labels: Any) -> float:
 
     Raises:
         ValueError: For mismatched lengths, fewer than two classes or two samples, labels that
-            are not integers, empty, complex or non-finite features.
+            are not integers, empty, complex, non-finite or all-zero features.
 
     Examples:
         >>> import torch
@@ -104,6 +104,11 @@ def logme(features: Any, labels: Any) -> float:
     if len(classes) < 2:
         raise ValueError(f"LogME needs at least two classes, got only {classes.tolist()}")
     n, d = f.shape
+    if not f.any():
+        raise ValueError(
+            f"features are all zero ({n} x {d}): they tell no class apart and LogME's evidence "
+            "is undefined; check the layer they were read from"
+        )
     u, s, _ = torch.linalg.svd(f, full_matrices=False)
     tol = s.max() * max(n, d) * torch.finfo(torch.float64).eps
     rank = int((s > tol).sum())
