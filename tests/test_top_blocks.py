@@ -18,7 +18,7 @@ from torch import nn
 
 import tlkit
 from tlkit.model.network import StackedBackbones, build_head
-from tlkit.recipes import executor, planner, top_blocks
+from tlkit.recipes import executor, planner, probing, top_blocks
 from tlkit.recipes.settings import AUTO
 from tlkit.recipes.top_blocks import _Top, averaged_network, split_network
 
@@ -121,3 +121,23 @@ def test_auto_tunes_the_top_blocks_where_fine_tuning_everything_does_not_fit(
         files = sorted(root.rglob("*.png"))[::7]
         loaded = tlkit.load_model(result.save(tmp_path / "model.pt"))
         torch.testing.assert_close(loaded.predict(files), result.predict(files))
+
+
+def test_the_tuning_head_has_not_seen_the_images_the_tuned_network_is_judged_on() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (60,), generator=g)  # labels no feature predicts: only memorised
+    noise = torch.randn(60, 200, generator=g)
+    views = torch.stack([noise, noise])
+    candidate = probing.Candidate("a", nn.Identity(), 8, (0.0,) * 3, (1.0,) * 3, features=views)
+    choice = probing.choose_probe([candidate], y, 2, seed=0, log=lambda m: None)
+    net = nn.Identity()
+    stage = probing.ProbeStage(
+        choice, net, 8, torch.zeros(60, 2), net, "a", {"a": 8}, {}, {"a": []}, start=(views, y)
+    )
+    held = torch.arange(45, 60)
+
+    def accuracy_on_held(head: nn.Linear) -> float:
+        return float((head(noise[held]).argmax(1) == y[held]).float().mean())
+
+    assert accuracy_on_held(stage.tuning_head()) == 1.0  # fitted on every image: memorised
+    assert accuracy_on_held(stage.tuning_head(torch.arange(45))) < 0.8  # never saw them

@@ -132,7 +132,7 @@ def run_finetune(
     plan.reasons += [f"fine-tuning {best.name} at {why}", layout]
     judge_x, judge_y, where, total = sets.judging(held)
     judged = held if sets.val_images is None else None
-    _start_head(model, name, probe, best.name, classes, seed)
+    _start_head(model, name, probe, train_at, classes, seed)
     augment = BatchAugment(size, scale=(plan.crop_scale, 1.0), info=best.info)
     split = (*sets.part(train_at)[:2], judge_x, judge_y)
     history = train_full(
@@ -219,12 +219,17 @@ def held_out_fold(
 
 
 def _start_head(
-    model: nn.Module, name: str, probe: ProbeStage | None, backbone: str, classes: int, seed: int
+    model: nn.Module,
+    name: str,
+    probe: ProbeStage | None,
+    train_at: torch.Tensor,
+    classes: int,
+    seed: int,
 ) -> None:
-    """``lp-ft`` starts from the probe's head (of this backbone alone); the others from a new
-    one."""
+    """``lp-ft`` starts from the probe's head (of this backbone alone, fitted on the images
+    ``train_at`` it trains on); the others from a new one."""
     if name == "lp-ft" and probe is not None:
-        load_head(model, probe.tuning_head())
+        load_head(model, probe.tuning_head(train_at))
     else:
         torch.manual_seed(seed)
         heads.replace_head(model, lambda n: build_head(n, classes))

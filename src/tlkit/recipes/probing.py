@@ -366,17 +366,22 @@ class ProbeStage:
     sizes: dict[str, int]
     infos: dict[str, BackboneInfo]
     taps: dict[str, list[str]]
-    start: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    start: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (V, N, D)
 
-    def tuning_head(self) -> nn.Linear:
-        """A head for fine-tuning the best single backbone from its probe (``lp-ft``): that
-        probe, or where it also read intermediate layers (which the network being fine-tuned
-        does not), the same probe (its C, its class weights) refit on the final features."""
+    def tuning_head(self, rows: torch.Tensor | None = None) -> nn.Linear:
+        """A head for tuning the best single backbone from its probe (``lp-ft``, the top
+        blocks): that probe, or the same probe (its C, its class weights) refit on the final
+        features of the training images ``rows`` only, where the tuned network will be judged
+        on the others (a head fitted on every image has seen them: judged on them, the tuned
+        network would look better than it is), or where the probe also read intermediate
+        layers (which the network being tuned does not)."""
         probe = self.choice.probes[self.best_name]
-        if self.start is None:
+        if rows is None and not self.taps[self.best_name]:
             return probe.to_linear()
-        assert probe.C_ is not None and probe.weight_ is not None
+        assert probe.C_ is not None and probe.weight_ is not None and self.start is not None
         x, y = self.start
+        if rows is not None:
+            x, y = x[:, rows], y[rows]
         refit = LinearProbe(C=probe.C_, class_weight=probe.class_weight)
         return refit.fit(x, y, classes=probe.weight_.shape[0], cv=False).to_linear()
 
@@ -429,9 +434,8 @@ def run_probe(
     sizes = {c.name: c.size for c in candidates}
     infos = {c.name: c.info for c in candidates if c.info is not None}
     taps = {c.name: list(c.taps) for c in candidates}
-    start = None
-    if best.taps:  # the best backbone's final features, for a fine-tuning head
-        start = (_matrix([best], slice(0, n), taps=False), labels[:n])
+    views = len(PREDICTED) if choice.mirror else 1  # the best backbone's final features
+    start = (_matrix([best], slice(0, n), views, taps=False), labels[:n])  # for tuning heads
     return ProbeStage(
         choice, model, size, probs, tuning_start, best.name, sizes, infos, taps, start
     )

@@ -230,11 +230,11 @@ def run_top_blocks(
     if split is None:
         recipe.reasons.append(reasons.no_top_blocks_network(best.name))
         return None
-    load_head(split.model, probe.tuning_head())
-    activations = cache_activations(split, sets.images, best, compute)
     labels = sets.labels
     train_at = torch.ones(len(labels), dtype=torch.bool)
     train_at[held] = False
+    load_head(split.model, probe.tuning_head(train_at.nonzero().flatten()))
+    activations = cache_activations(split, sets.images, best, compute)
     top = _Top(split)
     split.model.requires_grad_(False)
     top.requires_grad_(True)  # the top blocks and the head; the prefix stays frozen
