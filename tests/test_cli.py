@@ -302,6 +302,14 @@ def test_the_command_counts_its_budget_from_the_start_of_the_process() -> None:
     assert 1.5 <= float(result.stdout) < 120
 
 
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    command = [sys.executable, "-m", "tlkit", "--version"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == f"tlkit {version('tlkit')}" == f"tlkit {tlkit.__version__}"
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 def test_an_interrupted_fit_leaves_the_earlier_run_whole(tmp_path: Path, how: int) -> None:
     folder = shapes.write(tmp_path / "data", 4)

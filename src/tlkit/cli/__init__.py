@@ -6,9 +6,13 @@
     tlkit predict RUN FILE... [--json] [--tta | --no-tta]
     tlkit export RUN [--format pt2|onnx|torchscript] --output FILE
 
-DATA is a folder of ``<class>/<image>`` or a CSV of ``path,label``. Mistakes (a missing
-folder, no images, a bad budget, an unknown backbone, a corrupt file) exit with status 2 and a
-one-line message (``TLKIT_DEBUG=1`` shows the traceback instead).
+    tlkit --version
+
+DATA is a folder of ``<class>/<image>`` or a CSV of ``path,label``. Exit status: 0 when the
+command did its work; 2 for a mistake in what was given (a missing folder, no images, a bad
+budget, an unknown backbone, a corrupt file), with a one-line message
+(``TLKIT_DEBUG=1`` shows the traceback instead); 130 when interrupted (Ctrl-C); 1 for an
+unexpected error, with its traceback.
 """
 
 from __future__ import annotations
@@ -44,9 +48,12 @@ _USER_ERRORS = (
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line's parser (one subcommand per job)."""
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="tlkit", description="Fine-tune pretrained image classifiers on your images."
     )
+    parser.add_argument("--version", action="version", version=f"tlkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS.values():
         command.add_parser(sub)
