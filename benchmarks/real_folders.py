@@ -309,7 +309,8 @@ def floor_rows(root: Path) -> dict[str, Any]:
     classes = sorted(p.name for p in (root / "train").iterdir())
     train_images, train_y = load_images(root / "train", classes)
     test_images, test_y = load_images(root / "test", classes)
-    rows, feats = {}, {}
+    rows: dict[str, dict[str, Any]] = {}
+    feats = {}
     for k, size in LITES.items():
         start = time.perf_counter()
         model = lite(k)
