@@ -4,19 +4,17 @@ and calibration on labelled images, and what a minimum confidence would do."""
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from .._utils import atomic_write_text, check_writable_dir, json_safe
+from .._utils import check_writable_dir, json_safe
 from .fit import dataset
-from .options import add_tta
+from .options import add_tta, write_predictions
 
-__all__ = ["add_parser", "run", "unlabelled_images", "write_predictions"]
+__all__ = ["add_parser", "run", "unlabelled_images"]
 
 
 def add_parser(sub: Any) -> None:
@@ -139,17 +137,6 @@ def single_label_figures(
         "confusion_matrix": matrix.tolist(),
     }
     return probs, targets, summary
-
-
-def write_predictions(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    """Each image's row (its file, label, prediction, probability, whether right) as CSV,
-    written beside and moved into place: the images to look at, or two models' answers to
-    pair on the same images."""
-    buffer = io.StringIO()
-    out = csv.writer(buffer, lineterminator="\n")
-    out.writerows([header, *rows])
-    atomic_write_text(buffer.getvalue(), path)
-    print(f"predictions of {len(rows)} images written to {path}")
 
 
 def thresholds_said(

@@ -12,6 +12,7 @@ import torch
 
 from .._utils import json_safe
 from ..report import label_table
+from .options import write_predictions
 
 
 def probabilities(model: Any, files: Sequence[str | Path], tta: bool | None) -> torch.Tensor:
@@ -68,8 +69,6 @@ def _write_label_sets(
 ) -> None:
     """``--predictions``: each image's labels and predicted labels (``;`` between labels) and
     whether they are the same set."""
-    from .evaluate import write_predictions
-
     rows = []
     for file, truth, answered in zip(files, targets, model.label_sets(probs), strict=True):
         wanted = [name for name, on in zip(model.classes, truth.tolist(), strict=True) if on]

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from .._utils import atomic_write_text
 
 __all__ = ["add_tta", "background"]
 
@@ -26,3 +32,14 @@ def add_tta(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="average with mirror images (default: as the model was trained)",
     )
+
+
+def write_predictions(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """Each image's row (its file, label, prediction, probability, whether right) as CSV,
+    written beside and moved into place: the images to look at, or two models' answers to
+    pair on the same images."""
+    buffer = io.StringIO()
+    out = csv.writer(buffer, lineterminator="\n")
+    out.writerows([header, *rows])
+    atomic_write_text(buffer.getvalue(), path)
+    print(f"predictions of {len(rows)} images written to {path}")
