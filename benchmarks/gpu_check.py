@@ -35,6 +35,8 @@ from _common import table, write_json
 from fit_scale import make_folder
 from torch import nn
 
+from tlkit.model.result import render_gains
+
 
 def _amp_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -172,11 +174,8 @@ def main() -> None:
             [[k, predicted.get(k, "-"), v] for k, v in fit["stages_s"].items()],
         )
     )
-    for g in fit["gains"]:
-        print(
-            f"  {g['choice']}: {100 * g['gain']:+.1f} ± {100 * g['standard_error']:.1f} points "
-            f"{g['judged_on']} ({'kept' if g['kept'] else 'left out'})"
-        )
+    if fit["gains"]:
+        print(render_gains(fit["gains"]))
     path = write_json(__file__, {"trainer_speed": speed, "fit": fit})
     print(f"wrote {path}")
 

@@ -41,7 +41,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -433,11 +433,9 @@ def main() -> None:
     print(accuracy_table(records, columns))
     print(budget_table(records, columns))
     calibration = [
-        [name, k.removeprefix("tlkit fit "), f"{v['temperature']:.2f}",
-         f"{v['test ece without temperature']:.3f}", f"{v['test ece']:.3f}"]
-        for name, record in records.items()
-        for k in columns
-        if (v := record.get(k)) and "test ece" in v
+        [name, run, f"{v['temperature']:.2f}", f"{v['test ece without temperature']:.3f}",
+         f"{v['test ece']:.3f}"]
+        for name, run, v in each_run(records, columns, "test ece")
     ]  # fmt: skip
     print(table(["folder", "run", "temperature", "test ECE without", "test ECE with"],
                 calibration))  # fmt: skip
@@ -484,36 +482,33 @@ def accuracy_table(records: dict[str, Any], columns: list[str]) -> str:
     )
 
 
-def budget_table(records: dict[str, Any], columns: list[str]) -> str:
-    """Each run's wall time against its budget, and each longer run's paired difference from
-    the shortest budget's run of the same seed (points, standard error)."""
-    rows = []
+def each_run(
+    records: dict[str, Any], columns: list[str], field: str
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """``(folder, run, its record)`` of every run whose record holds ``field``, folder by
+    folder in the order of ``columns`` (``run``: ``"5m"``, ``"5m seed 1"``)."""
     for name, record in records.items():
         for k in columns:
-            v = record.get(k)
-            if not v or "budget seconds" not in v:
-                continue
-            shorter = [
-                c
-                for c in columns
-                if (o := record.get(c))
-                and "right" in o
-                and c != k
-                and o.get("budget seconds", 0) < v["budget seconds"]
-            ]
-            versus = "-"
-            if shorter and "right" in v:
-                gain, error = paired(v["right"], record[shorter[0]]["right"])
-                versus = f"{gain:+.1f} ± {error:.1f} vs {shorter[0].removeprefix('tlkit fit ')}"
-            rows.append(
-                [
-                    name,
-                    k.removeprefix("tlkit fit "),
-                    f"{v['wall_seconds']:.0f}",
-                    f"{v['wall_seconds'] / v['budget seconds']:.2f}",
-                    versus,
-                ]
-            )
+            if (run := record.get(k)) and field in run:
+                yield name, k.removeprefix("tlkit fit "), run
+
+
+def budget_table(records: dict[str, Any], columns: list[str]) -> str:
+    """Each run's wall time against its budget, and each longer run's paired difference from
+    the first run of a shorter budget of the same folder (points, standard error)."""
+    rows = []
+    for name, run, v in each_run(records, columns, "budget seconds"):
+        shorter = [
+            (other, o)
+            for _, other, o in each_run({name: records[name]}, columns, "right")
+            if o.get("budget seconds", 0) < v["budget seconds"]
+        ]
+        versus = "-"
+        if shorter and "right" in v:
+            gain, error = paired(v["right"], shorter[0][1]["right"])
+            versus = f"{gain:+.1f} ± {error:.1f} vs {shorter[0][0]}"
+        wall = v["wall_seconds"]
+        rows.append([name, run, f"{wall:.0f}", f"{wall / v['budget seconds']:.2f}", versus])
     return table(["folder", "run", "wall s", "of the budget", "points vs a shorter budget"], rows)
 
 
@@ -521,19 +516,15 @@ def gains_table(records: dict[str, Any], columns: list[str]) -> str:
     """Each run's stages with their seconds, and what each choice added where it was judged
     (points, standard error; out of fold on the training images, or on a held-out fold)."""
     rows = []
-    for name, record in records.items():
-        for k in columns:
-            v = record.get(k)
-            if not v or "gains" not in v:
-                continue
-            spent = v.get("seconds by stage", {})
-            stages = ", ".join(f"{s} {t:.0f}" for s, t in spent.items() if t >= 1)
-            added = "; ".join(
-                f"{g['choice']} {100 * g['gain']:+.1f} ± {100 * g['standard_error']:.1f}"
-                f"{'' if g['kept'] else ' (left out)'}"
-                for g in v["gains"]
-            )
-            rows.append([name, k.removeprefix("tlkit fit "), v["kept"], stages, added])
+    for name, run, v in each_run(records, columns, "gains"):
+        spent = v.get("seconds by stage", {})
+        stages = ", ".join(f"{s} {t:.0f}" for s, t in spent.items() if t >= 1)
+        added = "; ".join(
+            f"{g['choice']} {100 * g['gain']:+.1f} ± {100 * g['standard_error']:.1f}"
+            f"{'' if g['kept'] else ' (left out)'}"
+            for g in v["gains"]
+        )
+        rows.append([name, run, v["kept"], stages, added])
     return table(["folder", "run", "kept", "stages (s)", "what each added (points)"], rows)
 
 
@@ -541,28 +532,14 @@ def stage_table(records: dict[str, Any], columns: list[str]) -> str:
     """Each run's predicted and measured seconds of every stage the plan predicted (of 1 s or
     more), and their ratio."""
     rows = []
-    for name, record in records.items():
-        for k in columns:
-            run = record.get(k) or {}
-            predicted, measured = (
-                run.get("predicted seconds by stage", {}),
-                run.get("seconds by stage", {}),
-            )
-            for stage, guess in predicted.items():
-                spent = measured.get(stage)
-                if spent is None or max(guess, spent) < 1.0:
-                    continue
-                ratio = spent / guess if guess > 0 else float("inf")
-                rows.append(
-                    [
-                        name,
-                        k.removeprefix("tlkit fit "),
-                        stage,
-                        f"{guess:.0f}",
-                        f"{spent:.0f}",
-                        f"{ratio:.2f}",
-                    ]
-                )
+    for name, run, v in each_run(records, columns, "predicted seconds by stage"):
+        measured = v.get("seconds by stage", {})
+        for stage, guess in v["predicted seconds by stage"].items():
+            spent = measured.get(stage)
+            if spent is None or max(guess, spent) < 1.0:
+                continue
+            ratio = spent / guess if guess > 0 else float("inf")
+            rows.append([name, run, stage, f"{guess:.0f}", f"{spent:.0f}", f"{ratio:.2f}"])
     return table(
         ["folder", "run", "stage", "predicted s", "measured s", "measured/predicted"], rows
     )

@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if args.unknown is not None:
         others = unlabelled_images(args.unknown, model.background, on_error)
     probs, targets, summary = single_label_figures(model, data, args)
+    confidence, predicted = probs.max(1)
     if args.predictions is not None:
-        confidence, predicted = probs.max(1)
         rows = [
             [str(f), model.classes[t], model.classes[p], f"{c:.6f}", int(t == p)]
             for f, t, p, c in zip(
@@ -88,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
         ]
         header = ["file", "label", "predicted", "probability", "right"]
         write_predictions(args.predictions, header, rows)
-    confidence, predicted = probs.max(1)
     if others is not None or args.min_confidence is not None:
         summary["thresholds"] = thresholds_said(
             model, confidence, predicted == targets, others, args

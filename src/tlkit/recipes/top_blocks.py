@@ -191,7 +191,7 @@ def top_blocks_stage(
         return None
     if not ex.begin("top blocks"):
         return None
-    held = held_out_fold(sets, probe, seed)[1]
+    train_at, held = held_out_fold(sets, probe, seed)
     top = run_top_blocks(
         probe,
         best,
@@ -199,6 +199,7 @@ def top_blocks_stage(
         ex.recipe,
         classes=classes,
         epochs=ex.plan.stage("top blocks").inputs["epochs"],
+        train_at=train_at,
         held=held,
         deadline=ex.budget.deadline,
         compute=compute,
@@ -216,24 +217,23 @@ def run_top_blocks(
     *,
     classes: int,
     epochs: int,
+    train_at: torch.Tensor,
     held: torch.Tensor,
     deadline: float | None,
     compute: Compute | None,
     log: Callable[[str], None],
 ) -> TopBlocks | None:
     """Fine-tune ``best``'s top blocks for ``epochs`` (fewer when ``deadline`` comes first) on
-    the training images less ``held``, and return the probe and it averaged when the keep rule
-    prefers that to the probe alone on ``held`` (``None`` otherwise, or for a network that
-    cannot be split; the verdict goes into the recipe's reasons)."""
+    the training images ``train_at`` (indices), and return the probe and it averaged when the
+    keep rule prefers that to the probe alone on the others, ``held`` (``None`` otherwise, or
+    for a network that cannot be split; the verdict goes into the recipe's reasons)."""
     compute = compute or CPU
     split = split_network(probe.tuning_start)
     if split is None:
         recipe.reasons.append(reasons.no_top_blocks_network(best.name))
         return None
     labels = sets.labels
-    train_at = torch.ones(len(labels), dtype=torch.bool)
-    train_at[held] = False
-    load_head(split.model, probe.tuning_head(train_at.nonzero().flatten()))
+    load_head(split.model, probe.tuning_head(train_at))
     activations = cache_activations(split, sets.images, best, compute)
     top = _Top(split)
     split.model.requires_grad_(False)
