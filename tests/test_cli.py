@@ -77,6 +77,11 @@ def test_evaluate_and_predict_json_on_unseen_images(
     for r in written:
         assert r["label"] == Path(r["file"]).parent.name
         assert r["right"] == str(int(r["label"] == r["predicted"]))
+    # a file where the CSV's folder should be: refused before the model is loaded
+    inside = str(rows / "inside.csv")
+    command = ["evaluate", str(run["out"]), str(run["test"]), "--predictions", inside]
+    assert cli.main(command) == 2
+    assert "cannot be a folder" in capsys.readouterr().err and rows.is_file()
     # the calibration error of what predict gives, on these images
     model = tlkit.load_model(run["out"])
     test = tlkit.ImageDataset.from_folder(run["test"])
